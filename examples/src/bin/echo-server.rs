@@ -1,0 +1,27 @@
+//! Serves the echo service until Ctrl-C or SIGTERM.
+
+use clap::Parser;
+use examples::proto::EchoServer;
+
+#[derive(Parser)]
+#[command(about = "mprpc echo server")]
+struct Args {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    examples::telemetry::init();
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    println!("listening on {}", listener.local_addr()?);
+    let server = mprpc::Server::builder()
+        .add_service(EchoServer::new(examples::EchoService))
+        .build();
+    server
+        .serve(listener, examples::telemetry::shutdown_signal())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! One client connection: many calls in flight at once, matched to their responses by
+//! request id.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::debug;
+
+use crate::error::Error;
+use crate::frame::{self, Frame, Header, Kind};
+use crate::transport::{self, FrameReader, Outbound};
+
+const WRITE_QUEUE: usize = 1024;
+
+const OPEN: u8 = 0;
+/// The server sent GOAWAY: calls in flight finish, new calls go elsewhere.
+const DRAINING: u8 = 1;
+const CLOSED: u8 = 2;
+
+type Waiter = oneshot::Sender<Result<Frame, Error>>;
+
+/// State shared by the handle and the reader task.
+struct Shared {
+    /// Calls waiting for a response. A parking_lot mutex: held for one map operation, never
+    /// across an await, and contended only between a caller and the reader.
+    pending: Mutex<HashMap<u64, Waiter>>,
+    state: AtomicU8,
+    /// Highest request id the server said it accepted before going away.
+    goaway_last_id: AtomicU64,
+}
+
+/// A multiplexed connection to one server. Dropping it stops its tasks.
+pub(crate) struct Connection {
+    tx: mpsc::Sender<Outbound>,
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+    max_frame: usize,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.writer.abort();
+    }
+}
+
+impl Connection {
+    pub(crate) fn new(stream: TcpStream, max_frame: usize) -> Connection {
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            state: AtomicU8::new(OPEN),
+            goaway_last_id: AtomicU64::new(u64::MAX),
+        });
+        let reader = tokio::spawn(read_loop(FrameReader::new(read, max_frame), shared.clone()));
+        let writer = tokio::spawn(transport::write_loop(write, rx, max_frame));
+        Connection {
+            tx,
+            shared,
+            next_id: AtomicU64::new(1),
+            max_frame,
+            reader,
+            writer,
+        }
+    }
+
+    /// Whether new calls may use this connection.
+    pub(crate) fn is_open(&self) -> bool {
+        self.shared.state.load(Ordering::Acquire) == OPEN && !self.tx.is_closed()
+    }
+
+    /// Calls waiting for a response on this connection.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.shared.pending.lock().len()
+    }
+
+    /// Sends one request and waits for its response frame.
+    ///
+    /// Dropping the returned future before it completes sends CANCEL to the server.
+    pub(crate) async fn call(
+        &self,
+        mut header: Header,
+        body: &impl prost::Message,
+    ) -> Result<Frame, Error> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        header.request_id = id;
+        let mut buf = BytesMut::new();
+        frame::encode_message(&mut buf, &header, body, self.max_frame).map_err(Error::TooLarge)?;
+        let (waiter, response) = oneshot::channel();
+        self.shared.pending.lock().insert(id, waiter);
+        let guard = CancelOnDrop { conn: self, id };
+        if self.tx.send(Outbound::Encoded(buf.freeze())).await.is_err() {
+            guard.disarm();
+            return Err(Error::Unavailable(
+                "connection closed before the request was sent",
+            ));
+        }
+        let result = response.await;
+        guard.disarm();
+        result.unwrap_or(Err(Error::ConnectionLost))
+    }
+
+    /// Sends a ping and waits for the pong.
+    pub(crate) async fn ping(&self) -> Result<(), Error> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (waiter, response) = oneshot::channel();
+        self.shared.pending.lock().insert(id, waiter);
+        let guard = CancelOnDrop { conn: self, id };
+        let sent = self.tx.send(Outbound::control(Kind::Ping, id)).await;
+        let result = match sent {
+            Ok(()) => response
+                .await
+                .unwrap_or(Err(Error::ConnectionLost))
+                .map(drop),
+            Err(_) => Err(Error::Unavailable("connection closed")),
+        };
+        guard.disarm();
+        result
+    }
+}
+
+/// Removes a call from the pending map when its future is dropped early, and tells the
+/// server to stop working on it.
+struct CancelOnDrop<'a> {
+    conn: &'a Connection,
+    id: u64,
+}
+
+impl CancelOnDrop<'_> {
+    fn disarm(self) {
+        self.conn.shared.pending.lock().remove(&self.id);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.conn.shared.pending.lock().remove(&self.id).is_some() {
+            // Best effort: when the queue is full the server finds out from the deadline.
+            let _ = self
+                .conn
+                .tx
+                .try_send(Outbound::control(Kind::Cancel, self.id));
+        }
+    }
+}
+
+async fn read_loop(mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>, shared: Arc<Shared>) {
+    let cause = loop {
+        let frame = match reader.next().await {
+            Some(Ok(frame)) => frame,
+            Some(Err(err)) => break Some(err),
+            None => break None,
+        };
+        match frame.header.kind {
+            Kind::Response | Kind::Pong => {
+                let waiter = shared.pending.lock().remove(&frame.header.request_id);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(Ok(frame));
+                }
+            }
+            Kind::GoAway => {
+                debug!(last = frame.header.request_id, status = %frame.header.status, "server going away");
+                shared
+                    .goaway_last_id
+                    .store(frame.header.request_id, Ordering::Release);
+                shared.state.store(DRAINING, Ordering::Release);
+            }
+            Kind::Request | Kind::Cancel | Kind::Ping => {
+                debug!(kind = ?frame.header.kind, "ignoring frame a server does not send");
+            }
+        }
+    };
+    if let Some(err) = cause {
+        debug!(cause = %err, "connection failed");
+    }
+    shared.state.store(CLOSED, Ordering::Release);
+    let last = shared.goaway_last_id.load(Ordering::Acquire);
+    let pending = std::mem::take(&mut *shared.pending.lock());
+    for (id, waiter) in pending {
+        // After GOAWAY the server starts nothing past `last`, so those calls never ran.
+        let err = if id > last {
+            Error::Unavailable("server went away before starting the call")
+        } else {
+            Error::ConnectionLost
+        };
+        let _ = waiter.send(Err(err));
+    }
+}

@@ -1,0 +1,218 @@
+//! The server: accepts connections, routes each request to a [`Service`] by service and method
+//! name, runs every call as its own task, and shuts down gracefully.
+//!
+//! Limits, all configurable through [`ServerBuilder`]:
+//! - connections: at most `max_connections` at once; the accept loop waits for a free slot;
+//! - calls per connection: at most `max_in_flight_per_connection`; past it the server stops
+//!   reading that connection (TCP backpressure) until a call finishes;
+//! - calls in total: at most `max_in_flight`; past it new calls are answered
+//!   `RESOURCE_EXHAUSTED` without running (safe for the caller to retry elsewhere);
+//! - frame size: `max_frame`, checked before anything of the claimed size is buffered.
+//!
+//! Shutdown: when the `shutdown` future passed to [`Server::serve`] completes, the server
+//! stops accepting, sends every connection a `GOAWAY`, answers calls that still arrive with
+//! `UNAVAILABLE`, and waits for in-flight calls up to the grace period, after which it
+//! aborts what is left.
+
+mod connection;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::frame::DEFAULT_MAX_FRAME;
+use crate::service::Service;
+
+/// Limits and timings of a [`Server`]; every field has the default shown on its setter in
+/// [`ServerBuilder`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest accepted frame length (default 16 MiB).
+    pub max_frame: usize,
+    /// Connections served at once (default 10 000).
+    pub max_connections: usize,
+    /// Calls in flight on one connection before reading pauses (default 1024).
+    pub max_in_flight_per_connection: usize,
+    /// Calls in flight across the server before new ones are shed (default 65 536).
+    pub max_in_flight: usize,
+    /// How long shutdown waits for in-flight calls (default 10 s).
+    pub grace_period: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_frame: DEFAULT_MAX_FRAME,
+            max_connections: 10_000,
+            max_in_flight_per_connection: 1024,
+            max_in_flight: 65_536,
+            grace_period: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Builds a [`Server`].
+#[derive(Default)]
+pub struct ServerBuilder {
+    services: HashMap<&'static str, Arc<dyn Service>>,
+    config: Config,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("services", &self.services.keys().collect::<Vec<_>>())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl ServerBuilder {
+    /// Adds a service; a later service with the same name replaces an earlier one.
+    pub fn add_service(mut self, service: impl Service) -> Self {
+        self.services.insert(service.name(), Arc::new(service));
+        self
+    }
+
+    /// Largest accepted frame length. Default 16 MiB.
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.config.max_frame = bytes;
+        self
+    }
+
+    /// Connections served at once. Default 10 000.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.max_connections = n.max(1);
+        self
+    }
+
+    /// Calls in flight per connection before reading pauses. Default 1024.
+    pub fn max_in_flight_per_connection(mut self, n: usize) -> Self {
+        self.config.max_in_flight_per_connection = n.max(1);
+        self
+    }
+
+    /// Calls in flight in total before new ones are shed. Default 65 536.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.config.max_in_flight = n.max(1);
+        self
+    }
+
+    /// How long shutdown waits for in-flight calls. Default 10 s.
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.config.grace_period = grace;
+        self
+    }
+
+    /// The server.
+    pub fn build(self) -> Server {
+        Server {
+            shared: Arc::new(Shared {
+                in_flight: Arc::new(Semaphore::new(self.config.max_in_flight)),
+                services: self.services,
+                config: self.config,
+            }),
+        }
+    }
+}
+
+/// What every connection of a server shares.
+struct Shared {
+    services: HashMap<&'static str, Arc<dyn Service>>,
+    in_flight: Arc<Semaphore>,
+    config: Config,
+}
+
+/// An mprpc server. Build it with [`Server::builder`], run it with [`Server::serve`].
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("services", &self.shared.services.keys().collect::<Vec<_>>())
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Starts building a server.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// Serves connections from `listener` until `shutdown` completes, then drains.
+    ///
+    /// # Errors
+    /// Only when the listener fails in a way retrying cannot fix; per-connection failures are
+    /// logged and do not stop the server.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let token = CancellationToken::new();
+        let limit = Arc::new(Semaphore::new(self.shared.config.max_connections));
+        let mut connections = JoinSet::new();
+        let local = listener.local_addr()?;
+        info!(addr = %local, services = ?self.shared.services.keys().collect::<Vec<_>>(), "serving");
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                permit = limit.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            };
+            let accepted = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    let shared = self.shared.clone();
+                    let token = token.child_token();
+                    connections.spawn(async move {
+                        connection::serve(stream, peer, shared, token).await;
+                        drop(permit);
+                    });
+                }
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(cause = %err, "accept failed; backing off {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+            // Reap finished connections so the set does not grow without bound.
+            while connections.try_join_next().is_some() {}
+        }
+        drop(listener);
+        info!(connections = connections.len(), "shutting down: draining");
+        token.cancel();
+        let grace = self.shared.config.grace_period;
+        let drained = tokio::time::timeout(grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                left = connections.len(),
+                "grace period over; aborting the calls left"
+            );
+            connections.shutdown().await;
+        }
+        debug!("server stopped");
+        Ok(())
+    }
+}

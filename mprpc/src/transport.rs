@@ -1,0 +1,168 @@
+//! The write half shared by both ends of a connection: one task per connection that drains
+//! its queue into one buffer and writes it with one syscall, so that many small frames under
+//! load cost one `write` between them.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::codec::Decoder;
+
+use crate::frame::{self, Codec, Frame, FrameError, Header, Kind, Text};
+use crate::status::{Code, Status};
+
+/// Writes stop being batched past this many buffered bytes.
+const BATCH_BYTES: usize = 64 * 1024;
+/// Frames taken from the queue per wake-up.
+const BATCH_FRAMES: usize = 256;
+
+/// A frame waiting for the writer.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// A frame encoded by its sender (client requests).
+    Encoded(Bytes),
+    /// The outcome of a call (server).
+    Response {
+        request_id: u64,
+        result: Result<Bytes, Status>,
+    },
+    /// A frame with no body: cancel, ping, pong, goaway.
+    Control {
+        kind: Kind,
+        request_id: u64,
+        status: Code,
+        message: &'static str,
+    },
+}
+
+impl Outbound {
+    pub(crate) fn control(kind: Kind, request_id: u64) -> Outbound {
+        Outbound::Control {
+            kind,
+            request_id,
+            status: Code::Ok,
+            message: "",
+        }
+    }
+
+    fn encode(self, dst: &mut BytesMut, max_frame: usize) {
+        let (request_id, result) = match self {
+            Outbound::Encoded(bytes) => return dst.extend_from_slice(&bytes),
+            Outbound::Control {
+                kind,
+                request_id,
+                status,
+                message,
+            } => {
+                let header = Header {
+                    kind,
+                    request_id,
+                    status,
+                    message: Text::from_static(message),
+                    ..Header::default()
+                };
+                // A bodiless header with a static message always fits.
+                let _ = frame::encode_raw(dst, &header, &[], max_frame);
+                return;
+            }
+            Outbound::Response { request_id, result } => (request_id, result),
+        };
+        let mut header = Header {
+            kind: Kind::Response,
+            request_id,
+            ..Header::default()
+        };
+        let result: Result<(), Status> = match result {
+            Ok(body) => match frame::encode_raw(dst, &header, &body, max_frame) {
+                Ok(()) => return,
+                Err(_) => Err(Status::resource_exhausted(
+                    "response exceeds the frame size cap",
+                )),
+            },
+            Err(status) => Err(status),
+        };
+        if let Err(status) = result {
+            header.status = status.code();
+            header.message = Text::from(status.message());
+            if frame::encode_raw(dst, &header, &[], max_frame).is_err() {
+                header.message = Text::from_static("status message too long");
+                let _ = frame::encode_raw(dst, &header, &[], max_frame);
+            }
+        }
+    }
+}
+
+/// Writes everything queued on `rx` until every sender is gone, then shuts the socket's
+/// write side down.
+pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
+    mut io: W,
+    mut rx: mpsc::Receiver<Outbound>,
+    max_frame: usize,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::with_capacity(BATCH_BYTES);
+    let mut batch = Vec::with_capacity(BATCH_FRAMES);
+    while rx.recv_many(&mut batch, BATCH_FRAMES).await > 0 {
+        for out in batch.drain(..) {
+            out.encode(&mut buf, max_frame);
+        }
+        // Whatever queued while encoding rides along in the same write.
+        while buf.len() < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(out) => out.encode(&mut buf, max_frame),
+                Err(_) => break,
+            }
+        }
+        io.write_all(&buf).await?;
+        buf.clear();
+        if buf.capacity() > 4 * BATCH_BYTES {
+            // One huge frame should not pin its buffer for the life of the connection.
+            buf = BytesMut::with_capacity(BATCH_BYTES);
+        }
+    }
+    io.shutdown().await
+}
+
+/// Reads frames from one connection, draining everything the socket has before parsing.
+pub(crate) struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+    codec: Codec,
+}
+
+/// Read buffer size; a read asks the socket for at least this much room.
+const READ_BYTES: usize = 64 * 1024;
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub(crate) fn new(io: R, max_frame: usize) -> Self {
+        FrameReader {
+            io,
+            buf: BytesMut::with_capacity(READ_BYTES),
+            codec: Codec::new(max_frame),
+        }
+    }
+
+    /// The next frame; `None` at a clean end of stream.
+    ///
+    /// Cancel-safe: dropping the future loses no bytes.
+    pub(crate) async fn next(&mut self) -> Option<Result<Frame, FrameError>> {
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(None) => {}
+                Err(err) => return Some(Err(err)),
+            }
+            if self.buf.capacity() - self.buf.len() < READ_BYTES / 4 {
+                self.buf.reserve(READ_BYTES);
+            }
+            match self.io.read_buf(&mut self.buf).await {
+                Ok(0) if self.buf.is_empty() => return None,
+                Ok(0) => {
+                    return Some(Err(FrameError::Malformed(
+                        "connection closed inside a frame",
+                    )));
+                }
+                Ok(_) => {}
+                Err(err) => return Some(Err(err.into())),
+            }
+        }
+    }
+}
