@@ -544,6 +544,52 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_bytes_are_exact() {
+        let header = Header {
+            kind: Kind::Request,
+            request_id: 1,
+            service: Text::from_static("example.Echo"),
+            method: Text::from_static("Echo"),
+            timeout_us: 1_000_000,
+            ..Header::default()
+        };
+        let mut request = BytesMut::new();
+        encode_raw(
+            &mut request,
+            &header,
+            &[0x0A, 0x02, b'h', b'i'],
+            DEFAULT_MAX_FRAME,
+        )
+        .unwrap();
+        let mut expected = vec![
+            0, 0, 0, 0x26, 0x4D, 0x50, 1, 0, 0, 0x1C, 0x08, 1, 0x10, 1, 0x1A, 0x0C,
+        ];
+        expected.extend_from_slice(b"example.Echo");
+        expected.extend_from_slice(&[0x22, 0x04]);
+        expected.extend_from_slice(b"Echo");
+        expected.extend_from_slice(&[0x28, 0xC0, 0x84, 0x3D, 0x0A, 0x02, b'h', b'i']);
+        assert_eq!(&request[..], &expected[..]);
+
+        let header = Header {
+            kind: Kind::Response,
+            request_id: 1,
+            ..Header::default()
+        };
+        let mut response = BytesMut::new();
+        encode_raw(
+            &mut response,
+            &header,
+            &[0x0A, 0x02, b'h', b'i'],
+            DEFAULT_MAX_FRAME,
+        )
+        .unwrap();
+        let expected = [
+            0, 0, 0, 0x0E, 0x4D, 0x50, 1, 0, 0, 4, 0x08, 2, 0x10, 1, 0x0A, 0x02, b'h', b'i',
+        ];
+        assert_eq!(&response[..], &expected[..]);
+    }
+
+    #[test]
     fn frames_round_trip_and_split_anywhere() {
         let mut stream = BytesMut::new();
         encode_raw(&mut stream, &request(), b"hello", DEFAULT_MAX_FRAME).unwrap();

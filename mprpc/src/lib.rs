@@ -89,6 +89,23 @@
 //!   If the connection ends before a call is answered, a call with id above the goaway's
 //!   `request_id` was never started and is safe to send again.
 //!
+//! ## Example bytes
+//!
+//! A call of `example.Echo/Echo` with id 1, a 1 s budget and body `EchoRequest{payload:"hi"}`
+//! (`0A 02 68 69`), then its answer:
+//!
+//! ```text
+//! request:  00 00 00 26  4D 50 01 00  00 1C
+//!           08 01  10 01  1A 0C "example.Echo"  22 04 "Echo"  28 C0 84 3D
+//!           0A 02 68 69
+//! response: 00 00 00 0E  4D 50 01 00  00 04
+//!           08 02  10 01
+//!           0A 02 68 69
+//! ```
+//!
+//! (Fields holding their default value — `status` OK, empty strings — are omitted, as
+//! protobuf encoders do; a decoder must accept them either way.)
+//!
 //! ## Status codes and retries
 //!
 //! [`Code`] is numbered as gRPC's. A server answers `UNAVAILABLE` or `RESOURCE_EXHAUSTED`

@@ -1,0 +1,313 @@
+//! Calls through the client: multiplexing, deadlines, cancellation, statuses, reconnects.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mprpc::{CallOptions, Client, Code, Error};
+use support::{Num, PROBE, eventually, start_server};
+
+async fn sleep_call(client: &Client, ms: u64, options: &CallOptions) -> Result<Num, Error> {
+    client
+        .unary(PROBE, "Sleep", &Num { value: ms }, options)
+        .await
+}
+
+#[tokio::test]
+async fn a_slow_call_does_not_block_others_on_the_same_connection() {
+    let server = start_server().await;
+    let client = Client::builder()
+        .pool_size(1)
+        .connect_lazy(server.addr.to_string());
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { sleep_call(&client, 1_000, &CallOptions::new()).await }
+    });
+    let counters = server.probe.counters.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || counters
+            .started
+            .load(Ordering::SeqCst)
+            == 1)
+        .await
+    );
+    // 200 quick calls complete while the slow one is still running on the one connection.
+    let mut quick = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let client = client.clone();
+        quick.spawn(async move { sleep_call(&client, 0, &CallOptions::new()).await });
+    }
+    while let Some(result) = quick.join_next().await {
+        result.expect("join").expect("quick call");
+    }
+    assert!(!slow.is_finished(), "the slow call is still in flight");
+    assert_eq!(slow.await.expect("join").expect("slow call").value, 1_000);
+}
+
+#[tokio::test]
+async fn the_deadline_travels_to_the_server() {
+    let server = start_server().await;
+    let client = server.client();
+    let options = CallOptions::new().timeout(Duration::from_millis(800));
+    let left: Num = client
+        .unary(PROBE, "Remaining", &Num::default(), &options)
+        .await
+        .expect("call");
+    assert!(
+        left.value > 100_000 && left.value <= 800_000,
+        "server saw {} us left",
+        left.value
+    );
+
+    // No deadline at all: the server sees none.
+    let untimed = Client::builder()
+        .timeout(None)
+        .connect_lazy(server.addr.to_string());
+    let left: Num = untimed
+        .unary(PROBE, "Remaining", &Num::default(), &CallOptions::new())
+        .await
+        .expect("call");
+    assert_eq!(left.value, 0);
+}
+
+#[tokio::test]
+async fn an_expired_deadline_fails_the_call_and_stops_the_work() {
+    let server = start_server().await;
+    let client = server.client();
+    let options = CallOptions::new().timeout(Duration::from_millis(100));
+    let err = sleep_call(&client, 60_000, &options)
+        .await
+        .expect_err("times out");
+    assert!(matches!(err, Error::DeadlineExceeded), "{err:?}");
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert!(!err.is_retry_safe());
+    let counters = server.probe.counters.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || counters
+            .dropped
+            .load(Ordering::SeqCst)
+            == 1)
+        .await,
+        "the server dropped the handler"
+    );
+    assert_eq!(counters.finished.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn the_server_enforces_the_deadline_it_was_sent() {
+    let server = start_server().await;
+    let mut raw = support::Raw::connect(server.addr).await;
+    let header = mprpc::Header {
+        kind: mprpc::frame::Kind::Request,
+        request_id: 1,
+        service: mprpc::Text::from_static(PROBE),
+        method: mprpc::Text::from_static("Sleep"),
+        timeout_us: 50_000,
+        ..Default::default()
+    };
+    let mut frame = bytes::BytesMut::new();
+    mprpc::frame::encode_raw(&mut frame, &header, &support::num(60_000), 1 << 20).expect("fits");
+    raw.send(&frame).await;
+    let reply = raw.frame().await;
+    assert_eq!(
+        (reply.header.request_id, reply.header.status),
+        (1, Code::DeadlineExceeded)
+    );
+    assert_eq!(server.probe.counters.dropped.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn dropping_the_call_cancels_it_on_the_server() {
+    let server = start_server().await;
+    let client = server.client();
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { sleep_call(&client, 60_000, &CallOptions::new()).await }
+    });
+    let counters = server.probe.counters.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || counters
+            .started
+            .load(Ordering::SeqCst)
+            == 1)
+        .await
+    );
+    call.abort();
+    assert!(
+        eventually(Duration::from_secs(5), || counters
+            .dropped
+            .load(Ordering::SeqCst)
+            == 1)
+        .await,
+        "CANCEL reached the server"
+    );
+    assert!(eventually(Duration::from_secs(5), || client.in_flight() == 0).await);
+    // The connection is still good.
+    assert_eq!(
+        sleep_call(&client, 0, &CallOptions::new())
+            .await
+            .expect("call")
+            .value,
+        0
+    );
+}
+
+#[tokio::test]
+async fn statuses_reach_the_caller_intact() {
+    let server = start_server().await;
+    let client = server.client();
+    for code in [
+        Code::NotFound,
+        Code::PermissionDenied,
+        Code::Unavailable,
+        Code::Internal,
+    ] {
+        let err = client
+            .unary::<_, Num>(
+                PROBE,
+                "Fail",
+                &Num { value: code as u64 },
+                &CallOptions::new(),
+            )
+            .await
+            .expect_err("fails");
+        let Error::Status(status) = &err else {
+            panic!("expected a status, got {err:?}")
+        };
+        assert_eq!(status.code(), code);
+        assert_eq!(status.message(), "asked to fail");
+        assert_eq!(err.is_retry_safe(), code == Code::Unavailable);
+    }
+    let err = client
+        .unary::<_, Num>("no.Such", "Thing", &Num::default(), &CallOptions::new())
+        .await
+        .expect_err("unknown service");
+    assert_eq!(err.code(), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn metadata_reaches_the_handler() {
+    let server = start_server().await;
+    let client = server.client();
+    let options = CallOptions::new().metadata("k", "trace-123");
+    // `Meta` answers with the metadata value as raw bytes; read them from a raw frame.
+    let mut raw = support::Raw::connect(server.addr).await;
+    let header = mprpc::Header {
+        kind: mprpc::frame::Kind::Request,
+        request_id: 9,
+        service: mprpc::Text::from_static(PROBE),
+        method: mprpc::Text::from_static("Meta"),
+        metadata: vec![("k".into(), "trace-123".into())],
+        ..Default::default()
+    };
+    let mut frame = bytes::BytesMut::new();
+    mprpc::frame::encode_raw(&mut frame, &header, &[], 1 << 20).expect("fits");
+    raw.send(&frame).await;
+    assert_eq!(&raw.frame().await.body[..], b"trace-123");
+    // Through the client the same metadata arrives; the body is not a valid Num, which the
+    // client reports as a decode error rather than a wrong value.
+    let err = client
+        .unary::<_, Num>(PROBE, "Meta", &Num::default(), &options)
+        .await
+        .expect_err("not a Num");
+    assert!(matches!(err, Error::Decode(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn connect_failures_are_retry_safe_and_the_client_recovers() {
+    // Reserve a port, then free it so nothing listens there.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let client = Client::builder()
+        .backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .timeout(Some(Duration::from_secs(5)))
+        .connect_lazy(addr.to_string());
+    let err = client.ping().await.expect_err("nothing listens");
+    assert!(
+        matches!(err, Error::Connect { .. } | Error::Unavailable(_)),
+        "{err:?}"
+    );
+    assert!(err.is_retry_safe());
+
+    // A server appears on that port; after the backoff the same client reaches it.
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+    let server = mprpc::Server::builder()
+        .add_service(support::Probe::default())
+        .build();
+    let task = tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
+    let mut ok = false;
+    for _ in 0..200 {
+        if client.ping().await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ok, "the client reconnected");
+    task.abort();
+}
+
+#[tokio::test]
+async fn requests_over_the_frame_cap_fail_locally() {
+    let server = start_server().await;
+    let client = Client::builder()
+        .max_frame(1024)
+        .connect_lazy(server.addr.to_string());
+    let big = support::Num { value: 1 };
+    assert!(
+        client
+            .unary::<_, Num>(PROBE, "Sleep", &big, &CallOptions::new())
+            .await
+            .is_ok()
+    );
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Blob {
+        #[prost(bytes = "vec", tag = "1")]
+        data: Vec<u8>,
+    }
+    let err = client
+        .unary::<_, Blob>(
+            PROBE,
+            "Echo",
+            &Blob {
+                data: vec![0; 4096],
+            },
+            &CallOptions::new(),
+        )
+        .await
+        .expect_err("too large");
+    assert!(matches!(err, Error::TooLarge(_)), "{err:?}");
+    // Nothing was sent, so the connection is still fine.
+    assert!(client.ping().await.is_ok());
+}
+
+#[tokio::test]
+async fn total_in_flight_limit_sheds_with_resource_exhausted() {
+    let server = support::start_server_with(|b| b.max_in_flight(1)).await;
+    let client = server.client();
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { sleep_call(&client, 500, &CallOptions::new()).await }
+    });
+    let counters = server.probe.counters.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || counters
+            .started
+            .load(Ordering::SeqCst)
+            == 1)
+        .await
+    );
+    let err = sleep_call(&client, 0, &CallOptions::new())
+        .await
+        .expect_err("shed");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.is_retry_safe());
+    slow.await.expect("join").expect("the first call completes");
+    sleep_call(&client, 0, &CallOptions::new())
+        .await
+        .expect("capacity is back");
+}

@@ -1,0 +1,288 @@
+//! A test server with a hand-written probe service, and raw-socket helpers.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mprpc::frame::{Codec, Frame, Header, Kind, Text};
+use mprpc::{BoxFuture, Context, Server, ServerBuilder, Service, Status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::codec::Decoder;
+
+pub const PROBE: &str = "test.Probe";
+
+/// A request or response carrying a number.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Num {
+    #[prost(uint64, tag = "1")]
+    pub value: u64,
+}
+
+/// Counts what the probe's handlers did, so tests can see server-side effects.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub started: AtomicU64,
+    pub finished: AtomicU64,
+    /// Handlers dropped before finishing: cancelled, past deadline, or aborted.
+    pub dropped: AtomicU64,
+}
+
+/// Methods: `Echo` (body back), `Sleep` (Num ms, returns Num), `Remaining` (deadline left in
+/// µs as Num), `Fail` (Num code → that status), `Peer`/`Meta` (metadata "k" as Echo).
+#[derive(Clone, Default)]
+pub struct Probe {
+    pub counters: Arc<Counters>,
+}
+
+struct DropGuard {
+    counters: Arc<Counters>,
+    done: bool,
+}
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.counters.dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn encode(n: u64) -> Bytes {
+    mprpc::service::encode_response(&Num { value: n })
+}
+
+impl Service for Probe {
+    fn name(&self) -> &'static str {
+        PROBE
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        ctx: Context,
+        request: Bytes,
+    ) -> Option<BoxFuture<mprpc::service::CallResult>> {
+        let counters = self.counters.clone();
+        Some(match method {
+            "Echo" => Box::pin(async move { Ok(request) }),
+            "Sleep" => Box::pin(async move {
+                let ms: Num = mprpc::service::decode_request(request)?;
+                counters.started.fetch_add(1, Ordering::SeqCst);
+                let mut guard = DropGuard {
+                    counters: counters.clone(),
+                    done: false,
+                };
+                tokio::time::sleep(Duration::from_millis(ms.value)).await;
+                guard.done = true;
+                counters.finished.fetch_add(1, Ordering::SeqCst);
+                Ok(encode(ms.value))
+            }),
+            "Remaining" => Box::pin(async move {
+                let left = ctx.remaining().map_or(0, |d| d.as_micros() as u64);
+                Ok(encode(left))
+            }),
+            "Fail" => Box::pin(async move {
+                let code: Num = mprpc::service::decode_request(request)?;
+                Err(Status::new(
+                    mprpc::Code::from_u32(code.value as u32),
+                    "asked to fail",
+                ))
+            }),
+            "Meta" => Box::pin(async move {
+                Ok(Bytes::copy_from_slice(
+                    ctx.metadata("k").unwrap_or("").as_bytes(),
+                ))
+            }),
+            _ => return None,
+        })
+    }
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub probe: Probe,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    /// Starts the graceful shutdown; `serve` returns once drained.
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub fn client(&self) -> mprpc::Client {
+        mprpc::Client::builder()
+            .timeout(Some(Duration::from_secs(10)))
+            .connect_lazy(self.addr.to_string())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn start_server() -> TestServer {
+    start_server_with(|b| b).await
+}
+
+pub async fn start_server_with(
+    configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
+) -> TestServer {
+    let probe = Probe::default();
+    let server: Server = configure(Server::builder().add_service(probe.clone())).build();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .serve(listener, async move {
+                let _ = rx.await;
+            })
+            .await
+    });
+    TestServer {
+        addr,
+        probe,
+        shutdown: Some(tx),
+        task,
+    }
+}
+
+/// Polls `cond` every few milliseconds until it holds or `within` passes.
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub fn request(id: u64, method: &'static str, body: &[u8]) -> BytesMut {
+    request_to(id, PROBE, method, body)
+}
+
+pub fn request_to(id: u64, service: &'static str, method: &'static str, body: &[u8]) -> BytesMut {
+    let header = Header {
+        kind: Kind::Request,
+        request_id: id,
+        service: Text::from_static(service),
+        method: Text::from_static(method),
+        ..Header::default()
+    };
+    let mut buf = BytesMut::new();
+    mprpc::frame::encode_raw(&mut buf, &header, body, mprpc::frame::DEFAULT_MAX_FRAME)
+        .expect("fits");
+    buf
+}
+
+pub fn control(kind: Kind, id: u64) -> BytesMut {
+    let header = Header {
+        kind,
+        request_id: id,
+        ..Header::default()
+    };
+    let mut buf = BytesMut::new();
+    mprpc::frame::encode_raw(&mut buf, &header, &[], mprpc::frame::DEFAULT_MAX_FRAME)
+        .expect("fits");
+    buf
+}
+
+pub fn num(n: u64) -> Vec<u8> {
+    use prost::Message;
+    Num { value: n }.encode_to_vec()
+}
+
+/// A raw connection that speaks frames by hand.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    codec: Codec,
+}
+
+pub enum Next {
+    Frame(Frame),
+    Closed,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+            codec: Codec::default(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// The next frame, or `Closed` at end of stream or reset; panics after 5 s of silence.
+    pub async fn next(&mut self) -> Next {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(frame) = self
+                    .codec
+                    .decode(&mut self.buf)
+                    .expect("server sends valid frames")
+                {
+                    return Next::Frame(frame);
+                }
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return Next::Closed,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .expect("server answered or closed within 5 s")
+    }
+
+    pub async fn frame(&mut self) -> Frame {
+        match self.next().await {
+            Next::Frame(frame) => frame,
+            Next::Closed => panic!("connection closed where a frame was expected"),
+        }
+    }
+
+    /// Reads until the server closes, returning what it sent first.
+    pub async fn until_closed(&mut self) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        while let Next::Frame(frame) = self.next().await {
+            frames.push(frame);
+        }
+        frames
+    }
+}
+
+/// A normal call through the client succeeds: the server still serves.
+pub async fn assert_still_serving(server: &TestServer) {
+    let reply: Num = server
+        .client()
+        .unary(
+            PROBE,
+            "Sleep",
+            &Num { value: 0 },
+            &mprpc::CallOptions::default(),
+        )
+        .await
+        .expect("server still serves other connections");
+    assert_eq!(reply.value, 0);
+}
