@@ -116,6 +116,7 @@
 
 mod client;
 mod connection;
+pub mod discovery;
 pub mod error;
 pub mod frame;
 mod pool;
@@ -123,6 +124,7 @@ pub mod server;
 pub mod service;
 pub mod status;
 mod transport;
+pub mod zookeeper;
 
 pub use client::{CallOptions, Client, ClientBuilder, Config as ClientConfig};
 pub use error::Error;

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -158,6 +159,20 @@ impl Connection {
                 .await;
         };
         self.last_request_id = self.last_request_id.max(id);
+        // Most handlers finish without waiting on anything. Polling once here answers those
+        // without a task spawn and the cross-thread wakeups that come with it; a handler that
+        // is not ready moves to its own task, so it never blocks this connection.
+        let mut call = call;
+        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        if let Poll::Ready(result) = first {
+            drop(permit);
+            return self
+                .send(Outbound::Response {
+                    request_id: id,
+                    result,
+                })
+                .await;
+        }
         let tx = self.tx.clone();
         let handle = self.calls.spawn(async move {
             let result = match deadline {

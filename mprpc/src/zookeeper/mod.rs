@@ -1,0 +1,1 @@
+//! ZooKeeper: service registry, watched configuration and leader election.
