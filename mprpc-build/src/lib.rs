@@ -275,6 +275,19 @@ impl {name}Client {{
 "#
     );
     for m in &service.methods {
+        // NO_SIDE_EFFECTS (1) and IDEMPOTENT (2) both make a repeat harmless.
+        let idempotent = m
+            .options
+            .idempotency_level
+            .is_some_and(|level| level == 1 || level == 2);
+        let _ = writeln!(
+            buf,
+            r#"    /// `{proto}` as sent on the wire.
+    pub const {upper}: ::mprpc::Method = ::mprpc::Method {{ service: "{full}", name: "{proto}", idempotent: {idempotent} }};
+"#,
+            proto = m.proto_name,
+            upper = m.name.to_uppercase(),
+        );
         write_docs(&m.comments, "    ", buf);
         let _ = writeln!(
             buf,
@@ -283,7 +296,7 @@ impl {name}Client {{
     /// # Errors
     /// The server's status, or a transport failure; see `mprpc::Error`.
     pub async fn {rust}(&self, request: &{input}) -> ::core::result::Result<{output}, ::mprpc::Error> {{
-        self.client.unary(Self::NAME, "{proto}", request, &::mprpc::CallOptions::default()).await
+        self.client.unary(&Self::{upper}, request, &::mprpc::CallOptions::default()).await
     }}
 
     /// Calls `{proto}` with per-call options (timeout, deadline, metadata).
@@ -291,11 +304,12 @@ impl {name}Client {{
     /// # Errors
     /// The server's status, or a transport failure; see `mprpc::Error`.
     pub async fn {rust}_with(&self, request: &{input}, options: &::mprpc::CallOptions) -> ::core::result::Result<{output}, ::mprpc::Error> {{
-        self.client.unary(Self::NAME, "{proto}", request, options).await
+        self.client.unary(&Self::{upper}, request, options).await
     }}
 "#,
             proto = m.proto_name,
             rust = m.name,
+            upper = m.name.to_uppercase(),
             input = m.input_type,
             output = m.output_type,
         );

@@ -4,11 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::debug;
 
+use crate::balance::{self, Balance, P2c, Pick, PickContext};
+use crate::discovery::{Discover, DiscoveryError, Instance, Instances};
+use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::frame::{DEFAULT_MAX_FRAME, Header, Kind, Text};
-use crate::pool::Pool;
+use crate::retry::{self, Budget};
 use crate::status::{Code, Status};
 
 /// Client settings; every field's default is on its setter in [`ClientBuilder`].
@@ -26,6 +32,18 @@ pub struct Config {
     pub backoff_min: Duration,
     /// Longest redial delay (default 5 s).
     pub backoff_max: Duration,
+    /// Attempts per call, the first included (default 3); retries go to other instances.
+    pub max_attempts: usize,
+    /// Retries allowed per call made, as a fraction (default 0.1: at most 10 % extra load).
+    pub retry_ratio: f64,
+    /// Retries allowed per second regardless of traffic (default 10).
+    pub retry_min_per_sec: u32,
+    /// Consecutive failures that eject an instance from picking (default 5).
+    pub eject_after: u32,
+    /// First ejection period (default 1 s); doubles per ejection in a row.
+    pub eject_base: Duration,
+    /// Longest ejection period (default 30 s).
+    pub eject_max: Duration,
 }
 
 impl Default for Config {
@@ -37,14 +55,37 @@ impl Default for Config {
             max_frame: DEFAULT_MAX_FRAME,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            max_attempts: 3,
+            retry_ratio: 0.1,
+            retry_min_per_sec: 10,
+            eject_after: 5,
+            eject_base: Duration::from_secs(1),
+            eject_max: Duration::from_secs(30),
         }
     }
 }
 
 /// Builds a [`Client`].
-#[derive(Debug, Clone, Default)]
 pub struct ClientBuilder {
     config: Config,
+    balance: Box<dyn Balance>,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> ClientBuilder {
+        ClientBuilder {
+            config: Config::default(),
+            balance: Box::new(P2c),
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientBuilder {
@@ -80,14 +121,107 @@ impl ClientBuilder {
         self
     }
 
-    /// A client for `addr` (`host:port`). Nothing is dialled until the first call.
+    /// Attempts per call, the first included. Default 3.
+    pub fn max_attempts(mut self, n: usize) -> Self {
+        self.config.max_attempts = n.max(1);
+        self
+    }
+
+    /// Retry budget: `ratio` retries per call made plus `min_per_sec`. Default 0.1 and 10.
+    pub fn retry_budget(mut self, ratio: f64, min_per_sec: u32) -> Self {
+        self.config.retry_ratio = ratio.max(0.0);
+        self.config.retry_min_per_sec = min_per_sec;
+        self
+    }
+
+    /// Outlier ejection: after `after` consecutive failures an instance sits out `base`,
+    /// doubling per ejection in a row up to `max`. Default 5, 1 s, 30 s.
+    pub fn ejection(mut self, after: u32, base: Duration, max: Duration) -> Self {
+        self.config.eject_after = after.max(1);
+        self.config.eject_base = base;
+        self.config.eject_max = max.max(base);
+        self
+    }
+
+    /// How calls choose among instances. Default [`P2c`].
+    pub fn balance(mut self, balance: impl Balance) -> Self {
+        self.balance = Box::new(balance);
+        self
+    }
+
+    /// A client for one address (`host:port`). Nothing is dialled until the first call.
     pub fn connect_lazy(self, addr: impl Into<String>) -> Client {
+        let instances: Instances = Arc::new([Instance::new(addr)]);
         let config = Arc::new(self.config);
-        Client {
-            inner: Arc::new(Inner {
-                pool: Pool::new(addr.into(), config.clone()),
-                config,
-            }),
+        let set = Set::build(&*self.balance, &instances, None, &config);
+        // The sender is dropped: the set never changes.
+        let (_, rx) = watch::channel(Arc::new(set));
+        Client::from_parts(config, rx, None, instances[0].addr.clone())
+    }
+
+    /// A client for every instance of `service` that `discovery` knows, following the list
+    /// as it changes. Returns once the first list is read (it may be empty: calls then wait,
+    /// within their deadline, for an instance to appear).
+    ///
+    /// # Errors
+    /// [`DiscoveryError`] when the first list cannot be read.
+    pub async fn discover(
+        self,
+        discovery: &dyn Discover,
+        service: &str,
+    ) -> Result<Client, DiscoveryError> {
+        let mut instances = discovery.subscribe(service).await?;
+        let config = Arc::new(self.config);
+        let first = instances.borrow_and_update().clone();
+        let (tx, rx) = watch::channel(Arc::new(Set::build(&*self.balance, &first, None, &config)));
+        let balance = self.balance;
+        let task_config = config.clone();
+        let watcher = tokio::spawn(async move {
+            while instances.changed().await.is_ok() {
+                let list = instances.borrow_and_update().clone();
+                let set = Set::build(&*balance, &list, Some(&tx.borrow()), &task_config);
+                debug!(instances = list.len(), "instance list changed");
+                if tx.send(Arc::new(set)).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Client::from_parts(
+            config,
+            rx,
+            Some(watcher),
+            service.to_owned(),
+        ))
+    }
+}
+
+/// The endpoints a client calls and the picker over them, replaced as a whole on change.
+struct Set {
+    endpoints: Arc<[Arc<Endpoint>]>,
+    picker: Box<dyn Pick>,
+}
+
+impl Set {
+    /// Endpoints for `instances`, keeping the endpoint (and its connections and health) of
+    /// every instance that did not change.
+    fn build(
+        balance: &dyn Balance,
+        instances: &Instances,
+        previous: Option<&Arc<Set>>,
+        config: &Arc<Config>,
+    ) -> Set {
+        let endpoints: Arc<[Arc<Endpoint>]> = instances
+            .iter()
+            .map(|instance| {
+                previous
+                    .and_then(|set| set.endpoints.iter().find(|e| e.instance() == instance))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(instance.clone(), config.clone())))
+            })
+            .collect();
+        Set {
+            picker: balance.picker(endpoints.clone()),
+            endpoints,
         }
     }
 }
@@ -98,6 +232,8 @@ pub struct CallOptions {
     timeout: Option<Duration>,
     deadline: Option<Instant>,
     metadata: Vec<(Text, Text)>,
+    key: Option<u64>,
+    idempotent: bool,
 }
 
 impl CallOptions {
@@ -125,6 +261,20 @@ impl CallOptions {
         self
     }
 
+    /// The key [`ConsistentHash`](crate::balance::ConsistentHash) places the call by: calls
+    /// with equal keys reach the same instance while the instance set is stable.
+    pub fn hash_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.key = Some(balance::hash_key(key.as_ref()));
+        self
+    }
+
+    /// Marks this call safe to repeat, so a connection lost mid-call is retried; methods
+    /// marked `option idempotency_level = IDEMPOTENT` in their `.proto` are already.
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = idempotent;
+        self
+    }
+
     fn deadline_from(&self, now: Instant, default: Option<Duration>) -> Option<Instant> {
         let by_timeout = self.timeout.or(default).map(|t| now + t);
         match (self.deadline, by_timeout) {
@@ -134,12 +284,50 @@ impl CallOptions {
     }
 }
 
-struct Inner {
-    pool: Pool,
-    config: Arc<Config>,
+/// Names one rpc; generated clients hold one per method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Method {
+    /// Fully qualified service name, e.g. `"example.Echo"`.
+    pub service: &'static str,
+    /// Method name as in the `.proto`, e.g. `"Echo"`.
+    pub name: &'static str,
+    /// Whether running it twice is harmless (`option idempotency_level = IDEMPOTENT`).
+    pub idempotent: bool,
 }
 
-/// A handle for calling one endpoint. Cheap to clone; clones share connections.
+impl Method {
+    /// A method that is not idempotent.
+    pub const fn new(service: &'static str, name: &'static str) -> Method {
+        Method {
+            service,
+            name,
+            idempotent: false,
+        }
+    }
+}
+
+struct Inner {
+    config: Arc<Config>,
+    set: watch::Receiver<Arc<Set>>,
+    budget: Budget,
+    watcher: Option<JoinHandle<()>>,
+    target: String,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
+    }
+}
+
+/// A handle for calling a service: one address, or every instance discovery reports.
+/// Cheap to clone; clones share connections.
+///
+/// Each call picks an instance with the client's [`Balance`]r, and a failure that is safe to
+/// retry ([`Error::is_retry_safe`], or a lost connection on an idempotent method) is sent
+/// again to another instance, within the deadline and the retry budget.
 ///
 /// Generated clients (`EchoClient`) wrap it; call [`Client::unary`] directly only for
 /// services without generated code.
@@ -151,7 +339,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("addr", &self.inner.pool.addr())
+            .field("target", &self.inner.target)
             .finish()
     }
 }
@@ -167,16 +355,69 @@ impl Client {
         ClientBuilder::default().connect_lazy(addr)
     }
 
-    /// Calls in flight on this client's connections.
-    pub fn in_flight(&self) -> usize {
-        self.inner.pool.in_flight()
+    fn from_parts(
+        config: Arc<Config>,
+        set: watch::Receiver<Arc<Set>>,
+        watcher: Option<JoinHandle<()>>,
+        target: String,
+    ) -> Client {
+        let budget = Budget::new(config.retry_ratio, config.retry_min_per_sec);
+        Client {
+            inner: Arc::new(Inner {
+                config,
+                set,
+                budget,
+                watcher,
+                target,
+            }),
+        }
     }
 
-    /// Calls `service`/`method` with `request` and decodes the response.
+    /// Calls in flight on this client.
+    pub fn in_flight(&self) -> usize {
+        self.inner
+            .set
+            .borrow()
+            .endpoints
+            .iter()
+            .map(|e| e.in_flight())
+            .sum()
+    }
+
+    /// The instances this client currently calls.
+    pub fn instances(&self) -> Vec<Instance> {
+        self.inner
+            .set
+            .borrow()
+            .endpoints
+            .iter()
+            .map(|e| e.instance().clone())
+            .collect()
+    }
+
+    /// The current set, waiting (within the caller's deadline) while it is empty.
+    async fn current(&self) -> Result<Arc<Set>, Error> {
+        let set = self.inner.set.borrow().clone();
+        if !set.endpoints.is_empty() {
+            return Ok(set);
+        }
+        let mut rx = self.inner.set.clone();
+        loop {
+            if rx.changed().await.is_err() {
+                return Err(Error::Unavailable("no instances of the service"));
+            }
+            let set = rx.borrow_and_update().clone();
+            if !set.endpoints.is_empty() {
+                return Ok(set);
+            }
+        }
+    }
+
+    /// Calls `method` with `request` and decodes the response.
     ///
     /// The deadline (from `options`, else the client's default timeout) bounds the whole
-    /// call including the dial, and travels to the server, which abandons the work when it
-    /// passes. Dropping the returned future cancels the call on the server.
+    /// call including dials and retries, and travels to the server, which abandons the work
+    /// when it passes. Dropping the returned future cancels the call on the server.
     ///
     /// # Errors
     /// [`Error::Status`] when the server answers with a non-OK status,
@@ -184,8 +425,7 @@ impl Client {
     /// variants of [`Error`] otherwise; [`Error::is_retry_safe`] tells which may be resent.
     pub async fn unary<Req, Resp>(
         &self,
-        service: &'static str,
-        method: &'static str,
+        method: &Method,
         request: &Req,
         options: &CallOptions,
     ) -> Result<Resp, Error>
@@ -194,28 +434,7 @@ impl Client {
         Resp: prost::Message + Default,
     {
         let deadline = options.deadline_from(Instant::now(), self.inner.config.timeout);
-        let call = async {
-            let conn = self.inner.pool.get().await?;
-            let timeout_us = deadline.map_or(0, |d| {
-                d.saturating_duration_since(Instant::now())
-                    .as_micros()
-                    .clamp(1, u64::MAX as u128) as u64
-            });
-            let header = Header {
-                kind: Kind::Request,
-                service: Text::from_static(service),
-                method: Text::from_static(method),
-                timeout_us,
-                metadata: options.metadata.clone(),
-                ..Header::default()
-            };
-            let frame = conn.call(header, request).await?;
-            if frame.header.status != Code::Ok {
-                let status = Status::new(frame.header.status, frame.header.message.as_str());
-                return Err(Error::Status(status));
-            }
-            Resp::decode(frame.body).map_err(Error::Decode)
-        };
+        let call = self.attempts(method, request, options, deadline);
         match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, call)
                 .await
@@ -224,13 +443,74 @@ impl Client {
         }
     }
 
-    /// Sends a PING on one of the pool's connections and waits for the PONG.
+    async fn attempts<Req, Resp>(
+        &self,
+        method: &Method,
+        request: &Req,
+        options: &CallOptions,
+        deadline: Option<Instant>,
+    ) -> Result<Resp, Error>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
+        let set = self.current().await?;
+        let budget = &self.inner.budget;
+        budget.deposit();
+        // Allocates only when a call is retried.
+        let mut tried = Vec::new();
+        loop {
+            let cx = PickContext {
+                key: options.key,
+                tried: &tried,
+            };
+            let index = set
+                .picker
+                .pick(&cx)
+                .ok_or(Error::Unavailable("no instances"))?;
+            let endpoint = &set.endpoints[index];
+            let result = attempt(endpoint, method, request, options, deadline).await;
+            endpoint.record(&result);
+            let err = match result {
+                Ok(response) => return Ok(response),
+                Err(err) => err,
+            };
+            let idempotent = method.idempotent || options.idempotent;
+            if tried.len() + 1 >= self.inner.config.max_attempts
+                || !retry::may_retry(&err, idempotent)
+                || !budget.try_withdraw()
+            {
+                return Err(err);
+            }
+            debug!(addr = %endpoint.instance().addr, cause = %err, "retrying on another instance");
+            tried.push(index);
+            if tried.len() >= set.endpoints.len() {
+                // Every instance failed once already: give the one picked next a moment.
+                tokio::time::sleep(Duration::from_millis(20 * tried.len() as u64)).await;
+            }
+        }
+    }
+
+    /// Sends a PING to one instance and waits for the PONG.
     ///
     /// # Errors
     /// As [`Client::unary`], without [`Error::Status`].
     pub async fn ping(&self) -> Result<(), Error> {
-        let conn = self.inner.pool.get().await?;
-        let ping = conn.ping();
+        let ping = async {
+            let set = self.current().await?;
+            let index = set
+                .picker
+                .pick(&PickContext::default())
+                .ok_or(Error::Unavailable("no instances"))?;
+            let endpoint = &set.endpoints[index];
+            let conn = endpoint.pool().get().await;
+            let result = match conn {
+                Ok(conn) => conn.ping().await,
+                Err(err) => Err(err),
+            };
+            endpoint.record(&result);
+            result
+        };
         match self.inner.config.timeout {
             Some(t) => tokio::time::timeout(t, ping)
                 .await
@@ -238,4 +518,39 @@ impl Client {
             None => ping.await,
         }
     }
+}
+
+/// One attempt on one endpoint.
+async fn attempt<Req, Resp>(
+    endpoint: &Endpoint,
+    method: &Method,
+    request: &Req,
+    options: &CallOptions,
+    deadline: Option<Instant>,
+) -> Result<Resp, Error>
+where
+    Req: prost::Message,
+    Resp: prost::Message + Default,
+{
+    let _in_flight = endpoint.start_call();
+    let conn = endpoint.pool().get().await?;
+    let timeout_us = deadline.map_or(0, |d| {
+        d.saturating_duration_since(Instant::now())
+            .as_micros()
+            .clamp(1, u64::MAX as u128) as u64
+    });
+    let header = Header {
+        kind: Kind::Request,
+        service: Text::from_static(method.service),
+        method: Text::from_static(method.name),
+        timeout_us,
+        metadata: options.metadata.clone(),
+        ..Header::default()
+    };
+    let frame = conn.call(header, request).await?;
+    if frame.header.status != Code::Ok {
+        let status = Status::new(frame.header.status, frame.header.message.as_str());
+        return Err(Error::Status(status));
+    }
+    Resp::decode(frame.body).map_err(Error::Decode)
 }

@@ -79,11 +79,6 @@ impl Connection {
         self.shared.state.load(Ordering::Acquire) == OPEN && !self.tx.is_closed()
     }
 
-    /// Calls waiting for a response on this connection.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.shared.pending.lock().len()
-    }
-
     /// Sends one request and waits for its response frame.
     ///
     /// Dropping the returned future before it completes sends CANCEL to the server.

@@ -114,19 +114,23 @@
 
 #![warn(missing_docs)]
 
+pub mod balance;
 mod client;
 mod connection;
 pub mod discovery;
+mod endpoint;
 pub mod error;
 pub mod frame;
 mod pool;
+mod retry;
 pub mod server;
 pub mod service;
 pub mod status;
 mod transport;
 pub mod zookeeper;
 
-pub use client::{CallOptions, Client, ClientBuilder, Config as ClientConfig};
+pub use client::{CallOptions, Client, ClientBuilder, Config as ClientConfig, Method};
+pub use endpoint::Endpoint;
 pub use error::Error;
 pub use frame::{Codec, Header, Text};
 pub use server::{Server, ServerBuilder};

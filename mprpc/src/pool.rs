@@ -69,19 +69,6 @@ impl Pool {
         }
     }
 
-    pub(crate) fn addr(&self) -> &str {
-        &self.addr
-    }
-
-    /// Calls in flight over all of this pool's connections.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.slots
-            .iter()
-            .filter_map(Slot::open)
-            .map(|c| c.in_flight())
-            .sum()
-    }
-
     /// An open connection, dialling one if the chosen slot has none.
     ///
     /// # Errors

@@ -5,12 +5,12 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use mprpc::{CallOptions, Client, Code, Error};
+use mprpc::{CallOptions, Client, Code, Error, Method};
 use support::{Num, PROBE, eventually, start_server};
 
 async fn sleep_call(client: &Client, ms: u64, options: &CallOptions) -> Result<Num, Error> {
     client
-        .unary(PROBE, "Sleep", &Num { value: ms }, options)
+        .unary(&Method::new(PROBE, "Sleep"), &Num { value: ms }, options)
         .await
 }
 
@@ -51,7 +51,7 @@ async fn the_deadline_travels_to_the_server() {
     let client = server.client();
     let options = CallOptions::new().timeout(Duration::from_millis(800));
     let left: Num = client
-        .unary(PROBE, "Remaining", &Num::default(), &options)
+        .unary(&Method::new(PROBE, "Remaining"), &Num::default(), &options)
         .await
         .expect("call");
     assert!(
@@ -65,7 +65,11 @@ async fn the_deadline_travels_to_the_server() {
         .timeout(None)
         .connect_lazy(server.addr.to_string());
     let left: Num = untimed
-        .unary(PROBE, "Remaining", &Num::default(), &CallOptions::new())
+        .unary(
+            &Method::new(PROBE, "Remaining"),
+            &Num::default(),
+            &CallOptions::new(),
+        )
         .await
         .expect("call");
     assert_eq!(left.value, 0);
@@ -165,8 +169,7 @@ async fn statuses_reach_the_caller_intact() {
     ] {
         let err = client
             .unary::<_, Num>(
-                PROBE,
-                "Fail",
+                &Method::new(PROBE, "Fail"),
                 &Num { value: code as u64 },
                 &CallOptions::new(),
             )
@@ -180,7 +183,11 @@ async fn statuses_reach_the_caller_intact() {
         assert_eq!(err.is_retry_safe(), code == Code::Unavailable);
     }
     let err = client
-        .unary::<_, Num>("no.Such", "Thing", &Num::default(), &CallOptions::new())
+        .unary::<_, Num>(
+            &Method::new("no.Such", "Thing"),
+            &Num::default(),
+            &CallOptions::new(),
+        )
         .await
         .expect_err("unknown service");
     assert_eq!(err.code(), Code::Unimplemented);
@@ -208,7 +215,7 @@ async fn metadata_reaches_the_handler() {
     // Through the client the same metadata arrives; the body is not a valid Num, which the
     // client reports as a decode error rather than a wrong value.
     let err = client
-        .unary::<_, Num>(PROBE, "Meta", &Num::default(), &options)
+        .unary::<_, Num>(&Method::new(PROBE, "Meta"), &Num::default(), &options)
         .await
         .expect_err("not a Num");
     assert!(matches!(err, Error::Decode(_)), "{err:?}");
@@ -260,7 +267,7 @@ async fn requests_over_the_frame_cap_fail_locally() {
     let big = support::Num { value: 1 };
     assert!(
         client
-            .unary::<_, Num>(PROBE, "Sleep", &big, &CallOptions::new())
+            .unary::<_, Num>(&Method::new(PROBE, "Sleep"), &big, &CallOptions::new())
             .await
             .is_ok()
     );
@@ -271,8 +278,7 @@ async fn requests_over_the_frame_cap_fail_locally() {
     }
     let err = client
         .unary::<_, Blob>(
-            PROBE,
-            "Echo",
+            &Method::new(PROBE, "Echo"),
             &Blob {
                 data: vec![0; 4096],
             },

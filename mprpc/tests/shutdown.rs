@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mprpc::frame::Kind;
-use mprpc::{CallOptions, Code, Error};
+use mprpc::{CallOptions, Code, Error, Method};
 use support::{Num, PROBE, Raw, eventually, num, request, start_server_with};
 
 #[tokio::test]
@@ -64,7 +64,11 @@ async fn the_client_moves_off_a_draining_connection() {
         let client = client.clone();
         async move {
             client
-                .unary::<_, Num>(PROBE, "Sleep", &Num { value: 300 }, &CallOptions::new())
+                .unary::<_, Num>(
+                    &Method::new(PROBE, "Sleep"),
+                    &Num { value: 300 },
+                    &CallOptions::new(),
+                )
                 .await
         }
     });
@@ -97,7 +101,11 @@ async fn the_grace_period_bounds_the_drain() {
         let client = client.clone();
         async move {
             client
-                .unary::<_, Num>(PROBE, "Sleep", &Num { value: 60_000 }, &CallOptions::new())
+                .unary::<_, Num>(
+                    &Method::new(PROBE, "Sleep"),
+                    &Num { value: 60_000 },
+                    &CallOptions::new(),
+                )
                 .await
         }
     });

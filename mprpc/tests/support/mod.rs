@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use mprpc::frame::{Codec, Frame, Header, Kind, Text};
-use mprpc::{BoxFuture, Context, Server, ServerBuilder, Service, Status};
+use mprpc::{BoxFuture, Context, Method, Server, ServerBuilder, Service, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -277,8 +277,7 @@ pub async fn assert_still_serving(server: &TestServer) {
     let reply: Num = server
         .client()
         .unary(
-            PROBE,
-            "Sleep",
+            &Method::new(PROBE, "Sleep"),
             &Num { value: 0 },
             &mprpc::CallOptions::default(),
         )

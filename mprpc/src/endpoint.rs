@@ -1,0 +1,184 @@
+//! One instance as a client sees it: its connection pool, its load (calls in flight) and its
+//! health (outlier ejection).
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::client::Config;
+use crate::discovery::Instance;
+use crate::error::Error;
+use crate::pool::Pool;
+use crate::status::Code;
+
+/// An instance the client may call.
+///
+/// Outlier ejection: after `eject_after` consecutive failures that say the instance itself is
+/// unwell (cannot connect, connection lost, `UNAVAILABLE`), it is taken out of picking for a
+/// period that doubles per ejection (`eject_base` up to `eject_max`). When the period ends,
+/// the next pick probes it; one success clears its record.
+pub struct Endpoint {
+    instance: Instance,
+    pool: Pool,
+    in_flight: AtomicUsize,
+    consecutive_failures: AtomicU32,
+    ejections: AtomicU32,
+    /// Milliseconds since [`epoch`]; 0 when not ejected.
+    ejected_until: AtomicU64,
+    config: Arc<Config>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("addr", &self.instance.addr)
+            .field("in_flight", &self.in_flight())
+            .field("available", &self.is_available())
+            .finish()
+    }
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    // +1 so that 0 can mean "never ejected".
+    Instant::now()
+        .saturating_duration_since(epoch())
+        .as_millis() as u64
+        + 1
+}
+
+/// Holds one call's place in [`Endpoint::in_flight`].
+#[derive(Debug)]
+pub(crate) struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Endpoint {
+    pub(crate) fn new(instance: Instance, config: Arc<Config>) -> Endpoint {
+        Endpoint {
+            pool: Pool::new(instance.addr.clone(), config.clone()),
+            instance,
+            in_flight: AtomicUsize::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            config,
+        }
+    }
+
+    /// The instance as discovered.
+    pub fn instance(&self) -> &Instance {
+        &self.instance
+    }
+
+    /// Calls this client has in flight on the instance.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether the instance is not currently ejected.
+    pub fn is_available(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until == 0 || now_ms() >= until
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub(crate) fn start_call(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.in_flight)
+    }
+
+    /// Updates the health record with one call's outcome.
+    pub(crate) fn record<T>(&self, result: &Result<T, Error>) {
+        let unwell = match result {
+            Ok(_) => false,
+            Err(err) => match err {
+                Error::Connect { .. } | Error::ConnectionLost => true,
+                Error::Unavailable(_) => true,
+                Error::Status(status) => status.code() == Code::Unavailable,
+                _ => false,
+            },
+        };
+        if !unwell {
+            if self.consecutive_failures.load(Ordering::Relaxed) != 0
+                || self.ejected_until.load(Ordering::Relaxed) != 0
+            {
+                if self.ejected_until.swap(0, Ordering::Relaxed) != 0 {
+                    info!(addr = %self.instance.addr, "instance healthy again");
+                }
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+                self.ejections.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= self.config.eject_after {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+            let period = self
+                .config
+                .eject_base
+                .saturating_mul(1 << n)
+                .min(self.config.eject_max);
+            self.ejected_until
+                .store(now_ms() + period.as_millis() as u64, Ordering::Relaxed);
+            warn!(addr = %self.instance.addr, ?period, "instance ejected after repeated failures");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_failures_eject_and_time_brings_it_back() {
+        let config = Arc::new(Config {
+            eject_after: 3,
+            eject_base: Duration::from_secs(1),
+            eject_max: Duration::from_secs(4),
+            ..Config::default()
+        });
+        let endpoint = Endpoint::new(Instance::new("127.0.0.1:1"), config);
+        let lost: Result<(), Error> = Err(Error::ConnectionLost);
+        for _ in 0..2 {
+            endpoint.record(&lost);
+        }
+        assert!(endpoint.is_available());
+        endpoint.record(&lost);
+        assert!(!endpoint.is_available());
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert!(endpoint.is_available(), "probe after the first period");
+        for _ in 0..3 {
+            endpoint.record(&lost);
+        }
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert!(
+            !endpoint.is_available(),
+            "the second period is twice as long"
+        );
+        tokio::time::advance(Duration::from_millis(600)).await;
+        endpoint.record(&Ok(()));
+        assert!(endpoint.is_available());
+        // Application errors say nothing about the instance's health.
+        for _ in 0..10 {
+            endpoint.record::<()>(&Err(Error::Status(crate::Status::not_found("x"))));
+        }
+        assert!(endpoint.is_available());
+    }
+}
