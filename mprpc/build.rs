@@ -1,12 +1,15 @@
-//! Compiles `proto/mprpc.proto` so a unit test can check the hand-written header encoding
-//! against the published definition. The crate itself does not use the generated code.
+//! Generates the built-in health service from `proto/health.proto`, and compiles
+//! `proto/mprpc.proto` so a unit test can check the hand-written header encoding against the
+//! published definition (the crate itself does not use that generated code).
 
 use std::path::Path;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = Path::new("../proto/mprpc.proto");
-    println!("cargo:rerun-if-changed={}", proto.display());
-    let fds = protox::compile([proto], [Path::new("../proto")])?;
+    let protos = Path::new("../proto");
+    let header = protos.join("mprpc.proto");
+    println!("cargo:rerun-if-changed={}", header.display());
+    let fds = protox::compile([&header], [protos])?;
     prost_build::Config::new().compile_fds(fds)?;
+    mprpc_build::compile_protos(&[protos.join("health.proto")], &[protos])?;
     Ok(())
 }

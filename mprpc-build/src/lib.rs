@@ -192,6 +192,12 @@ fn write_trait(service: &prost_build::Service, buf: &mut String) {
 fn write_router(service: &prost_build::Service, buf: &mut String) {
     let name = &service.name;
     let full = full_name(service);
+    let method_list: Vec<String> = service
+        .methods
+        .iter()
+        .map(|m| format!("{:?}", m.proto_name))
+        .collect();
+    let method_list = method_list.join(", ");
     let _ = writeln!(
         buf,
         r#"/// Routes `{full}` calls to an implementation of [`{name}`]; add it to a server with
@@ -219,6 +225,10 @@ impl<T: {name}> {name}Server<T> {{
 impl<T: {name}> ::mprpc::Service for {name}Server<T> {{
     fn name(&self) -> &'static str {{
         Self::NAME
+    }}
+
+    fn methods(&self) -> &'static [&'static str] {{
+        &[{method_list}]
     }}
 
     fn call(

@@ -312,6 +312,7 @@ struct Inner {
     budget: Budget,
     watcher: Option<JoinHandle<()>>,
     target: String,
+    retries: metrics::Counter,
 }
 
 impl Drop for Inner {
@@ -369,6 +370,7 @@ impl Client {
                 budget,
                 watcher,
                 target,
+                retries: crate::metrics::client_retries(),
             }),
         }
     }
@@ -482,6 +484,7 @@ impl Client {
             {
                 return Err(err);
             }
+            self.inner.retries.increment(1);
             debug!(addr = %endpoint.instance().addr, cause = %err, "retrying on another instance");
             tried.push(index);
             if tried.len() >= set.endpoints.len() {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use bytes::BytesMut;
+use metrics::Gauge;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -43,17 +44,21 @@ pub(crate) struct Connection {
     max_frame: usize,
     reader: JoinHandle<()>,
     writer: JoinHandle<std::io::Result<()>>,
+    /// `mprpc_client_connections` for this endpoint; counts this connection while it lives.
+    gauge: Gauge,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
         self.reader.abort();
         self.writer.abort();
+        self.gauge.decrement(1.0);
     }
 }
 
 impl Connection {
-    pub(crate) fn new(stream: TcpStream, max_frame: usize) -> Connection {
+    pub(crate) fn new(stream: TcpStream, max_frame: usize, gauge: Gauge) -> Connection {
+        gauge.increment(1.0);
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
@@ -71,6 +76,7 @@ impl Connection {
             max_frame,
             reader,
             writer,
+            gauge,
         }
     }
 

@@ -29,6 +29,7 @@ pub struct Endpoint {
     /// Milliseconds since [`epoch`]; 0 when not ejected.
     ejected_until: AtomicU64,
     config: Arc<Config>,
+    ejected: metrics::Counter,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -74,6 +75,7 @@ impl Endpoint {
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             config,
+            ejected: crate::metrics::client_ejections(),
         }
     }
 
@@ -136,6 +138,7 @@ impl Endpoint {
                 .min(self.config.eject_max);
             self.ejected_until
                 .store(now_ms() + period.as_millis() as u64, Ordering::Relaxed);
+            self.ejected.increment(1);
             warn!(addr = %self.instance.addr, ?period, "instance ejected after repeated failures");
         }
     }

@@ -30,7 +30,13 @@
 //! - [`client`]: [`Client`], [`CallOptions`]; `connection` multiplexes calls over one socket
 //!   and `pool` keeps N of them per endpoint;
 //! - `transport`: the batching writer and the draining reader both ends share;
-//! - [`error`]: the client's [`Error`].
+//! - [`error`]: the client's [`Error`];
+//! - [`discovery`]: where instances are found ([`discovery::Static`],
+//!   [`discovery::InProcess`], [`zookeeper`]); [`balance`] picks one per call; `endpoint`
+//!   tracks each instance's load and health (outlier ejection); `retry` decides what is
+//!   resent and keeps the retry budget;
+//! - [`health`]: the built-in `mprpc.health.Health` service;
+//! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //!
 //! # Wire protocol
 //!
@@ -114,6 +120,9 @@
 
 #![warn(missing_docs)]
 
+// Generated code names this crate by its public path, also when it is compiled inside it.
+extern crate self as mprpc;
+
 pub mod balance;
 mod client;
 mod connection;
@@ -121,6 +130,8 @@ pub mod discovery;
 mod endpoint;
 pub mod error;
 pub mod frame;
+pub mod health;
+pub mod metrics;
 mod pool;
 mod retry;
 pub mod server;
@@ -133,7 +144,7 @@ pub use client::{CallOptions, Client, ClientBuilder, Config as ClientConfig, Met
 pub use endpoint::Endpoint;
 pub use error::Error;
 pub use frame::{Codec, Header, Text};
-pub use server::{Server, ServerBuilder};
+pub use server::{ServeError, Server, ServerBuilder};
 pub use service::{BoxFuture, Context, Service};
 pub use status::{Code, Status};
 

@@ -19,6 +19,7 @@ pub(crate) struct Pool {
     slots: Box<[Slot]>,
     next: AtomicUsize,
     config: Arc<Config>,
+    gauge: metrics::Gauge,
 }
 
 #[derive(Default)]
@@ -61,11 +62,13 @@ impl Pool {
         let slots = (0..config.pool_size.max(1))
             .map(|_| Slot::default())
             .collect();
+        let gauge = crate::metrics::client_connections(&addr);
         Pool {
             addr,
             slots,
             next: AtomicUsize::new(0),
             config,
+            gauge,
         }
     }
 
@@ -105,7 +108,11 @@ impl Pool {
         match dialled {
             Ok(stream) => {
                 *backoff = Backoff::default();
-                let conn = Arc::new(Connection::new(stream, self.config.max_frame));
+                let conn = Arc::new(Connection::new(
+                    stream,
+                    self.config.max_frame,
+                    self.gauge.clone(),
+                ));
                 *slot.conn.lock() = Some(conn.clone());
                 debug!(addr = %self.addr, "connected");
                 Ok(conn)

@@ -32,6 +32,12 @@ pub trait Service: Send + Sync + 'static {
     /// The future may be dropped at any await point: when the caller cancels, when the
     /// deadline passes, or when the peer disconnects.
     fn call(&self, method: &str, ctx: Context, request: Bytes) -> Option<BoxFuture<CallResult>>;
+
+    /// The method names, for per-method metrics; calls to methods not listed are counted
+    /// under `method="other"`.
+    fn methods(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// What a handler knows about the call it serves.

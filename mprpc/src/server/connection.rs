@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
 
+use metrics::Gauge;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
@@ -18,6 +19,31 @@ use crate::frame::{Frame, FrameError, Kind};
 use crate::service::Context;
 use crate::status::{Code, Status};
 use crate::transport::{self, FrameReader, Outbound};
+
+/// Counts a spawned call in `mprpc_server_in_flight` until it ends, however it ends.
+struct InFlightGauge(Gauge);
+
+impl InFlightGauge {
+    fn new(gauge: &Gauge) -> InFlightGauge {
+        gauge.increment(1.0);
+        InFlightGauge(gauge.clone())
+    }
+}
+
+impl Drop for InFlightGauge {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+fn code_of(result: &Result<bytes::Bytes, Status>) -> Code {
+    match result {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+const HEALTH: &str = crate::health::HealthServer::<crate::health::Health>::NAME;
 
 /// Frames queued for the writer before senders wait.
 const WRITE_QUEUE: usize = 1024;
@@ -125,47 +151,57 @@ impl Connection {
     async fn start_call(&mut self, frame: Frame) {
         let Frame { header, body } = frame;
         let id = header.request_id;
-        if self.draining {
-            return self
-                .respond(id, Status::unavailable("server is shutting down"))
-                .await;
-        }
-        if self.in_flight.contains_key(&id) {
-            let status = Status::invalid_argument(format!("request id {id} is already in flight"));
-            return self.respond(id, status).await;
-        }
-        let Some(service) = self.shared.services.get(header.service.as_str()) else {
+        let started = Instant::now();
+        let shared = self.shared.clone();
+        let Some(route) = shared.routes.get(header.service.as_str()) else {
             let status = Status::unimplemented(format!("unknown service {}", header.service));
+            shared.unrouted.record(status.code(), started.elapsed());
             return self.respond(id, status).await;
         };
-        let deadline = (header.timeout_us > 0)
-            .then(|| Instant::now() + Duration::from_micros(header.timeout_us));
+        let metrics = route.metrics(header.method.as_str());
+        // Health checks are still answered while draining, so probers learn NOT_SERVING.
+        let refuse = if self.draining && header.service.as_str() != HEALTH {
+            Some(Status::unavailable("server is shutting down"))
+        } else if self.in_flight.contains_key(&id) {
+            Some(Status::invalid_argument(format!(
+                "request id {id} is already in flight"
+            )))
+        } else {
+            None
+        };
+        if let Some(status) = refuse {
+            metrics.record(status.code(), started.elapsed());
+            return self.respond(id, status).await;
+        }
+        let deadline =
+            (header.timeout_us > 0).then(|| started + Duration::from_micros(header.timeout_us));
         let ctx = Context {
             request_id: id,
             deadline,
             peer: self.peer,
             metadata: header.metadata,
         };
-        let Some(call) = service.call(header.method.as_str(), ctx, body) else {
+        let Some(mut call) = route.service.call(header.method.as_str(), ctx, body) else {
             let status = Status::unimplemented(format!(
                 "unknown method {} on service {}",
                 header.method, header.service
             ));
+            metrics.record(status.code(), started.elapsed());
             return self.respond(id, status).await;
         };
-        let Ok(permit) = self.shared.in_flight.clone().try_acquire_owned() else {
-            return self
-                .respond(id, Status::resource_exhausted("server overloaded"))
-                .await;
+        let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
+            let status = Status::resource_exhausted("server overloaded");
+            metrics.record(status.code(), started.elapsed());
+            return self.respond(id, status).await;
         };
         self.last_request_id = self.last_request_id.max(id);
         // Most handlers finish without waiting on anything. Polling once here answers those
         // without a task spawn and the cross-thread wakeups that come with it; a handler that
         // is not ready moves to its own task, so it never blocks this connection.
-        let mut call = call;
         let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
         if let Poll::Ready(result) = first {
             drop(permit);
+            metrics.record(code_of(&result), started.elapsed());
             return self
                 .send(Outbound::Response {
                     request_id: id,
@@ -174,6 +210,8 @@ impl Connection {
                 .await;
         }
         let tx = self.tx.clone();
+        let (service, method) = (header.service, header.method);
+        let gauge = InFlightGauge::new(&shared.gauges.in_flight);
         let handle = self.calls.spawn(async move {
             let result = match deadline {
                 Some(deadline) => match tokio::time::timeout_at(deadline, call).await {
@@ -182,7 +220,12 @@ impl Connection {
                 },
                 None => call.await,
             };
-            drop(permit);
+            drop((permit, gauge));
+            if let Some(route) = shared.routes.get(service.as_str()) {
+                route
+                    .metrics(method.as_str())
+                    .record(code_of(&result), started.elapsed());
+            }
             let _ = tx
                 .send(Outbound::Response {
                     request_id: id,

@@ -19,6 +19,7 @@ mod connection;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -27,7 +28,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::discovery::{DiscoveryError, Instance, Register};
 use crate::frame::DEFAULT_MAX_FRAME;
+use crate::health::{Health, HealthServer};
+use crate::metrics::{MethodMetrics, ServerGauges};
 use crate::service::Service;
 
 /// Limits and timings of a [`Server`]; every field has the default shown on its setter in
@@ -111,23 +115,73 @@ impl ServerBuilder {
         self
     }
 
-    /// The server.
-    pub fn build(self) -> Server {
+    /// The server. It also answers `mprpc.health.Health` unless a service of that name was added.
+    ///
+    /// Metrics handles are created here: install the recorder
+    /// ([`metrics::install`](crate::metrics::install)) before calling it.
+    pub fn build(mut self) -> Server {
+        let draining = Arc::new(AtomicBool::new(false));
+        let names: Vec<&'static str> = self.services.keys().copied().collect();
+        if !self.services.contains_key(HealthServer::<Health>::NAME) {
+            let health = Health {
+                draining: draining.clone(),
+                services: names,
+            };
+            self = self.add_service(HealthServer::new(health));
+        }
+        let routes = self
+            .services
+            .into_iter()
+            .map(|(name, service)| (name, Route::new(name, service)))
+            .collect();
         Server {
             shared: Arc::new(Shared {
                 in_flight: Arc::new(Semaphore::new(self.config.max_in_flight)),
-                services: self.services,
+                routes,
                 config: self.config,
+                draining,
+                gauges: ServerGauges::new(),
+                unrouted: MethodMetrics::new("other", "other"),
             }),
         }
     }
 }
 
+/// A service and the metrics of its methods.
+struct Route {
+    service: Arc<dyn Service>,
+    methods: HashMap<&'static str, MethodMetrics>,
+    other: MethodMetrics,
+}
+
+impl Route {
+    fn new(name: &'static str, service: Arc<dyn Service>) -> Route {
+        let methods = service
+            .methods()
+            .iter()
+            .map(|m| (*m, MethodMetrics::new(name, m)))
+            .collect();
+        Route {
+            service,
+            methods,
+            other: MethodMetrics::new(name, "other"),
+        }
+    }
+
+    fn metrics(&self, method: &str) -> &MethodMetrics {
+        self.methods.get(method).unwrap_or(&self.other)
+    }
+}
+
 /// What every connection of a server shares.
 struct Shared {
-    services: HashMap<&'static str, Arc<dyn Service>>,
+    routes: HashMap<&'static str, Route>,
     in_flight: Arc<Semaphore>,
     config: Config,
+    draining: Arc<AtomicBool>,
+    gauges: ServerGauges,
+    /// Calls to services this server does not host.
+    unrouted: MethodMetrics,
 }
 
 /// An mprpc server. Build it with [`Server::builder`], run it with [`Server::serve`].
@@ -139,7 +193,7 @@ pub struct Server {
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("services", &self.shared.services.keys().collect::<Vec<_>>())
+            .field("services", &self.shared.routes.keys().collect::<Vec<_>>())
             .field("config", &self.shared.config)
             .finish()
     }
@@ -165,7 +219,7 @@ impl Server {
         let limit = Arc::new(Semaphore::new(self.shared.config.max_connections));
         let mut connections = JoinSet::new();
         let local = listener.local_addr()?;
-        info!(addr = %local, services = ?self.shared.services.keys().collect::<Vec<_>>(), "serving");
+        info!(addr = %local, services = ?self.shared.routes.keys().collect::<Vec<_>>(), "serving");
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(5);
         loop {
@@ -183,7 +237,9 @@ impl Server {
                     let shared = self.shared.clone();
                     let token = token.child_token();
                     connections.spawn(async move {
-                        connection::serve(stream, peer, shared, token).await;
+                        shared.gauges.connections.increment(1.0);
+                        connection::serve(stream, peer, shared.clone(), token).await;
+                        shared.gauges.connections.decrement(1.0);
                         drop(permit);
                     });
                 }
@@ -198,6 +254,7 @@ impl Server {
             while connections.try_join_next().is_some() {}
         }
         drop(listener);
+        self.shared.draining.store(true, Ordering::Relaxed);
         info!(connections = connections.len(), "shutting down: draining");
         token.cancel();
         let grace = self.shared.config.grace_period;
@@ -215,4 +272,46 @@ impl Server {
         debug!("server stopped");
         Ok(())
     }
+
+    /// Registers every service this server hosts as `instance` in `registry`, serves until
+    /// `shutdown` completes, then deregisters **before** sending GOAWAY and draining, so that
+    /// callers stop picking this instance while its calls in flight finish.
+    ///
+    /// # Errors
+    /// [`ServeError::Register`] when a registration fails (nothing is served then), and
+    /// [`ServeError::Io`] as [`Server::serve`].
+    pub async fn serve_registered(
+        &self,
+        listener: TcpListener,
+        registry: &dyn Register,
+        instance: Instance,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let mut registrations = Vec::new();
+        for service in self.shared.routes.keys() {
+            registrations.push(registry.register(service, instance.clone()).await?);
+        }
+        info!(addr = %instance.addr, id = %instance.id, "registered");
+        let shutdown = async move {
+            shutdown.await;
+            for registration in registrations {
+                registration.deregister().await;
+            }
+            info!("deregistered");
+        };
+        self.serve(listener, shutdown).await?;
+        Ok(())
+    }
+}
+
+/// Why [`Server::serve_registered`] stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The listener failed.
+    #[error("listener failed")]
+    Io(#[from] std::io::Error),
+    /// The instance could not be registered.
+    #[error("registration failed")]
+    Register(#[from] DiscoveryError),
 }

@@ -102,6 +102,10 @@ impl Service for Probe {
             _ => return None,
         })
     }
+
+    fn methods(&self) -> &'static [&'static str] {
+        &["Echo", "Sleep", "Remaining", "Fail", "Meta"]
+    }
 }
 
 pub struct TestServer {
