@@ -39,7 +39,10 @@ impl Budget {
     pub(crate) fn new(ratio: f64, min_per_sec: u32) -> Budget {
         let per_sec = u64::from(min_per_sec) * TOKEN;
         Budget {
-            state: Mutex::new(State { milli_tokens: per_sec, refilled: Instant::now() }),
+            state: Mutex::new(State {
+                milli_tokens: per_sec,
+                refilled: Instant::now(),
+            }),
             per_call: (ratio * TOKEN as f64).round() as u64,
             per_sec,
             cap: (per_sec * 10).max(100 * TOKEN),
