@@ -386,6 +386,11 @@ impl Client {
             .sum()
     }
 
+    /// The endpoints this client currently calls, with their load and health.
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.inner.set.borrow().endpoints.to_vec()
+    }
+
     /// The instances this client currently calls.
     pub fn instances(&self) -> Vec<Instance> {
         self.inner

@@ -24,6 +24,8 @@ pub struct Endpoint {
     instance: Instance,
     pool: Pool,
     in_flight: AtomicUsize,
+    /// Attempts started, for operators and tests; Relaxed like `in_flight`.
+    attempts: AtomicU64,
     consecutive_failures: AtomicU32,
     ejections: AtomicU32,
     /// Milliseconds since [`epoch`]; 0 when not ejected.
@@ -71,6 +73,7 @@ impl Endpoint {
             pool: Pool::new(instance.addr.clone(), config.clone()),
             instance,
             in_flight: AtomicUsize::new(0),
+            attempts: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
@@ -89,6 +92,11 @@ impl Endpoint {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Attempts this client has started on the instance.
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
     /// Whether the instance is not currently ejected.
     pub fn is_available(&self) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
@@ -101,6 +109,7 @@ impl Endpoint {
 
     pub(crate) fn start_call(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.attempts.fetch_add(1, Ordering::Relaxed);
         InFlight(&self.in_flight)
     }
 
