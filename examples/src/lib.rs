@@ -82,6 +82,22 @@ pub mod telemetry {
             .init();
     }
 
+    /// Installs the Prometheus recorder and serves `/metrics` on `addr` when one is given.
+    /// Call it before building servers and clients, so their metrics are recorded.
+    ///
+    /// # Errors
+    /// When the address cannot be bound or a recorder is already installed.
+    pub async fn serve_metrics(
+        addr: Option<&str>,
+    ) -> anyhow::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
+        let Some(addr) = addr else { return Ok(None) };
+        let handle = mprpc::metrics::install()?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics at /metrics");
+        let serve = mprpc::metrics::serve(listener, handle, std::future::pending());
+        Ok(Some(tokio::spawn(serve)))
+    }
+
     /// Completes on Ctrl-C or SIGTERM.
     pub async fn shutdown_signal() {
         let ctrl_c = async {
