@@ -317,3 +317,31 @@ async fn total_in_flight_limit_sheds_with_resource_exhausted() {
         .await
         .expect("capacity is back");
 }
+
+#[tokio::test]
+async fn the_connection_limit_holds_new_connections_until_one_closes() {
+    let server = support::start_server_with(|b| b.max_connections(1)).await;
+    let mut first = support::Raw::connect(server.addr).await;
+    first
+        .send(&support::control(mprpc::frame::Kind::Ping, 1))
+        .await;
+    assert_eq!(first.frame().await.header.kind, mprpc::frame::Kind::Pong);
+
+    // The kernel completes the second handshake, but the server does not serve it yet.
+    let mut second = support::Raw::connect(server.addr).await;
+    second
+        .send(&support::control(mprpc::frame::Kind::Ping, 2))
+        .await;
+    let early = tokio::time::timeout(Duration::from_millis(300), second.next()).await;
+    assert!(
+        early.is_err(),
+        "the second connection waits while the first holds the only slot"
+    );
+
+    drop(first);
+    let pong = second.frame().await;
+    assert_eq!(
+        (pong.header.kind, pong.header.request_id),
+        (mprpc::frame::Kind::Pong, 2)
+    );
+}
