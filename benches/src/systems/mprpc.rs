@@ -1,0 +1,71 @@
+//! mprpc: the generated echo client over a pool of two multiplexed connections.
+
+use std::net::SocketAddr;
+
+use examples::EchoService;
+use examples::proto::{EchoClient, EchoRequest, EchoServer};
+use tokio::net::TcpListener;
+
+use crate::load::{self, Caller, Load, ServerTask, Stats};
+
+struct Echo {
+    client: EchoClient,
+    request: EchoRequest,
+}
+
+impl Caller for Echo {
+    async fn echo(&mut self) -> anyhow::Result<()> {
+        let reply = self.client.echo(&self.request).await?;
+        anyhow::ensure!(
+            reply.payload == self.request.payload,
+            "echo changed the payload"
+        );
+        Ok(())
+    }
+}
+
+/// Starts the `examples` echo server on a free loopback port.
+///
+/// # Errors
+/// When the port cannot be bound.
+pub async fn start_server() -> anyhow::Result<(SocketAddr, ServerTask)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = mprpc::Server::builder()
+        .add_service(EchoServer::new(EchoService))
+        .build();
+    let task = ServerTask::spawn(|stopped| async move {
+        server.serve(listener, stopped).await?;
+        Ok(())
+    });
+    Ok((addr, task))
+}
+
+/// A client for `addr` as the comparison sets it up: a pool of two connections.
+pub fn client(addr: SocketAddr) -> EchoClient {
+    EchoClient::new(
+        mprpc::Client::builder()
+            .pool_size(2)
+            .connect_lazy(addr.to_string()),
+    )
+}
+
+/// Runs `load` against an in-process mprpc echo server.
+///
+/// # Errors
+/// When the server cannot be started or does not stop cleanly.
+pub async fn run(load: &Load) -> anyhow::Result<Stats> {
+    let (addr, server) = start_server().await?;
+    let client = client(addr);
+    let request = EchoRequest {
+        payload: load.payload(),
+    };
+    let stats = load::drive(load, |_| Echo {
+        client: client.clone(),
+        request: request.clone(),
+    })
+    .await;
+    drop(client);
+    server.stop().await?;
+    Ok(stats)
+}
