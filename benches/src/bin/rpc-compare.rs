@@ -35,6 +35,9 @@ struct Args {
     /// Run only this row.
     #[arg(long)]
     only: Option<Transport>,
+    /// ZooKeeper for the `mprpc-zk` row (`host:port`).
+    #[arg(long, default_value = "127.0.0.1:2181")]
+    zk: String,
     /// Channels the `tonic-pool` row spreads its tasks over.
     #[arg(long, default_value_t = 4)]
     tonic_channels: usize,
@@ -45,6 +48,9 @@ struct Args {
 enum Transport {
     /// mprpc, pool of 2 connections.
     Mprpc,
+    /// mprpc, the server registered in ZooKeeper, the client discovering it and balancing
+    /// with power-of-two-choices.
+    MprpcZk,
     /// tonic, one `Channel` (one HTTP/2 connection) cloned into every task.
     Tonic,
     /// tonic, tasks spread over `--tonic-channels` channels.
@@ -54,8 +60,9 @@ enum Transport {
 }
 
 impl Transport {
-    const ALL: [Transport; 4] = [
+    const ALL: [Transport; 5] = [
         Transport::Mprpc,
+        Transport::MprpcZk,
         Transport::Tonic,
         Transport::TonicPool,
         Transport::Tarpc,
@@ -64,6 +71,7 @@ impl Transport {
     fn label(self, args: &Args) -> String {
         match self {
             Transport::Mprpc => "mprpc (2 conns)".into(),
+            Transport::MprpcZk => "mprpc (zk + p2c)".into(),
             Transport::Tonic => "tonic (1 channel)".into(),
             Transport::TonicPool => format!("tonic ({} channels)", args.tonic_channels),
             Transport::Tarpc => "tarpc (1 conn)".into(),
@@ -74,6 +82,7 @@ impl Transport {
     fn result_key(self) -> Option<&'static str> {
         match self {
             Transport::Mprpc => Some("mprpc"),
+            Transport::MprpcZk => Some("mprpc_zk"),
             Transport::Tonic => Some("tonic"),
             Transport::TonicPool => None,
             Transport::Tarpc => Some("tarpc"),
@@ -83,6 +92,7 @@ impl Transport {
     async fn run(self, load: &Load, args: &Args) -> anyhow::Result<Stats> {
         match self {
             Transport::Mprpc => systems::mprpc::run(load).await,
+            Transport::MprpcZk => systems::mprpc::run_discovered(load, &args.zk).await,
             Transport::Tonic => systems::tonic::run(load, 1).await,
             Transport::TonicPool => systems::tonic::run(load, args.tonic_channels).await,
             Transport::Tarpc => systems::tarpc::run(load).await,
@@ -117,7 +127,15 @@ fn main() -> anyhow::Result<()> {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let stats = runtime.block_on(transport.run(&load, &args))?;
+        let stats = match runtime.block_on(transport.run(&load, &args)) {
+            Ok(stats) => stats,
+            // Without ZooKeeper the other rows still mean something.
+            Err(err) if transport == Transport::MprpcZk => {
+                eprintln!("{}: skipped: {err:#}", transport.label(&args));
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
         drop(runtime);
         if let Some(err) = &stats.first_error {
             eprintln!(
@@ -142,9 +160,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn result_line(results: &[(Transport, Stats)]) -> String {
-    let keyed: Vec<_> = results
+    let mut keyed: Vec<_> = results
         .iter()
-        .filter_map(|(t, stats)| Some((t.result_key()?, stats)))
+        .filter_map(|(t, stats)| Some((*t, t.result_key()?, stats)))
+        .collect();
+    // The discovered row comes last, so the first six fields keep their fixed order.
+    keyed.sort_by_key(|(t, _, _)| *t == Transport::MprpcZk);
+    let keyed: Vec<_> = keyed
+        .into_iter()
+        .map(|(_, key, stats)| (key, stats))
         .collect();
     let mut line = String::from("RESULT");
     for (key, stats) in &keyed {

@@ -50,6 +50,57 @@ pub fn client(addr: SocketAddr) -> EchoClient {
     )
 }
 
+/// Runs `load` against an in-process mprpc echo server registered in ZooKeeper at `zk`, the
+/// client finding it by discovery and picking with power-of-two-choices: the same work as
+/// [`run`], plus whatever discovery and balancing cost per call.
+///
+/// # Errors
+/// When ZooKeeper cannot be reached or the server cannot be started or registered.
+pub async fn run_discovered(load: &Load, zk: &str) -> anyhow::Result<Stats> {
+    use mprpc::zookeeper::{ZkConfig, ZooKeeper};
+    let root = format!("/mprpc-bench-{}", std::process::id());
+    let registry = ZooKeeper::connect(zk, ZkConfig::default().root(&root)).await?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let instance = mprpc::discovery::Instance::new(listener.local_addr()?.to_string());
+    let server = mprpc::Server::builder()
+        .add_service(EchoServer::new(EchoService))
+        .build();
+    let server_registry = registry.clone();
+    let server = ServerTask::spawn(|stopped| async move {
+        server
+            .serve_registered(listener, &server_registry, instance, stopped)
+            .await?;
+        Ok(())
+    });
+    let client = mprpc::Client::builder()
+        .pool_size(2)
+        .balance(mprpc::balance::P2c)
+        .discover(&registry, EchoClient::NAME)
+        .await?;
+    // Registration and the watch race; wait for the instance to show up.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while client.instances().is_empty() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "instance never discovered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let client = EchoClient::new(client);
+    let request = EchoRequest {
+        payload: load.payload(),
+    };
+    let stats = load::drive(load, |_| Echo {
+        client: client.clone(),
+        request: request.clone(),
+    })
+    .await;
+    drop(client);
+    server.stop().await?;
+    registry.close().await;
+    Ok(stats)
+}
+
 /// Runs `load` against an in-process mprpc echo server.
 ///
 /// # Errors
