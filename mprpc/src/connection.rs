@@ -68,7 +68,9 @@ impl Connection {
             goaway_last_id: AtomicU64::new(u64::MAX),
         });
         let reader = tokio::spawn(read_loop(FrameReader::new(read, max_frame), shared.clone()));
-        let writer = tokio::spawn(transport::write_loop(write, rx, max_frame));
+        let calls = shared.clone();
+        let busy = move |taken: usize| calls.pending.lock().len() > taken;
+        let writer = tokio::spawn(transport::write_loop(write, rx, max_frame, busy));
         Connection {
             tx,
             shared,

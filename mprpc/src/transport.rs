@@ -93,21 +93,32 @@ impl Outbound {
 
 /// Writes everything queued on `rx` until every sender is gone, then shuts the socket's
 /// write side down.
+///
+/// `busy()` tells whether more frames than the `n` just taken are on their way (calls in
+/// flight that have not queued theirs yet); only then is waiting for them worth a yield.
 pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     mut io: W,
     mut rx: mpsc::Receiver<Outbound>,
     max_frame: usize,
+    busy: impl Fn(usize) -> bool,
 ) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(BATCH_BYTES);
     let mut batch = Vec::with_capacity(BATCH_FRAMES);
-    while rx.recv_many(&mut batch, BATCH_FRAMES).await > 0 {
+    loop {
+        let taken = rx.recv_many(&mut batch, BATCH_FRAMES).await;
+        if taken == 0 {
+            break;
+        }
         for out in batch.drain(..) {
             out.encode(&mut buf, max_frame);
         }
         // Callers woke this task with their first frame, and on the same worker it runs
         // before they do; stepping aside once lets every ready caller queue its frame, so
-        // a burst leaves in one write instead of one write per call.
-        tokio::task::yield_now().await;
+        // a burst leaves in one write instead of one write per call. A lone call skips it:
+        // the yield costs a trip through the scheduler that a single frame cannot repay.
+        if busy(taken) {
+            tokio::task::yield_now().await;
+        }
         // Whatever queued meanwhile rides along in the same write.
         while buf.len() < BATCH_BYTES {
             match rx.try_recv() {

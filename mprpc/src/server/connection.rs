@@ -72,7 +72,9 @@ pub(super) async fn serve(
     let max_frame = shared.config.max_frame;
     let limit = shared.config.max_in_flight_per_connection;
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-    let writer = tokio::spawn(transport::write_loop(write, rx, max_frame));
+    // Responses are queued by this connection's read loop, which runs through everything
+    // it read before the writer gets a turn: batching comes without a yield.
+    let writer = tokio::spawn(transport::write_loop(write, rx, max_frame, |_| false));
     let mut reader = FrameReader::new(read, max_frame);
     let mut conn = Connection {
         shared,
