@@ -20,18 +20,8 @@ async fn a_slow_call_does_not_block_others_on_the_same_connection() {
     let client = Client::builder()
         .pool_size(1)
         .connect_lazy(server.addr.to_string());
-    let slow = tokio::spawn({
-        let client = client.clone();
-        async move { sleep_call(&client, 1_000, &CallOptions::new()).await }
-    });
-    let counters = server.probe.counters.clone();
-    assert!(
-        eventually(Duration::from_secs(5), || counters
-            .started
-            .load(Ordering::SeqCst)
-            == 1)
-        .await
-    );
+    let slow = server.spawn_sleep(&client, 1_000);
+    server.started(1).await;
     // 200 quick calls complete while the slow one is still running on the one connection.
     let mut quick = tokio::task::JoinSet::new();
     for _ in 0..200 {
@@ -125,21 +115,13 @@ async fn the_server_enforces_the_deadline_it_was_sent() {
 async fn dropping_the_call_cancels_it_on_the_server() {
     let server = start_server().await;
     let client = server.client();
-    let call = tokio::spawn({
-        let client = client.clone();
-        async move { sleep_call(&client, 60_000, &CallOptions::new()).await }
-    });
-    let counters = server.probe.counters.clone();
-    assert!(
-        eventually(Duration::from_secs(5), || counters
-            .started
-            .load(Ordering::SeqCst)
-            == 1)
-        .await
-    );
+    let call = server.spawn_sleep(&client, 60_000);
+    server.started(1).await;
     call.abort();
     assert!(
-        eventually(Duration::from_secs(5), || counters
+        eventually(Duration::from_secs(5), || server
+            .probe
+            .counters
             .dropped
             .load(Ordering::SeqCst)
             == 1)
@@ -295,18 +277,8 @@ async fn requests_over_the_frame_cap_fail_locally() {
 async fn total_in_flight_limit_sheds_with_resource_exhausted() {
     let server = support::start_server_with(|b| b.max_in_flight(1)).await;
     let client = server.client();
-    let slow = tokio::spawn({
-        let client = client.clone();
-        async move { sleep_call(&client, 500, &CallOptions::new()).await }
-    });
-    let counters = server.probe.counters.clone();
-    assert!(
-        eventually(Duration::from_secs(5), || counters
-            .started
-            .load(Ordering::SeqCst)
-            == 1)
-        .await
-    );
+    let slow = server.spawn_sleep(&client, 500);
+    server.started(1).await;
     let err = sleep_call(&client, 0, &CallOptions::new())
         .await
         .expect_err("shed");

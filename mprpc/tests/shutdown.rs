@@ -7,22 +7,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mprpc::frame::Kind;
-use mprpc::{CallOptions, Code, Error, Method};
-use support::{Num, PROBE, Raw, eventually, num, request, start_server_with};
+use mprpc::{Code, Error};
+use support::{Raw, num, request, start_server_with};
 
 #[tokio::test]
 async fn in_flight_calls_finish_and_late_ones_are_refused_retry_safe() {
     let mut server = start_server_with(|b| b.grace_period(Duration::from_secs(10))).await;
     let mut raw = Raw::connect(server.addr).await;
     raw.send(&request(1, "Sleep", &num(300))).await;
-    let counters = server.probe.counters.clone();
-    assert!(
-        eventually(Duration::from_secs(5), || counters
-            .started
-            .load(Ordering::SeqCst)
-            == 1)
-        .await
-    );
+    server.started(1).await;
 
     server.shutdown();
     let goaway = raw.frame().await;
@@ -60,26 +53,8 @@ async fn in_flight_calls_finish_and_late_ones_are_refused_retry_safe() {
 async fn the_client_moves_off_a_draining_connection() {
     let mut server = start_server_with(|b| b.grace_period(Duration::from_secs(10))).await;
     let client = server.client();
-    let slow = tokio::spawn({
-        let client = client.clone();
-        async move {
-            client
-                .unary::<_, Num>(
-                    &Method::new(PROBE, "Sleep"),
-                    &Num { value: 300 },
-                    &CallOptions::new(),
-                )
-                .await
-        }
-    });
-    let counters = server.probe.counters.clone();
-    assert!(
-        eventually(Duration::from_secs(5), || counters
-            .started
-            .load(Ordering::SeqCst)
-            == 1)
-        .await
-    );
+    let slow = server.spawn_sleep(&client, 300);
+    server.started(1).await;
     server.shutdown();
     assert_eq!(
         slow.await
@@ -97,26 +72,8 @@ async fn the_client_moves_off_a_draining_connection() {
 async fn the_grace_period_bounds_the_drain() {
     let mut server = start_server_with(|b| b.grace_period(Duration::from_millis(200))).await;
     let client = server.client();
-    let stuck = tokio::spawn({
-        let client = client.clone();
-        async move {
-            client
-                .unary::<_, Num>(
-                    &Method::new(PROBE, "Sleep"),
-                    &Num { value: 60_000 },
-                    &CallOptions::new(),
-                )
-                .await
-        }
-    });
-    let counters = server.probe.counters.clone();
-    assert!(
-        eventually(Duration::from_secs(5), || counters
-            .started
-            .load(Ordering::SeqCst)
-            == 1)
-        .await
-    );
+    let stuck = server.spawn_sleep(&client, 60_000);
+    server.started(1).await;
     server.shutdown();
     let served = tokio::time::timeout(Duration::from_secs(5), &mut server.task).await;
     served
@@ -126,5 +83,5 @@ async fn the_grace_period_bounds_the_drain() {
     let err = stuck.await.expect("join").expect_err("aborted");
     assert!(matches!(err, Error::ConnectionLost), "{err:?}");
     assert!(!err.is_retry_safe(), "the call had started");
-    assert_eq!(counters.dropped.load(Ordering::SeqCst), 1);
+    assert_eq!(server.probe.counters.dropped.load(Ordering::SeqCst), 1);
 }

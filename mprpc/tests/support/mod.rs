@@ -123,6 +123,33 @@ impl TestServer {
         }
     }
 
+    /// Calls `Sleep(ms)` through `client` from a task of its own.
+    pub fn spawn_sleep(
+        &self,
+        client: &mprpc::Client,
+        ms: u64,
+    ) -> JoinHandle<Result<Num, mprpc::Error>> {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .unary(
+                    &Method::new(PROBE, "Sleep"),
+                    &Num { value: ms },
+                    &mprpc::CallOptions::new(),
+                )
+                .await
+        })
+    }
+
+    /// Waits (up to 5 s) until `n` `Sleep` handlers have started.
+    pub async fn started(&self, n: u64) {
+        let counters = self.probe.counters.clone();
+        let started = eventually(Duration::from_secs(5), || {
+            counters.started.load(Ordering::SeqCst) == n
+        });
+        assert!(started.await, "{n} Sleep handlers started");
+    }
+
     pub fn client(&self) -> mprpc::Client {
         mprpc::Client::builder()
             .timeout(Some(Duration::from_secs(10)))
