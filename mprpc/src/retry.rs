@@ -1,6 +1,7 @@
 //! Retry policy: which failures may be sent again, and a budget that keeps retries from
 //! multiplying load when a whole service is unwell.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -20,17 +21,14 @@ pub(crate) fn may_retry(err: &Error, idempotent: bool) -> bool {
 /// Counted in thousandths of a token so that the ratio adds up exactly.
 #[derive(Debug)]
 pub(crate) struct Budget {
-    /// A parking_lot mutex: two integer updates, never held across an await.
-    state: Mutex<State>,
+    /// Every call deposits, so the balance is an atomic: no lock on the hot path.
+    milli_tokens: AtomicU64,
+    /// When the trickle was last added. A parking_lot mutex, taken only by retries and
+    /// never held across an await.
+    refilled: Mutex<Instant>,
     per_call: u64,
     per_sec: u64,
     cap: u64,
-}
-
-#[derive(Debug)]
-struct State {
-    milli_tokens: u64,
-    refilled: Instant,
 }
 
 const TOKEN: u64 = 1000;
@@ -39,36 +37,40 @@ impl Budget {
     pub(crate) fn new(ratio: f64, min_per_sec: u32) -> Budget {
         let per_sec = u64::from(min_per_sec) * TOKEN;
         Budget {
-            state: Mutex::new(State {
-                milli_tokens: per_sec,
-                refilled: Instant::now(),
-            }),
+            milli_tokens: AtomicU64::new(per_sec),
+            refilled: Mutex::new(Instant::now()),
             per_call: (ratio * TOKEN as f64).round() as u64,
             per_sec,
             cap: (per_sec * 10).max(100 * TOKEN),
         }
     }
 
+    fn add(&self, milli_tokens: u64) {
+        let before = self.milli_tokens.fetch_add(milli_tokens, Ordering::Relaxed);
+        if before + milli_tokens > self.cap {
+            self.milli_tokens.fetch_min(self.cap, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn deposit(&self) {
-        let mut state = self.state.lock();
-        state.milli_tokens = (state.milli_tokens + self.per_call).min(self.cap);
+        self.add(self.per_call);
     }
 
     pub(crate) fn try_withdraw(&self) -> bool {
-        let mut state = self.state.lock();
-        let now = Instant::now();
-        let elapsed = now.saturating_duration_since(state.refilled);
-        if elapsed >= Duration::from_millis(10) {
-            let trickle = self.per_sec * elapsed.as_millis() as u64 / 1000;
-            state.milli_tokens = (state.milli_tokens + trickle).min(self.cap);
-            state.refilled = now;
+        {
+            let mut refilled = self.refilled.lock();
+            let now = Instant::now();
+            let elapsed = now.saturating_duration_since(*refilled);
+            if elapsed >= Duration::from_millis(10) {
+                self.add(self.per_sec * elapsed.as_millis() as u64 / 1000);
+                *refilled = now;
+            }
         }
-        if state.milli_tokens >= TOKEN {
-            state.milli_tokens -= TOKEN;
-            true
-        } else {
-            false
-        }
+        self.milli_tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                t.checked_sub(TOKEN)
+            })
+            .is_ok()
     }
 }
 
