@@ -101,6 +101,20 @@ async fn wait_for_instances(client: &mprpc::Client, n: usize) {
     }
 }
 
+/// Three echo-server processes under a fresh root and a p2c client that sees all three.
+async fn cluster(test: &str) -> (Vec<EchoProcess>, ZooKeeper, mprpc::Client) {
+    let root = unique_root(test);
+    let servers: Vec<EchoProcess> = (0..3).map(|_| EchoProcess::start(&root)).collect();
+    let zk = zookeeper(&root).await;
+    let client = mprpc::Client::builder()
+        .balance(P2c)
+        .discover(&zk, EchoClient::NAME)
+        .await
+        .expect("discover");
+    wait_for_instances(&client, 3).await;
+    (servers, zk, client)
+}
+
 struct Stream {
     ok: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
@@ -162,15 +176,7 @@ impl Stream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_register_and_all_take_calls() {
-    let root = unique_root("three");
-    let servers: Vec<EchoProcess> = (0..3).map(|_| EchoProcess::start(&root)).collect();
-    let zk = zookeeper(&root).await;
-    let client = mprpc::Client::builder()
-        .balance(P2c)
-        .discover(&zk, EchoClient::NAME)
-        .await
-        .expect("discover");
-    wait_for_instances(&client, 3).await;
+    let (servers, _zk, client) = cluster("three").await;
     let mut listed: Vec<String> = client.instances().into_iter().map(|i| i.addr).collect();
     let mut started: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
     listed.sort();
@@ -188,15 +194,7 @@ async fn three_instances_register_and_all_take_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_stream_of_idempotent_calls_fails_none() {
-    let root = unique_root("kill");
-    let mut servers: Vec<EchoProcess> = (0..3).map(|_| EchoProcess::start(&root)).collect();
-    let zk = zookeeper(&root).await;
-    let client = mprpc::Client::builder()
-        .balance(P2c)
-        .discover(&zk, EchoClient::NAME)
-        .await
-        .expect("discover");
-    wait_for_instances(&client, 3).await;
+    let (mut servers, _zk, client) = cluster("kill").await;
     let echo = EchoClient::new(client.clone());
     let calls = stream(&echo, 20_000, 32, CallOptions::new().idempotent(true));
     calls.wait_for(3_000).await;
@@ -209,15 +207,7 @@ async fn kill_9_during_a_stream_of_idempotent_calls_fails_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_stop_during_a_stream_of_non_idempotent_calls_fails_none() {
-    let root = unique_root("stop");
-    let mut servers: Vec<EchoProcess> = (0..3).map(|_| EchoProcess::start(&root)).collect();
-    let zk = zookeeper(&root).await;
-    let client = mprpc::Client::builder()
-        .balance(P2c)
-        .discover(&zk, EchoClient::NAME)
-        .await
-        .expect("discover");
-    wait_for_instances(&client, 3).await;
+    let (mut servers, _zk, client) = cluster("stop").await;
     let echo = EchoClient::new(client.clone());
     let calls = stream(&echo, 20_000, 32, CallOptions::new());
     calls.wait_for(3_000).await;

@@ -86,16 +86,7 @@ pub async fn run_discovered(load: &Load, zk: &str) -> anyhow::Result<Stats> {
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let client = EchoClient::new(client);
-    let request = EchoRequest {
-        payload: load.payload(),
-    };
-    let stats = load::drive(load, |_| Echo {
-        client: client.clone(),
-        request: request.clone(),
-    })
-    .await;
-    drop(client);
+    let stats = drive(load, EchoClient::new(client)).await;
     server.stop().await?;
     registry.close().await;
     Ok(stats)
@@ -107,16 +98,20 @@ pub async fn run_discovered(load: &Load, zk: &str) -> anyhow::Result<Stats> {
 /// When the server cannot be started or does not stop cleanly.
 pub async fn run(load: &Load) -> anyhow::Result<Stats> {
     let (addr, server) = start_server().await?;
-    let client = client(addr);
+    let stats = drive(load, client(addr)).await;
+    server.stop().await?;
+    Ok(stats)
+}
+
+/// Runs `load` through `client`, dropping it (and its connections) before returning so the
+/// server can stop without waiting for idle connections.
+async fn drive(load: &Load, client: EchoClient) -> Stats {
     let request = EchoRequest {
         payload: load.payload(),
     };
-    let stats = load::drive(load, |_| Echo {
+    load::drive(load, |_| Echo {
         client: client.clone(),
         request: request.clone(),
     })
-    .await;
-    drop(client);
-    server.stop().await?;
-    Ok(stats)
+    .await
 }
