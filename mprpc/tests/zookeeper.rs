@@ -137,36 +137,49 @@ async fn owner(raw: &client::Client, path: &str) -> Option<i64> {
         .map(|stat| stat.ephemeral_owner)
 }
 
-/// Makes ZooKeeper expire `zk`'s session: a second client takes the session over (same id
-/// and password) and closes it. Returns once `zk` has a new session.
-async fn expire(hosts: &str, zk: &ZooKeeper) {
-    let old = zk.session_id().expect("a live session");
-    let deadline = Instant::now() + CONVERGE;
-    while zk.session_id().is_none_or(|id| id == old) {
-        assert!(Instant::now() < deadline, "session {old:#x} did not expire");
-        if let Some(current) = zk.client().filter(|c| c.session_id().0 == old) {
-            let session = current.session().clone();
-            if let Ok(intruder) = client::Client::connector()
-                .with_session(session)
-                .connect(hosts)
+/// Connects through a [`zk::Relay`], so that [`expire`] can cut the handle off.
+async fn connect_relayed(hosts: &str, root: &str) -> (zk::Relay, ZooKeeper) {
+    let relay = zk::Relay::start(hosts).await;
+    let zk = connect(&relay.hosts(), root).await;
+    (relay, zk)
+}
+
+/// Makes ZooKeeper expire the session of `zk`, which reaches ZooKeeper through `relay`.
+/// Cut off, `zk` cannot take its session back while a second client takes it over (same id
+/// and password) and closes it; restored, `zk` learns that the session expired and opens a
+/// new one. Returns once it has.
+async fn expire(hosts: &str, relay: &zk::Relay, zk: &ZooKeeper) {
+    let current = zk.client().expect("a live session");
+    let old = current.session_id().0;
+    let session = current.session().clone();
+    drop(current);
+    relay.cut();
+    // Should the intruder come late, ZooKeeper has expired the session by itself.
+    match client::Client::connector()
+        .with_session(session)
+        .connect(hosts)
+        .await
+    {
+        Ok(intruder) => {
+            let mut states = intruder.state_watcher();
+            drop(intruder);
+            let closed = async {
+                while !states.peek_state().is_terminated() {
+                    states.changed().await;
+                }
+            };
+            tokio::time::timeout(CONVERGE, closed)
                 .await
-            {
-                let mut states = intruder.state_watcher();
-                drop(intruder);
-                let closed = async {
-                    while !states.peek_state().is_terminated() {
-                        states.changed().await;
-                    }
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(5), closed).await;
-            }
+                .expect("the taken-over session closes");
         }
-        // The owner notices at its next exchange with the server.
-        let until = Instant::now() + Duration::from_secs(2);
-        while zk.session_id().is_none_or(|id| id == old) && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        Err(client::Error::SessionExpired) => {}
+        Err(err) => panic!("take session {old:#x} over: {err}"),
     }
+    relay.restore();
+    eventually("a new session", CONVERGE, || {
+        zk.session_id().is_some_and(|id| id != old)
+    })
+    .await;
 }
 
 /// Ends the test's sessions (their ephemeral nodes go, and no subscription recreates a
@@ -319,9 +332,9 @@ async fn expired_sessions_recover() {
     let root = unique_root();
     let raw = raw(&hosts).await;
     let dir = format!("{root}/services/{SERVICE}");
-    let caller = connect(&hosts, &root).await;
+    let (caller_link, caller) = connect_relayed(&hosts, &root).await;
     let list = caller.subscribe(SERVICE).await.expect("subscribe");
-    let server = connect(&hosts, &root).await;
+    let (server_link, server) = connect_relayed(&hosts, &root).await;
     let _registration = server
         .register(SERVICE, instance(7201))
         .await
@@ -335,7 +348,7 @@ async fn expired_sessions_recover() {
 
     // The server's session expires: ZooKeeper deletes the node, the server creates it again
     // in its new session.
-    expire(&hosts, &server).await;
+    expire(&hosts, &server_link, &server).await;
     let second = server.session_id().expect("new session");
     assert_ne!(first, second);
     eventually_async("node owned by the new session", CONVERGE, async || {
@@ -349,7 +362,7 @@ async fn expired_sessions_recover() {
 
     // The caller's session expires: its watches are gone with it, so it must re-arm them
     // in the new session to see later changes.
-    expire(&hosts, &caller).await;
+    expire(&hosts, &caller_link, &caller).await;
     let other = connect(&hosts, &root).await;
     let _more = other
         .register(SERVICE, instance(7202))
@@ -476,9 +489,11 @@ async fn election_fails_over() {
     let raw = raw(&hosts).await;
     let dir = format!("{root}/election/scheduler");
     let mut zks = Vec::new();
+    let mut links = Vec::new();
     let mut elections = Vec::new();
     for i in 0..3 {
-        let zk = connect(&hosts, &root).await;
+        let (link, zk) = connect_relayed(&hosts, &root).await;
+        links.push(link);
         elections.push(Some(
             zk.elect("scheduler", &format!("c{i}"))
                 .await
@@ -524,7 +539,7 @@ async fn election_fails_over() {
     let _ = standing.borrow_and_update();
 
     // A follower whose session expires joins again in its new session.
-    expire(&hosts, &zks[survivor]).await;
+    expire(&hosts, &links[survivor], &zks[survivor]).await;
     eventually_async("follower back in the election", CONVERGE, async || {
         ls(&raw, &dir).await.len() == 2
     })
