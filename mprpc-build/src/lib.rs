@@ -18,7 +18,7 @@
 //! }
 //! ```
 //!
-//! ```ignore
+//! ```text
 //! // src/lib.rs: the output lands in OUT_DIR, one file per proto package.
 //! pub mod echo {
 //!     include!(concat!(env!("OUT_DIR"), "/example.rs"));
