@@ -290,6 +290,31 @@ async fn total_in_flight_limit_sheds_with_resource_exhausted() {
 }
 
 #[tokio::test]
+async fn per_connection_limit_queues_calls_instead_of_shedding_them() {
+    let server = support::start_server_with(|b| b.max_in_flight_per_connection(2)).await;
+    let client = Client::builder()
+        .pool_size(1)
+        .timeout(Some(Duration::from_secs(10)))
+        .connect_lazy(server.addr.to_string());
+    let calls: Vec<_> = (0..3).map(|_| server.spawn_sleep(&client, 300)).collect();
+    server.started(2).await;
+
+    // The third request waits unread in the socket until one of the first two finishes.
+    let counters = server.probe.counters.clone();
+    let third_started = eventually(Duration::from_secs(5), || {
+        counters.started.load(Ordering::SeqCst) == 3
+    });
+    assert!(third_started.await, "the third call started");
+    assert!(
+        counters.finished.load(Ordering::SeqCst) >= 1,
+        "the third call started only after a slot was freed"
+    );
+    for call in calls {
+        call.await.expect("join").expect("queued, not shed");
+    }
+}
+
+#[tokio::test]
 async fn the_connection_limit_holds_new_connections_until_one_closes() {
     let server = support::start_server_with(|b| b.max_connections(1)).await;
     let mut first = support::Raw::connect(server.addr).await;
