@@ -181,3 +181,125 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::frame::DEFAULT_MAX_FRAME;
+
+    /// Records the size of every write it is asked to do.
+    #[derive(Default)]
+    struct Writes {
+        sizes: Vec<usize>,
+        bytes: BytesMut,
+    }
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.sizes.push(buf.len());
+            self.bytes.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Hands out `data` as fast as asked, counting the reads.
+    struct Reads {
+        data: Bytes,
+        reads: usize,
+    }
+
+    impl AsyncRead for Reads {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            self.reads += 1;
+            let n = self.data.len().min(buf.remaining());
+            let chunk = self.data.split_to(n);
+            buf.put_slice(&chunk);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn response(request_id: u64) -> Outbound {
+        Outbound::Response {
+            request_id,
+            result: Ok(Bytes::from_static(&[7; 64])),
+        }
+    }
+
+    /// Writes `n` queued responses and returns the writer.
+    async fn write_queued(n: u64) -> Writes {
+        let (tx, rx) = mpsc::channel(n as usize);
+        for id in 1..=n {
+            tx.try_send(response(id)).expect("room");
+        }
+        drop(tx);
+        let mut writes = Writes::default();
+        write_loop(&mut writes, rx, DEFAULT_MAX_FRAME, |_| false)
+            .await
+            .expect("written");
+        writes
+    }
+
+    fn decode_all(mut bytes: BytesMut) -> Vec<u64> {
+        let mut codec = Codec::new(DEFAULT_MAX_FRAME);
+        let mut ids = Vec::new();
+        while let Some(frame) = codec.decode(&mut bytes).expect("valid frames") {
+            assert_eq!(frame.body.len(), 64);
+            ids.push(frame.header.request_id);
+        }
+        assert!(bytes.is_empty(), "no partial frame left");
+        ids
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_frames_leaves_in_one_write() {
+        let writes = write_queued(200).await;
+        assert_eq!(writes.sizes.len(), 1, "{:?}", writes.sizes);
+        assert_eq!(decode_all(writes.bytes), (1..=200).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn batches_are_cut_by_size_not_by_frame_count() {
+        // About 100 KiB of frames: the first write takes 64 KiB and more, the second the rest.
+        let writes = write_queued(1_200).await;
+        assert_eq!(writes.sizes.len(), 2, "{:?}", writes.sizes);
+        assert!(writes.sizes[0] >= BATCH_BYTES, "{:?}", writes.sizes);
+        assert_eq!(decode_all(writes.bytes), (1..=1_200).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn one_read_drains_many_frames() {
+        let written = write_queued(200).await.bytes.freeze();
+        let mut reader = FrameReader::new(
+            Reads {
+                data: written,
+                reads: 0,
+            },
+            DEFAULT_MAX_FRAME,
+        );
+        for id in 1..=200 {
+            let frame = reader.next().await.expect("a frame").expect("valid");
+            assert_eq!(frame.header.request_id, id);
+        }
+        assert_eq!(reader.io.reads, 1);
+        assert!(reader.next().await.is_none(), "clean end of stream");
+    }
+}
