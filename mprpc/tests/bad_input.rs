@@ -236,3 +236,47 @@ async fn peer_vanishing_mid_call_aborts_the_work() {
     );
     assert_still_serving(&server).await;
 }
+
+#[tokio::test]
+async fn silent_connections_are_closed_after_the_idle_timeout() {
+    let period = Duration::from_millis(200);
+    let server = start_server_with(|b| b.idle_timeout(Some(period))).await;
+
+    // A peer that never sends a frame is sent GOAWAY and closed.
+    let mut silent = Raw::connect(server.addr).await;
+    let frames = silent.until_closed().await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].header.kind, Kind::GoAway);
+    assert_eq!(frames[0].header.status, Code::Ok);
+
+    // Pings count as activity: several periods pass and the connection stays.
+    let mut pinging = Raw::connect(server.addr).await;
+    let until = tokio::time::Instant::now() + 4 * period;
+    let mut id = 0;
+    while tokio::time::Instant::now() < until {
+        id += 1;
+        pinging.send(&control(Kind::Ping, id)).await;
+        let pong = pinging.frame().await;
+        assert_eq!((pong.header.kind, pong.header.request_id), (Kind::Pong, id));
+        tokio::time::sleep(period / 4).await;
+    }
+
+    // A call in flight longer than two periods keeps its connection.
+    pinging.send(&request(100, "Sleep", &num(500))).await;
+    let reply = pinging.frame().await;
+    assert_eq!(
+        (
+            reply.header.kind,
+            reply.header.request_id,
+            reply.header.status
+        ),
+        (Kind::Response, 100, Code::Ok)
+    );
+
+    // Silence afterwards closes it like any other.
+    let frames = pinging.until_closed().await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].header.kind, Kind::GoAway);
+    assert_eq!(frames[0].header.request_id, 100, "the last call it started");
+    assert_still_serving(&server).await;
+}

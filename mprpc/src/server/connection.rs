@@ -86,6 +86,12 @@ pub(super) async fn serve(
         draining: false,
     };
     debug!(%peer, "connection open");
+    // Idleness is checked once per period rather than by re-arming a timer per frame: a
+    // period with no frame and no call in flight closes the connection.
+    let period = conn.shared.config.idle_timeout;
+    let idle = tokio::time::sleep(period.unwrap_or(Duration::MAX));
+    tokio::pin!(idle);
+    let mut active = false;
     loop {
         tokio::select! {
             biased;
@@ -95,8 +101,21 @@ pub(super) async fn serve(
                 }
             }
             _ = shutdown.cancelled(), if !conn.draining => conn.go_away().await,
+            () = &mut idle, if period.is_some() && !conn.draining => match period {
+                Some(period) if active || !conn.calls.is_empty() => {
+                    active = false;
+                    idle.as_mut().reset(Instant::now() + period);
+                }
+                _ => {
+                    debug!(%peer, "idle; closing the connection");
+                    conn.go_away().await;
+                }
+            },
             frame = reader.next(), if conn.calls.len() < limit => match frame {
-                Some(Ok(frame)) => conn.handle(frame).await,
+                Some(Ok(frame)) => {
+                    active = true;
+                    conn.handle(frame).await
+                }
                 Some(Err(err)) => {
                     conn.reject(err).await;
                     break;

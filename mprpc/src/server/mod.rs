@@ -7,7 +7,9 @@
 //!   reading that connection (TCP backpressure) until a call finishes;
 //! - calls in total: at most `max_in_flight`; past it new calls are answered
 //!   `RESOURCE_EXHAUSTED` without running (safe for the caller to retry elsewhere);
-//! - frame size: `max_frame`, checked before anything of the claimed size is buffered.
+//! - frame size: `max_frame`, checked before anything of the claimed size is buffered;
+//! - idleness: a connection with no call in flight that sends no frame for `idle_timeout` is
+//!   sent a `GOAWAY` and closed, so silent peers cannot hold connection slots for ever.
 //!
 //! Shutdown: when the `shutdown` future passed to [`Server::serve`] completes, the server
 //! stops accepting, sends every connection a `GOAWAY`, answers calls that still arrive with
@@ -48,6 +50,9 @@ pub struct Config {
     pub max_in_flight: usize,
     /// How long shutdown waits for in-flight calls (default 10 s).
     pub grace_period: Duration,
+    /// How long a connection may stay silent with no call in flight before it is closed
+    /// (default 5 min; `None` keeps idle connections open).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -58,6 +63,7 @@ impl Default for Config {
             max_in_flight_per_connection: 1024,
             max_in_flight: 65_536,
             grace_period: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -112,6 +118,16 @@ impl ServerBuilder {
     /// How long shutdown waits for in-flight calls. Default 10 s.
     pub fn grace_period(mut self, grace: Duration) -> Self {
         self.config.grace_period = grace;
+        self
+    }
+
+    /// How long a connection may send no frame while no call of it is in flight before the
+    /// server sends it a `GOAWAY` and closes it; `None` keeps idle connections open. Default
+    /// 5 min. The check runs once per period, so a connection goes between one and two
+    /// periods after its last frame. Clients reconnect on their next call; a request that
+    /// crossed the `GOAWAY` on the wire fails as never started, safe to retry.
+    pub fn idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        self.config.idle_timeout = idle.map(|idle| idle.max(Duration::from_millis(1)));
         self
     }
 
