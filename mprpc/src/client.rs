@@ -44,6 +44,10 @@ pub struct Config {
     pub eject_base: Duration,
     /// Longest ejection period (default 30 s).
     pub eject_max: Duration,
+    /// Silence on a connection with calls in flight before it is probed with a ping, and
+    /// the time the ping has to be answered before the connection is given up (default
+    /// 5 s; `None`: never probe).
+    pub keepalive: Option<Duration>,
 }
 
 impl Default for Config {
@@ -61,6 +65,7 @@ impl Default for Config {
             eject_after: 5,
             eject_base: Duration::from_secs(1),
             eject_max: Duration::from_secs(30),
+            keepalive: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -92,6 +97,17 @@ impl ClientBuilder {
     /// Connections per endpoint. Default 2.
     pub fn pool_size(mut self, n: usize) -> Self {
         self.config.pool_size = n.max(1);
+        self
+    }
+
+    /// Detects servers that vanished without closing the connection (host loss, network
+    /// partition): when a connection with calls in flight has received nothing for this
+    /// long it is sent a ping, and when the ping is not answered within the same period the
+    /// connection is closed and its calls fail with [`Error::ConnectionLost`] instead of
+    /// waiting for their deadlines. Idle connections are not probed. Default 5 s; `None`
+    /// turns probing off.
+    pub fn keepalive(mut self, period: Option<Duration>) -> Self {
+        self.config.keepalive = period.map(|p| p.max(Duration::from_millis(1)));
         self
     }
 

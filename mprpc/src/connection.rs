@@ -10,7 +10,8 @@ use metrics::Gauge;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio::time::Duration;
 use tracing::debug;
 
 use crate::error::Error;
@@ -34,6 +35,8 @@ struct Shared {
     state: AtomicU8,
     /// Highest request id the server said it accepted before going away.
     goaway_last_id: AtomicU64,
+    /// Frames received so far; the keepalive task watches it move.
+    received: AtomicU64,
 }
 
 /// A multiplexed connection to one server. Dropping it stops its tasks.
@@ -44,6 +47,7 @@ pub(crate) struct Connection {
     max_frame: usize,
     reader: JoinHandle<()>,
     writer: JoinHandle<std::io::Result<()>>,
+    keepalive: Option<JoinHandle<()>>,
     /// `mprpc_client_connections` for this endpoint; counts this connection while it lives.
     gauge: Gauge,
 }
@@ -52,12 +56,20 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.reader.abort();
         self.writer.abort();
+        if let Some(keepalive) = &self.keepalive {
+            keepalive.abort();
+        }
         self.gauge.decrement(1.0);
     }
 }
 
 impl Connection {
-    pub(crate) fn new(stream: TcpStream, max_frame: usize, gauge: Gauge) -> Connection {
+    pub(crate) fn new(
+        stream: TcpStream,
+        max_frame: usize,
+        keepalive: Option<Duration>,
+        gauge: Gauge,
+    ) -> Connection {
         gauge.increment(1.0);
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
@@ -66,8 +78,17 @@ impl Connection {
             pending: Mutex::new(HashMap::new()),
             state: AtomicU8::new(OPEN),
             goaway_last_id: AtomicU64::new(u64::MAX),
+            received: AtomicU64::new(0),
         });
         let reader = tokio::spawn(read_loop(FrameReader::new(read, max_frame), shared.clone()));
+        let keepalive = keepalive.map(|period| {
+            tokio::spawn(probe(
+                period,
+                shared.clone(),
+                tx.downgrade(),
+                reader.abort_handle(),
+            ))
+        });
         let calls = shared.clone();
         let busy = move |taken: usize| calls.pending.lock().len() > taken;
         let writer = tokio::spawn(transport::write_loop(write, rx, max_frame, busy));
@@ -78,6 +99,7 @@ impl Connection {
             max_frame,
             reader,
             writer,
+            keepalive,
             gauge,
         }
     }
@@ -159,12 +181,15 @@ impl Drop for CancelOnDrop<'_> {
 }
 
 async fn read_loop(mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>, shared: Arc<Shared>) {
+    // Runs however the loop ends, including when the keepalive probe aborts it.
+    let _closed = FailPending(shared.clone());
     let cause = loop {
         let frame = match reader.next().await {
             Some(Ok(frame)) => frame,
             Some(Err(err)) => break Some(err),
             None => break None,
         };
+        shared.received.fetch_add(1, Ordering::Relaxed);
         match frame.header.kind {
             Kind::Response | Kind::Pong => {
                 let waiter = shared.pending.lock().remove(&frame.header.request_id);
@@ -187,16 +212,75 @@ async fn read_loop(mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>, shar
     if let Some(err) = cause {
         debug!(cause = %err, "connection failed");
     }
-    shared.state.store(CLOSED, Ordering::Release);
-    let last = shared.goaway_last_id.load(Ordering::Acquire);
-    let pending = std::mem::take(&mut *shared.pending.lock());
-    for (id, waiter) in pending {
-        // After GOAWAY the server starts nothing past `last`, so those calls never ran.
-        let err = if id > last {
-            Error::Unavailable("server went away before starting the call")
-        } else {
-            Error::ConnectionLost
-        };
-        let _ = waiter.send(Err(err));
+}
+
+/// Marks the connection closed and fails the calls still waiting on it.
+struct FailPending(Arc<Shared>);
+
+impl Drop for FailPending {
+    fn drop(&mut self) {
+        let shared = &self.0;
+        shared.state.store(CLOSED, Ordering::Release);
+        let last = shared.goaway_last_id.load(Ordering::Acquire);
+        let pending = std::mem::take(&mut *shared.pending.lock());
+        for (id, waiter) in pending {
+            // After GOAWAY the server starts nothing past `last`, so those calls never ran.
+            let err = if id > last {
+                Error::Unavailable("server went away before starting the call")
+            } else {
+                Error::ConnectionLost
+            };
+            let _ = waiter.send(Err(err));
+        }
+    }
+}
+
+/// Request id of keepalive pings; calls count from 1, so its pong matches no call.
+const PROBE_ID: u64 = 0;
+
+/// Keepalive: every `period`, a connection that has calls waiting and received nothing
+/// since the last look is sent a ping; if still nothing has arrived a period later, the
+/// peer is taken for gone and the reader is stopped, which fails the waiting calls.
+///
+/// It looks at a counter the reader bumps per frame, so the read path pays one relaxed
+/// atomic add per frame and no timer.
+async fn probe(
+    period: Duration,
+    shared: Arc<Shared>,
+    tx: mpsc::WeakSender<Outbound>,
+    reader: AbortHandle,
+) {
+    let mut seen = shared.received.load(Ordering::Relaxed);
+    let mut pinged = false;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if shared.state.load(Ordering::Acquire) == CLOSED {
+            return;
+        }
+        let received = shared.received.load(Ordering::Relaxed);
+        if received != seen {
+            seen = received;
+            pinged = false;
+            continue;
+        }
+        if pinged {
+            debug!(?period, "keepalive ping unanswered; closing the connection");
+            reader.abort();
+            return;
+        }
+        if shared.pending.lock().is_empty() {
+            continue;
+        }
+        let Some(tx) = tx.upgrade() else { return };
+        // A full queue means the peer stopped reading too: the next look decides as if
+        // the ping had gone out.
+        if let Err(mpsc::error::TrySendError::Closed(_)) =
+            tx.try_send(Outbound::control(Kind::Ping, PROBE_ID))
+        {
+            return;
+        }
+        pinged = true;
     }
 }

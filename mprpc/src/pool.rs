@@ -111,6 +111,7 @@ impl Pool {
                 let conn = Arc::new(Connection::new(
                     stream,
                     self.config.max_frame,
+                    self.config.keepalive,
                     self.gauge.clone(),
                 ));
                 *slot.conn.lock() = Some(conn.clone());

@@ -341,3 +341,37 @@ async fn the_connection_limit_holds_new_connections_until_one_closes() {
         (mprpc::frame::Kind::Pong, 2)
     );
 }
+
+#[tokio::test]
+async fn keepalive_gives_up_on_a_server_gone_silent() {
+    let server = start_server().await;
+    let relay = support::relay::Relay::start(server.addr.to_string()).await;
+    let client = Client::builder()
+        .pool_size(1)
+        .keepalive(Some(Duration::from_millis(100)))
+        .timeout(Some(Duration::from_secs(30)))
+        .connect_lazy(relay.hosts());
+
+    // A call silent for several periods on a healthy connection: the pings are answered.
+    sleep_call(&client, 600, &CallOptions::new())
+        .await
+        .expect("slow but alive");
+
+    // The server goes silent with a call in flight, closing nothing: the call fails long
+    // before its deadline, as not retry-safe since it may have run.
+    let stuck = server.spawn_sleep(&client, 60_000);
+    server.started(2).await;
+    relay.freeze();
+    let err = stuck
+        .await
+        .expect("join")
+        .expect_err("the connection is given up");
+    assert!(matches!(err, Error::ConnectionLost), "{err:?}");
+    assert!(!err.is_retry_safe());
+
+    // Once the network is back, the next call gets a new connection.
+    relay.restore();
+    sleep_call(&client, 0, &CallOptions::new())
+        .await
+        .expect("served on a new connection");
+}

@@ -2,6 +2,8 @@
 //! (`scripts/services.sh up zookeeper`, or `MPRPC_ZK` for another address) and, for the
 //! restart test, a private server started here. Each test works under its own root.
 
+#[path = "support/relay.rs"]
+mod relay;
 #[path = "support/zk.rs"]
 mod zk;
 
@@ -137,9 +139,9 @@ async fn owner(raw: &client::Client, path: &str) -> Option<i64> {
         .map(|stat| stat.ephemeral_owner)
 }
 
-/// Connects through a [`zk::Relay`], so that [`expire`] can cut the handle off.
-async fn connect_relayed(hosts: &str, root: &str) -> (zk::Relay, ZooKeeper) {
-    let relay = zk::Relay::start(hosts).await;
+/// Connects through a [`relay::Relay`], so that [`expire`] can cut the handle off.
+async fn connect_relayed(hosts: &str, root: &str) -> (relay::Relay, ZooKeeper) {
+    let relay = relay::Relay::start(hosts).await;
     let zk = connect(&relay.hosts(), root).await;
     (relay, zk)
 }
@@ -148,7 +150,7 @@ async fn connect_relayed(hosts: &str, root: &str) -> (zk::Relay, ZooKeeper) {
 /// Cut off, `zk` cannot take its session back while a second client takes it over (same id
 /// and password) and closes it; restored, `zk` learns that the session expired and opens a
 /// new one. Returns once it has.
-async fn expire(hosts: &str, relay: &zk::Relay, zk: &ZooKeeper) {
+async fn expire(hosts: &str, relay: &relay::Relay, zk: &ZooKeeper) {
     let current = zk.client().expect("a live session");
     let old = current.session_id().0;
     let session = current.session().clone();

@@ -1,6 +1,8 @@
 //! A test server with a hand-written probe service, and raw-socket helpers.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod relay;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
