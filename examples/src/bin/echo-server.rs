@@ -21,7 +21,7 @@ struct Args {
     /// Relative share of traffic for weighted balancing.
     #[arg(long, default_value_t = 100)]
     weight: u32,
-    /// Serve Prometheus metrics at http://<addr>/metrics.
+    /// Serve Prometheus metrics at `http://ADDR/metrics`.
     #[arg(long)]
     metrics: Option<String>,
 }
