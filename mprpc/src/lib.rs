@@ -40,7 +40,7 @@
 //!
 //! The wire protocol follows, as specified in `docs/protocol.md`.
 //!
-#![doc = include_str!("../../docs/protocol.md")]
+#![doc = include_str!("../docs/protocol.md")]
 #![warn(missing_docs)]
 
 // Generated code names this crate by its public path, also when it is compiled inside it.
