@@ -72,13 +72,16 @@ impl proto::Calculator for CalculatorService {
 
 /// Log setup for the example binaries.
 pub mod telemetry {
-    /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+    /// Logs to stderr, filtered by `RUST_LOG` (default `info`); colours only on a terminal,
+    /// so that logs redirected to a file stay plain text.
     pub fn init() {
+        use std::io::IsTerminal as _;
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .init();
     }
 
