@@ -375,3 +375,22 @@ async fn keepalive_gives_up_on_a_server_gone_silent() {
         .await
         .expect("served on a new connection");
 }
+
+#[tokio::test]
+async fn the_next_call_after_an_idle_close_reconnects() {
+    let server =
+        support::start_server_with(|b| b.idle_timeout(Some(Duration::from_millis(100)))).await;
+    let relay = support::relay::Relay::start(server.addr.to_string()).await;
+    let client = Client::builder().pool_size(1).connect_lazy(relay.hosts());
+    sleep_call(&client, 0, &CallOptions::new())
+        .await
+        .expect("first call");
+    let closed = eventually(Duration::from_secs(5), || relay.closed_by_target() == 1);
+    assert!(closed.await, "the server closed the idle connection");
+
+    // Not idempotent and not failed: the client read the GOAWAY and dials anew.
+    sleep_call(&client, 0, &CallOptions::new())
+        .await
+        .expect("second call, on a new connection");
+    assert_eq!(relay.accepted(), 2);
+}
