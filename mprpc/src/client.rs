@@ -106,6 +106,11 @@ impl ClientBuilder {
     /// connection is closed and its calls fail with [`Error::ConnectionLost`] instead of
     /// waiting for their deadlines. Idle connections are not probed. Default 5 s; `None`
     /// turns probing off.
+    ///
+    /// A server stops reading a connection that has `max_in_flight_per_connection` calls
+    /// running, so it cannot answer the ping then: a client that keeps that many calls
+    /// silent for longer than two periods on one connection (long polls, say) should raise
+    /// the period, use more connections, or turn probing off.
     pub fn keepalive(mut self, period: Option<Duration>) -> Self {
         self.config.keepalive = period.map(|p| p.max(Duration::from_millis(1)));
         self
