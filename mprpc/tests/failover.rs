@@ -141,6 +141,22 @@ impl Stream {
     }
 }
 
+/// Three instances registered in `registry`.
+async fn start_three(registry: &InProcess) -> Vec<Instance3> {
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(start(registry.clone()).await);
+    }
+    instances
+}
+
+/// A client of `registry`'s instances, once it lists all three.
+async fn discover_three(builder: mprpc::ClientBuilder, registry: &InProcess) -> Client {
+    let client = builder.discover(registry, PROBE).await.expect("discover");
+    assert!(eventually(Duration::from_secs(5), || client.instances().len() == 3).await);
+    client
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_instance_costs_idempotent_callers_nothing() {
     let registry = InProcess::new();
@@ -150,12 +166,7 @@ async fn a_crashed_instance_costs_idempotent_callers_nothing() {
         instances.push(instance);
         registrations.push(registration);
     }
-    let client = Client::builder()
-        .balance(RoundRobin)
-        .discover(&registry, PROBE)
-        .await
-        .expect("discover");
-    assert!(eventually(Duration::from_secs(5), || client.instances().len() == 3).await);
+    let client = discover_three(Client::builder().balance(RoundRobin), &registry).await;
     let calls_stream = stream(&client, 4000, 16, CallOptions::new().idempotent(true));
     assert!(eventually(Duration::from_secs(10), || calls_stream.done() >= 500).await);
     // A crash: the task, its listener and its connections vanish; the registry entry stays.
@@ -173,15 +184,8 @@ async fn a_crashed_instance_costs_idempotent_callers_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_costs_non_idempotent_callers_nothing() {
     let registry = InProcess::new();
-    let mut instances = Vec::new();
-    for _ in 0..3 {
-        instances.push(start(registry.clone()).await);
-    }
-    let client = Client::builder()
-        .discover(&registry, PROBE)
-        .await
-        .expect("discover");
-    assert!(eventually(Duration::from_secs(5), || client.instances().len() == 3).await);
+    let mut instances = start_three(&registry).await;
+    let client = discover_three(Client::builder(), &registry).await;
     let calls_stream = stream(&client, 4000, 16, CallOptions::new());
     assert!(eventually(Duration::from_secs(10), || calls_stream.done() >= 500).await);
     let _ = instances[0].stop.take().expect("running").send(());
@@ -199,16 +203,12 @@ async fn a_graceful_stop_costs_non_idempotent_callers_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_hash_pins_a_key_to_one_instance() {
     let registry = InProcess::new();
-    let mut instances = Vec::new();
-    for _ in 0..3 {
-        instances.push(start(registry.clone()).await);
-    }
-    let client = Client::builder()
-        .balance(ConsistentHash::default())
-        .discover(&registry, PROBE)
-        .await
-        .expect("discover");
-    assert!(eventually(Duration::from_secs(5), || client.instances().len() == 3).await);
+    let instances = start_three(&registry).await;
+    let client = discover_three(
+        Client::builder().balance(ConsistentHash::default()),
+        &registry,
+    )
+    .await;
     for user in ["alice", "bob", "carol", "dave"] {
         let before: Vec<u64> = instances.iter().map(|i| calls(&i.probe)).collect();
         let options = CallOptions::new().hash_key(user);

@@ -71,14 +71,7 @@ async fn connect(hosts: &str, root: &str) -> ZooKeeper {
 
 /// Polls `cond` until it holds; fails with `what` after `within`.
 async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_async(what, within, async || cond()).await;
 }
 
 /// [`eventually`] for conditions that ask ZooKeeper.
@@ -89,7 +82,7 @@ async fn eventually_async(what: &str, within: Duration, mut cond: impl AsyncFnMu
             Instant::now() < deadline,
             "timed out after {within:?} waiting for: {what}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
-use super::session::{Backoff, Core, PERSISTENT, Session, Task, closed, session_error};
+use super::session::{Backoff, Core, Follow, PERSISTENT, Session, Task, closed, session_error};
 use super::{ZooKeeper, check_name};
 use crate::discovery::DiscoveryError;
 
@@ -83,7 +83,7 @@ impl ZooKeeper {
             loaded,
             seen: None,
         };
-        let task = Task::spawn(follower.run());
+        let task = Task::spawn(follower.core.clone().follow_sessions(follower));
         let timeout = self.core().timeout;
         match tokio::time::timeout(timeout, loaded_rx.wait_for(|loaded| *loaded)).await {
             Ok(Ok(_)) => Ok(ConfigWatch {
@@ -155,23 +155,9 @@ struct Follower<T> {
     seen: Option<i64>,
 }
 
-impl<T: DeserializeOwned + Send + Sync + 'static> Follower<T> {
-    async fn run(mut self) {
-        let mut backoff = Backoff::new();
-        loop {
-            let Some(session) = self.core.session().await else {
-                return;
-            };
-            let Err(err) = self.follow(&session, &mut backoff).await;
-            debug!(config = %self.name, cause = %err, "config following restarts");
-            if !self
-                .core
-                .pause(&err, session.generation, &mut backoff)
-                .await
-            {
-                return;
-            }
-        }
+impl<T: DeserializeOwned + Send + Sync + 'static> Follow for Follower<T> {
+    fn stopped(&mut self, err: &zk::Error) {
+        debug!(config = %self.name, cause = %err, "config following restarts");
     }
 
     async fn follow(
@@ -211,7 +197,9 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Follower<T> {
             }
         }
     }
+}
 
+impl<T: DeserializeOwned + Send + Sync + 'static> Follower<T> {
     fn apply(&mut self, data: &[u8], mzxid: i64) {
         if self.seen == Some(mzxid) {
             return;

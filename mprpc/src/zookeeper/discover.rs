@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 use zookeeper_client as zk;
 
-use super::session::{Backoff, Core, PERSISTENT, Session, Task, closed, session_error};
+use super::session::{Backoff, Core, Follow, PERSISTENT, Session, Task, closed, session_error};
 use super::{ZooKeeper, check_name};
 use crate::discovery::{Discover, DiscoveryError, Instance, Instances};
 use crate::service::BoxFuture;
@@ -50,7 +50,7 @@ impl ZooKeeper {
             Subscription {
                 instances: instances_rx,
                 load: load_rx,
-                _task: Task::spawn(follower.run()),
+                _task: Task::spawn(follower.core.clone().follow_sessions(follower)),
             }
         });
         Ok((sub.instances.clone(), sub.load.clone()))
@@ -103,26 +103,12 @@ struct Follower {
 /// Data watches on instance nodes, each waiting in its own task of the set.
 type DataWatches = JoinSet<(String, zk::WatchedEvent)>;
 
-impl Follower {
-    async fn run(mut self) {
-        let mut backoff = Backoff::new();
-        loop {
-            let Some(session) = self.core.session().await else {
-                return;
-            };
-            let Err(err) = self.follow(&session, &mut backoff).await;
-            if matches!(*self.load.borrow(), Load::Pending(_)) {
-                self.load.send_replace(Load::Pending(Some(err.to_string())));
-            }
-            debug!(service = %self.service, cause = %err, "instance list following restarts");
-            if !self
-                .core
-                .pause(&err, session.generation, &mut backoff)
-                .await
-            {
-                return;
-            }
+impl Follow for Follower {
+    fn stopped(&mut self, err: &zk::Error) {
+        if matches!(*self.load.borrow(), Load::Pending(_)) {
+            self.load.send_replace(Load::Pending(Some(err.to_string())));
         }
+        debug!(service = %self.service, cause = %err, "instance list following restarts");
     }
 
     /// Follows the service within one session; returns why it had to stop.
@@ -183,7 +169,9 @@ impl Follower {
             }
         }
     }
+}
 
+impl Follower {
     /// Reads one instance node and watches it.
     async fn read(
         &mut self,

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
 use super::session::{
-    Backoff, Core, EPHEMERAL_SEQUENTIAL, PERSISTENT, Session, Task, closed, is_transient,
+    Backoff, Core, EPHEMERAL_SEQUENTIAL, Follow, PERSISTENT, Session, Task, closed, is_transient,
     session_error,
 };
 use super::{ZooKeeper, check_name};
@@ -76,7 +76,7 @@ impl ZooKeeper {
             candidate: candidate.to_owned(),
             leader,
             node,
-            task: Some(Task::spawn(task.run())),
+            task: Some(Task::spawn(task.core.clone().follow_sessions(task))),
         };
         let timeout = self.core().timeout;
         match tokio::time::timeout(timeout, joined_rx.wait_for(|joined| *joined)).await {
@@ -244,37 +244,14 @@ struct Candidate {
     node: Node,
 }
 
-impl Candidate {
-    async fn run(self) {
-        let mut backoff = Backoff::new();
-        loop {
-            let Some(session) = self.core.session().await else {
-                return;
-            };
-            let Err(err) = self.follow(&session, &mut backoff).await;
-            self.set_leader(false);
-            debug!(dir = %self.dir, cause = %err, "candidacy restarts");
-            if !self
-                .core
-                .pause(&err, session.generation, &mut backoff)
-                .await
-            {
-                return;
-            }
-        }
-    }
-
-    fn set_leader(&self, leader: bool) {
-        let changed = self
-            .leader
-            .send_if_modified(|current| std::mem::replace(current, leader) != leader);
-        if changed {
-            info!(dir = %self.dir, candidate = %self.candidate, leader, "election standing changed");
-        }
+impl Follow for Candidate {
+    fn stopped(&mut self, err: &zk::Error) {
+        self.set_leader(false);
+        debug!(dir = %self.dir, cause = %err, "candidacy restarts");
     }
 
     async fn follow(
-        &self,
+        &mut self,
         session: &Session,
         backoff: &mut Backoff,
     ) -> Result<Infallible, zk::Error> {
@@ -322,6 +299,17 @@ impl Candidate {
                 }
                 () = self.core.closed.cancelled() => return Err(zk::Error::ClientClosed),
             }
+        }
+    }
+}
+
+impl Candidate {
+    fn set_leader(&self, leader: bool) {
+        let changed = self
+            .leader
+            .send_if_modified(|current| std::mem::replace(current, leader) != leader);
+        if changed {
+            info!(dir = %self.dir, candidate = %self.candidate, leader, "election standing changed");
         }
     }
 

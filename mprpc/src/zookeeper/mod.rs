@@ -277,26 +277,18 @@ impl ZooKeeper {
 
     /// The current session's id, `None` while a new session is being opened.
     pub fn session_id(&self) -> Option<i64> {
-        self.inner
-            .core
-            .link
-            .borrow()
-            .session
-            .as_ref()
-            .map(|s| s.id())
+        self.session().map(|s| s.id())
     }
 
     /// The current session's client, for operations this module does not wrap (inspecting
     /// nodes, ACLs…). `None` while a new session is being opened. Nodes created through it
     /// are not recreated after an expiry, and holding it keeps the session open.
     pub fn client(&self) -> Option<zk::Client> {
-        self.inner
-            .core
-            .link
-            .borrow()
-            .session
-            .as_ref()
-            .map(|s| s.client.clone())
+        self.session().map(|s| s.client)
+    }
+
+    fn session(&self) -> Option<Session> {
+        self.inner.core.link.borrow().session.clone()
     }
 
     /// Ends the session now instead of when the last clone is dropped: ZooKeeper deletes its

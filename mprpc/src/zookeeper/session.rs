@@ -6,6 +6,7 @@
 //! watch of that session is gone and only a new session helps. The supervisor here opens that
 //! new session and publishes it; the tasks of this module wait for it and redo their work.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -166,6 +167,23 @@ impl Core {
         }
     }
 
+    /// Runs `work` in every session until the handle closes. Each time it stops, waits
+    /// before starting over: for a new session when the error ended this one, else for
+    /// the backoff.
+    pub(super) async fn follow_sessions(self, mut work: impl Follow) {
+        let mut backoff = Backoff::new();
+        loop {
+            let Some(session) = self.session().await else {
+                return;
+            };
+            let Err(err) = work.follow(&session, &mut backoff).await;
+            work.stopped(&err);
+            if !self.pause(&err, session.generation, &mut backoff).await {
+                return;
+            }
+        }
+    }
+
     /// Waits before a retry: until the session is over when `err` ended it, else for the
     /// backoff. Returns `false` once the handle is closed.
     pub(super) async fn pause(
@@ -184,6 +202,21 @@ impl Core {
         }
         !self.closed.is_cancelled()
     }
+}
+
+/// Work that follows ZooKeeper state within one session and starts over in the next;
+/// run by [`Core::follow_sessions`].
+pub(super) trait Follow: Send {
+    /// Follows within `session` until something stops it; returns why. `backoff` paces
+    /// retries inside the session and is reset by the work once it is back on its feet.
+    fn follow(
+        &mut self,
+        session: &Session,
+        backoff: &mut Backoff,
+    ) -> impl Future<Output = Result<Infallible, zk::Error>> + Send;
+
+    /// Called each time [`Follow::follow`] stops, before the wait for the next attempt.
+    fn stopped(&mut self, err: &zk::Error);
 }
 
 /// Whether `err` means the session is unusable and only a new one helps.
