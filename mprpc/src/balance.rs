@@ -12,12 +12,10 @@
 //! | [`P2c`] | the less loaded (fewer calls in flight) of two random endpoints |
 //! | [`ConsistentHash`] | the endpoint owning the call's hash key on a ring, so one key sticks to one instance while the set is stable |
 
-use std::cell::Cell;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::endpoint::Endpoint;
+use crate::client::Endpoint;
 
 /// What a picker knows about one attempt.
 #[derive(Debug, Clone, Copy, Default)]
@@ -54,25 +52,7 @@ fn candidates(endpoints: &[Arc<Endpoint>], tried: &[usize], out: &mut Vec<usize>
     }
 }
 
-thread_local! {
-    static RNG: Cell<u64> = Cell::new(RandomState::new().hash_one(0u64) | 1);
-}
-
-/// A fast per-thread xorshift generator; balancing needs spread, not cryptography.
-fn random() -> u64 {
-    RNG.with(|rng| {
-        let mut x = rng.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        rng.set(x);
-        x
-    })
-}
-
-fn random_below(n: usize) -> usize {
-    (((random() >> 32) * n as u64) >> 32) as usize
-}
+use crate::random::{self, below as random_below};
 
 /// Whether every endpoint is a candidate, so the fast path can skip building the list.
 fn all_fit(endpoints: &[Arc<Endpoint>], tried: &[usize]) -> bool {
@@ -137,7 +117,7 @@ impl Pick for WeightedPicker {
         candidates(&self.endpoints, cx.tried, &mut ok);
         let weight = |i: usize| u64::from(self.endpoints[i].instance().weight.max(1));
         let total: u64 = ok.iter().map(|&i| weight(i)).sum();
-        let mut ticket = random() % total;
+        let mut ticket = random::u64() % total;
         for &i in &ok {
             if ticket < weight(i) {
                 return Some(i);
@@ -243,7 +223,7 @@ impl Pick for RingPicker {
         if self.ring.is_empty() {
             return None;
         }
-        let key = cx.key.unwrap_or_else(random);
+        let key = cx.key.unwrap_or_else(random::u64);
         let start = self.ring.partition_point(|(point, _)| *point < key);
         let walk = (0..self.ring.len()).map(|k| self.ring[(start + k) % self.ring.len()].1);
         // Clockwise: first untried available owner, else first untried, else the owner.
@@ -278,12 +258,13 @@ mod tests {
     use crate::discovery::Instance;
 
     fn endpoints(n: usize) -> Arc<[Arc<Endpoint>]> {
-        let config = Arc::new(Config::default());
+        let config = Config::default();
         (0..n)
             .map(|i| {
                 Arc::new(Endpoint::new(
                     Instance::new(format!("10.0.0.{i}:1")),
-                    config.clone(),
+                    config.pool(),
+                    config.ejection(),
                 ))
             })
             .collect()
@@ -354,14 +335,15 @@ mod tests {
 
     #[test]
     fn weights_shape_the_random_spread() {
-        let config = Arc::new(Config::default());
+        let config = Config::default();
         let list: Arc<[Arc<Endpoint>]> = [100, 300]
             .iter()
             .enumerate()
             .map(|(i, w)| {
                 Arc::new(Endpoint::new(
                     Instance::new(format!("10.0.0.{i}:1")).weight(*w),
-                    config.clone(),
+                    config.pool(),
+                    config.ejection(),
                 ))
             })
             .collect();

@@ -46,29 +46,28 @@
 // Generated code names this crate by its public path, also when it is compiled inside it.
 extern crate self as mprpc;
 
+mod backoff;
 pub mod balance;
 mod client;
-mod connection;
 pub mod discovery;
-mod endpoint;
 pub mod error;
 pub mod frame;
 pub mod health;
+pub mod interceptor;
 pub mod metrics;
-mod pool;
-mod retry;
+mod random;
 pub mod server;
 pub mod service;
 pub mod status;
 mod transport;
 pub mod zookeeper;
 
-pub use client::{CallOptions, Client, ClientBuilder, Config as ClientConfig, Method};
-pub use endpoint::Endpoint;
+pub use client::{CallOptions, Client, ClientBuilder, Config as ClientConfig, Endpoint, Method};
 pub use error::Error;
 pub use frame::{Codec, Header, Text};
+pub use interceptor::{ClientInterceptor, Interceptor};
 pub use server::{ServeError, Server, ServerBuilder};
-pub use service::{BoxFuture, Context, Service};
+pub use service::{BoxFuture, Context, Service, TRACE_ID};
 pub use status::{Code, Status};
 
 #[doc(hidden)]

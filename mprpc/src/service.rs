@@ -1,9 +1,11 @@
 //! What a server runs: the [`Service`] trait that generated routers implement, and the
 //! per-call [`Context`].
 
+use std::any::{Any, TypeId};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -18,6 +20,9 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// The result of one call as the server sees it: an encoded response or a status.
 pub type CallResult = Result<Bytes, Status>;
 
+/// The metadata key that carries a call's trace id from hop to hop.
+pub const TRACE_ID: &str = "trace-id";
+
 /// A named set of methods the server routes calls to.
 ///
 /// `mprpc-build` generates an implementation per `.proto` service (`EchoServer<T>` wraps your
@@ -30,7 +35,8 @@ pub trait Service: Send + Sync + 'static {
     /// method (the caller then gets `UNIMPLEMENTED`).
     ///
     /// The future may be dropped at any await point: when the caller cancels, when the
-    /// deadline passes, or when the peer disconnects.
+    /// deadline passes, or when the peer disconnects. A panic in it fails only this call,
+    /// with `INTERNAL`.
     fn call(&self, method: &str, ctx: Context, request: Bytes) -> Option<BoxFuture<CallResult>>;
 
     /// The method names, for per-method metrics; calls to methods not listed are counted
@@ -40,13 +46,18 @@ pub trait Service: Send + Sync + 'static {
     }
 }
 
-/// What a handler knows about the call it serves.
+/// What a handler knows about the call it serves: who called what, until when, with which
+/// metadata, and the typed values interceptors attached
+/// ([`Interceptor`](crate::Interceptor)).
 #[derive(Debug, Clone)]
 pub struct Context {
     pub(crate) request_id: u64,
+    pub(crate) service: Text,
+    pub(crate) method: Text,
     pub(crate) deadline: Option<Instant>,
     pub(crate) peer: SocketAddr,
     pub(crate) metadata: Vec<(Text, Text)>,
+    pub(crate) extensions: Extensions,
 }
 
 impl Context {
@@ -54,18 +65,44 @@ impl Context {
     pub fn new(peer: SocketAddr) -> Context {
         Context {
             request_id: 0,
+            service: Text::default(),
+            method: Text::default(),
             deadline: None,
             peer,
             metadata: Vec::new(),
+            extensions: Extensions::default(),
         }
     }
 
-    /// The id the caller gave this call on its connection.
+    /// Sets the deadline, e.g. to test a handler's behaviour near it.
+    pub fn with_deadline(mut self, deadline: Instant) -> Context {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Adds a metadata entry, as a caller would send it.
+    pub fn with_metadata(mut self, key: impl Into<Text>, value: impl Into<Text>) -> Context {
+        self.metadata.push((key.into(), value.into()));
+        self
+    }
+
+    /// The id the caller gave this call on its connection (0 in process).
     pub fn request_id(&self) -> u64 {
         self.request_id
     }
 
-    /// When the caller stops waiting; pass it on to the calls this handler makes.
+    /// The fully qualified service called, e.g. `example.Echo`.
+    pub fn service(&self) -> &str {
+        self.service.as_str()
+    }
+
+    /// The method called, as written in the `.proto`.
+    pub fn method(&self) -> &str {
+        self.method.as_str()
+    }
+
+    /// When the caller stops waiting; pass it on to the calls this handler makes, most
+    /// simply with `CallOptions::from(&ctx)`.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
     }
@@ -87,6 +124,58 @@ impl Context {
             .iter()
             .find(|(k, _)| k.as_str() == key)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Every metadata entry, in the order sent.
+    pub fn metadata_entries(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The caller's trace id (metadata [`TRACE_ID`]), if it sent one.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.metadata(TRACE_ID)
+    }
+
+    /// The value of type `T` an interceptor attached, if any.
+    pub fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.extensions.get()
+    }
+
+    /// Attaches `value` for the handler to read with [`Context::get`], replacing an earlier
+    /// value of the same type.
+    pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) {
+        self.extensions.insert(value);
+    }
+}
+
+/// Typed values attached to a call. Empty (and allocation-free) unless an interceptor
+/// inserts something; values are shared by clones of the context.
+#[derive(Clone, Default)]
+pub(crate) struct Extensions(Vec<Extension>);
+
+/// One attached value and its type.
+type Extension = (TypeId, Arc<dyn Any + Send + Sync>);
+
+impl Extensions {
+    fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.0
+            .iter()
+            .find(|(id, _)| *id == TypeId::of::<T>())
+            .and_then(|(_, value)| value.downcast_ref())
+    }
+
+    fn insert<T: Send + Sync + 'static>(&mut self, value: T) {
+        let value: Arc<dyn Any + Send + Sync> = Arc::new(value);
+        match self.0.iter_mut().find(|(id, _)| *id == TypeId::of::<T>()) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((TypeId::of::<T>(), value)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Extensions({} values)", self.0.len())
     }
 }
 
@@ -111,4 +200,37 @@ pub fn encode_response<M: prost::Message>(message: &M) -> Bytes {
     let mut buf = BytesMut::with_capacity(message.encoded_len());
     message.encode_raw(&mut buf);
     buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    struct User(u64);
+
+    #[test]
+    fn interceptor_values_are_found_by_type_and_replaced() {
+        let mut ctx = Context::new("127.0.0.1:1".parse().unwrap());
+        assert!(ctx.get::<User>().is_none());
+        ctx.insert(User(7));
+        ctx.insert("role");
+        assert_eq!(ctx.get::<User>(), Some(&User(7)));
+        ctx.insert(User(8));
+        assert_eq!(ctx.get::<User>(), Some(&User(8)));
+        assert_eq!(ctx.get::<&str>(), Some(&"role"));
+        let copy = ctx.clone();
+        assert_eq!(copy.get::<User>(), Some(&User(8)));
+    }
+
+    #[test]
+    fn metadata_and_trace_id_are_read_by_key() {
+        let ctx = Context::new("127.0.0.1:1".parse().unwrap())
+            .with_metadata(TRACE_ID, "t-1")
+            .with_metadata("k", "v");
+        assert_eq!(ctx.trace_id(), Some("t-1"));
+        assert_eq!(ctx.metadata("k"), Some("v"));
+        assert_eq!(ctx.metadata("missing"), None);
+        assert_eq!(ctx.metadata_entries().count(), 2);
+    }
 }

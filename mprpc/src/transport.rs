@@ -1,6 +1,14 @@
-//! The write half shared by both ends of a connection: one task per connection that drains
-//! its queue into one buffer and writes it with one syscall, so that many small frames under
-//! load cost one `write` between them.
+//! What both ends of a connection share: one writer task per connection that drains its
+//! queue into one buffer and writes it with one syscall, so that many small frames under
+//! load cost one `write` between them; and a reader that drains everything the socket has
+//! before parsing.
+//!
+//! Neither holds a buffer while its connection is idle: the reader waits for readability
+//! before it allocates, and the writer lets its buffer go when its queue runs dry, so that
+//! thousands of quiet connections cost little memory and a closed wave of them leaves none
+//! behind.
+
+use std::future::Future;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -18,8 +26,15 @@ const BATCH_FRAMES: usize = 256;
 /// A frame waiting for the writer.
 #[derive(Debug)]
 pub(crate) enum Outbound {
-    /// A frame encoded by its sender (client requests).
-    Encoded(Bytes),
+    /// A call (client). The writer encodes it, so ids leave in the order they were queued.
+    Request {
+        request_id: u64,
+        service: &'static str,
+        method: &'static str,
+        timeout_us: u64,
+        metadata: Vec<(Text, Text)>,
+        body: Bytes,
+    },
     /// The outcome of a call (server).
     Response {
         request_id: u64,
@@ -32,6 +47,8 @@ pub(crate) enum Outbound {
         status: Code,
         message: &'static str,
     },
+    /// Write what is queued before this, then close the write side.
+    Close,
 }
 
 impl Outbound {
@@ -44,9 +61,45 @@ impl Outbound {
         }
     }
 
+    /// Bytes of payload this frame holds while queued: what the server's queued-bytes
+    /// limits count.
+    pub(crate) fn weight(&self) -> usize {
+        match self {
+            Outbound::Response {
+                result: Ok(body), ..
+            } => body.len(),
+            Outbound::Response {
+                result: Err(status),
+                ..
+            } => status.message().len(),
+            Outbound::Request { body, .. } => body.len(),
+            Outbound::Control { .. } | Outbound::Close => 0,
+        }
+    }
+
     fn encode(self, dst: &mut BytesMut, max_frame: usize) {
         let (request_id, result) = match self {
-            Outbound::Encoded(bytes) => return dst.extend_from_slice(&bytes),
+            Outbound::Request {
+                request_id,
+                service,
+                method,
+                timeout_us,
+                metadata,
+                body,
+            } => {
+                let header = Header {
+                    kind: Kind::Request,
+                    request_id,
+                    service: Text::from_static(service),
+                    method: Text::from_static(method),
+                    timeout_us,
+                    metadata,
+                    ..Header::default()
+                };
+                // The caller checked the size against the same cap before queueing.
+                let _ = frame::encode_raw(dst, &header, &body, max_frame);
+                return;
+            }
             Outbound::Control {
                 kind,
                 request_id,
@@ -65,6 +118,7 @@ impl Outbound {
                 return;
             }
             Outbound::Response { request_id, result } => (request_id, result),
+            Outbound::Close => return,
         };
         let mut header = Header {
             kind: Kind::Response,
@@ -74,9 +128,8 @@ impl Outbound {
         let result: Result<(), Status> = match result {
             Ok(body) => match frame::encode_raw(dst, &header, &body, max_frame) {
                 Ok(()) => return,
-                Err(_) => Err(Status::resource_exhausted(
-                    "response exceeds the frame size cap",
-                )),
+                // The handler ran: a code that invites a retry could run it again.
+                Err(_) => Err(Status::internal("response exceeds the frame size cap")),
             },
             Err(status) => Err(status),
         };
@@ -91,49 +144,74 @@ impl Outbound {
     }
 }
 
-/// Writes everything queued on `rx` until every sender is gone, then shuts the socket's
-/// write side down.
+/// Writes everything queued on `rx` until every sender is gone or [`Outbound::Close`]
+/// arrives, then shuts the socket's write side down.
 ///
 /// `busy()` tells whether more frames than the `n` just taken are on their way (calls in
 /// flight that have not queued theirs yet); only then is waiting for them worth a yield.
+/// `released(bytes)` is told, after each write, the [`Outbound::weight`] that left.
 pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     mut io: W,
     mut rx: mpsc::Receiver<Outbound>,
     max_frame: usize,
     busy: impl Fn(usize) -> bool,
+    released: impl Fn(usize),
 ) -> std::io::Result<()> {
-    let mut buf = BytesMut::with_capacity(BATCH_BYTES);
-    let mut batch = Vec::with_capacity(BATCH_FRAMES);
-    loop {
+    let mut buf = BytesMut::new();
+    let mut batch = Vec::new();
+    let mut closing = false;
+    while !closing {
         let taken = rx.recv_many(&mut batch, BATCH_FRAMES).await;
         if taken == 0 {
             break;
         }
+        let mut weight = 0;
         for out in batch.drain(..) {
+            closing |= matches!(out, Outbound::Close);
+            weight += out.weight();
             out.encode(&mut buf, max_frame);
         }
         // Callers woke this task with their first frame, and on the same worker it runs
         // before they do; stepping aside once lets every ready caller queue its frame, so
         // a burst leaves in one write instead of one write per call. A lone call skips it:
         // the yield costs a trip through the scheduler that a single frame cannot repay.
-        if busy(taken) {
+        if !closing && busy(taken) {
             tokio::task::yield_now().await;
         }
         // Whatever queued meanwhile rides along in the same write.
-        while buf.len() < BATCH_BYTES {
+        while !closing && buf.len() < BATCH_BYTES {
             match rx.try_recv() {
-                Ok(out) => out.encode(&mut buf, max_frame),
+                Ok(out) => {
+                    closing |= matches!(out, Outbound::Close);
+                    weight += out.weight();
+                    out.encode(&mut buf, max_frame);
+                }
                 Err(_) => break,
             }
         }
         io.write_all(&buf).await?;
+        released(weight);
         buf.clear();
-        if buf.capacity() > 4 * BATCH_BYTES {
-            // One huge frame should not pin its buffer for the life of the connection.
-            buf = BytesMut::with_capacity(BATCH_BYTES);
+        if rx.is_empty() || buf.capacity() > 4 * BATCH_BYTES {
+            // An idle connection keeps no buffer, and one huge frame does not pin its
+            // buffer for the life of the connection.
+            buf = BytesMut::new();
+            batch = Vec::new();
         }
     }
     io.shutdown().await
+}
+
+/// A read half that can wait until it has data without holding a buffer meanwhile.
+pub(crate) trait Readable: AsyncRead + Unpin {
+    /// Completes when a read would not block (or would fail).
+    fn ready(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+impl Readable for tokio::net::tcp::OwnedReadHalf {
+    fn ready(&mut self) -> impl Future<Output = std::io::Result<()>> + Send {
+        self.readable()
+    }
 }
 
 /// Reads frames from one connection, draining everything the socket has before parsing.
@@ -146,11 +224,11 @@ pub(crate) struct FrameReader<R> {
 /// Read buffer size; a read asks the socket for at least this much room.
 const READ_BYTES: usize = 64 * 1024;
 
-impl<R: AsyncRead + Unpin> FrameReader<R> {
+impl<R: Readable> FrameReader<R> {
     pub(crate) fn new(io: R, max_frame: usize) -> Self {
         FrameReader {
             io,
-            buf: BytesMut::with_capacity(READ_BYTES),
+            buf: BytesMut::new(),
             codec: Codec::new(max_frame),
         }
     }
@@ -164,6 +242,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 Ok(Some(frame)) => return Some(Ok(frame)),
                 Ok(None) => {}
                 Err(err) => return Some(Err(err)),
+            }
+            if self.buf.is_empty() {
+                // Frames already handed out keep their own share of the old allocation.
+                self.buf = BytesMut::new();
+                if let Err(err) = self.io.ready().await {
+                    return Some(Err(err.into()));
+                }
             }
             if self.buf.capacity() - self.buf.len() < READ_BYTES / 4 {
                 self.buf.reserve(READ_BYTES);
@@ -223,6 +308,12 @@ mod tests {
         reads: usize,
     }
 
+    impl Readable for Reads {
+        async fn ready(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     impl AsyncRead for Reads {
         fn poll_read(
             mut self: Pin<&mut Self>,
@@ -252,7 +343,7 @@ mod tests {
         }
         drop(tx);
         let mut writes = Writes::default();
-        write_loop(&mut writes, rx, DEFAULT_MAX_FRAME, |_| false)
+        write_loop(&mut writes, rx, DEFAULT_MAX_FRAME, |_| false, |_| {})
             .await
             .expect("written");
         writes

@@ -158,30 +158,46 @@ async fn undecodable_body_is_invalid_argument() {
 }
 
 #[tokio::test]
-async fn request_id_reused_while_in_flight() {
+async fn request_ids_must_increase_and_the_goaway_names_the_highest() {
     let server = start_server().await;
+    // A reused id, even of a call still in flight, breaks the rule: no second answer can
+    // be confused with the first.
     let mut raw = Raw::connect(server.addr).await;
-    raw.send(&request(5, "Sleep", &num(200))).await;
+    raw.send(&request(5, "Sleep", &num(60_000))).await;
     raw.send(&request(5, "Echo", b"dup")).await;
-    let first = raw.frame().await;
-    assert_eq!(
-        (first.header.request_id, first.header.status),
-        (5, Code::InvalidArgument)
-    );
-    assert!(first.header.message.as_str().contains("already in flight"));
-    let second = raw.frame().await;
-    assert_eq!(
-        (second.header.request_id, second.header.status),
-        (5, Code::Ok)
-    );
-    assert_eq!(
-        server
-            .probe
-            .counters
-            .finished
-            .load(std::sync::atomic::Ordering::SeqCst),
-        1
-    );
+    let frames = raw.until_closed().await;
+    assert_goaway(&frames, "increase");
+    let goaway = frames
+        .iter()
+        .find(|f| f.header.kind == Kind::GoAway)
+        .unwrap();
+    assert_eq!(goaway.header.request_id, 5, "the highest id received");
+
+    // A smaller id after a larger one, after the first call was answered.
+    let mut raw = Raw::connect(server.addr).await;
+    raw.send(&request(9, "Echo", b"a")).await;
+    assert_eq!(raw.frame().await.header.status, Code::Ok);
+    raw.send(&request(3, "Echo", b"b")).await;
+    assert_goaway(&raw.until_closed().await, "increase");
+
+    // Id 0 is reserved: a GOAWAY with id 0 means "no request received".
+    let mut raw = Raw::connect(server.addr).await;
+    raw.send(&request(0, "Echo", b"zero")).await;
+    let frames = raw.until_closed().await;
+    assert_goaway(&frames, "non-zero");
+    assert_eq!(frames[0].header.request_id, 0);
+
+    // Gaps are fine.
+    let mut raw = Raw::connect(server.addr).await;
+    for id in [1, 2, 10, 1_000_000] {
+        raw.send(&request(id, "Echo", b"x")).await;
+        let reply = raw.frame().await;
+        assert_eq!(
+            (reply.header.request_id, reply.header.status),
+            (id, Code::Ok)
+        );
+    }
+    assert_still_serving(&server).await;
 }
 
 #[tokio::test]
@@ -190,26 +206,115 @@ async fn malformed_header_closes_the_connection() {
     let mut raw = Raw::connect(server.addr).await;
     // Valid prefix, header of one byte that is not a complete protobuf field.
     raw.send(&[0, 0, 0, 7, b'M', b'P', 1, 0, 0, 1, 0x08]).await;
-    assert_goaway(&raw.until_closed().await, "malformed");
+    assert_goaway(&raw.until_closed().await, "varint");
     // Non-zero reserved flags.
     let mut raw = Raw::connect(server.addr).await;
     let mut frame = request(1, "Echo", b"x");
     frame[7] = 1;
     raw.send(&frame).await;
-    assert_goaway(&raw.until_closed().await, "malformed");
+    assert_goaway(&raw.until_closed().await, "flags");
     assert_still_serving(&server).await;
 }
 
 #[tokio::test]
-async fn ping_is_answered_and_stray_frames_are_ignored() {
+async fn the_size_cap_bounds_the_length_field_inclusively() {
+    let cap = 1024;
+    let server = start_server_with(|b| b.max_frame(cap)).await;
+    let header_part = request(1, "Echo", &[]).len() - 4;
+    // A frame whose length field is exactly the cap is served.
+    let exact = request(1, "Echo", &vec![b'x'; cap - header_part]);
+    assert_eq!(exact.len(), 4 + cap);
+    let mut raw = Raw::connect(server.addr).await;
+    raw.send(&exact).await;
+    let reply = raw.frame().await;
+    assert_eq!(
+        (reply.header.request_id, reply.header.status),
+        (1, Code::Ok)
+    );
+    // One byte more is a protocol error.
+    raw.send(&request(2, "Echo", &vec![b'x'; cap - header_part + 1]))
+        .await;
+    assert_goaway(&raw.until_closed().await, "size cap");
+}
+
+#[tokio::test]
+async fn inconsistent_lengths_and_kinds_close_the_connection() {
+    let server = start_server().await;
+    let cases: [(Vec<u8>, &str); 6] = [
+        // Length below the fixed prefix (6 bytes after the length field).
+        (
+            vec![0, 0, 0, 5, b'M', b'P', 1, 0, 0],
+            "shorter than the fixed prefix",
+        ),
+        // Header length past the end of the frame.
+        (
+            vec![0, 0, 0, 8, b'M', b'P', 1, 0, 0, 9, 0x08, 0x01],
+            "past the end",
+        ),
+        // Kind 0 (unset) and kind 7 (unknown).
+        (support::raw_frame(&[0x10, 0x01], &[]), "frame kind"),
+        (
+            support::raw_frame(&[0x08, 0x07, 0x10, 0x01], &[]),
+            "frame kind",
+        ),
+        // A service name that is not UTF-8.
+        (
+            support::raw_frame(&[0x08, 0x01, 0x10, 0x01, 0x1A, 0x02, 0xC3, 0x28], &[]),
+            "UTF-8",
+        ),
+        // A metadata value that is not UTF-8.
+        (
+            support::raw_frame(
+                &[0x08, 0x01, 0x10, 0x01, 0x42, 0x04, 0x12, 0x02, 0xFF, 0xFE],
+                &[],
+            ),
+            "UTF-8",
+        ),
+    ];
+    for (bytes, reason) in cases {
+        let mut raw = Raw::connect(server.addr).await;
+        raw.send(&bytes).await;
+        assert_goaway(&raw.until_closed().await, reason);
+    }
+    assert_still_serving(&server).await;
+}
+
+#[tokio::test]
+async fn frames_only_a_server_sends_close_the_connection() {
+    let server = start_server().await;
+    for (kind, name) in [
+        (Kind::Response, "RESPONSE"),
+        (Kind::Pong, "PONG"),
+        (Kind::GoAway, "GOAWAY"),
+    ] {
+        let mut raw = Raw::connect(server.addr).await;
+        raw.send(&control(kind, 1)).await;
+        assert_goaway(&raw.until_closed().await, name);
+    }
+    assert_still_serving(&server).await;
+}
+
+#[tokio::test]
+async fn ping_is_answered_and_cancel_of_an_unknown_id_is_ignored() {
     let server = start_server().await;
     let mut raw = Raw::connect(server.addr).await;
-    raw.send(&control(Kind::Pong, 1)).await;
-    raw.send(&control(Kind::Response, 2)).await;
     raw.send(&control(Kind::Cancel, 99)).await;
     raw.send(&control(Kind::Ping, 42)).await;
     let pong = raw.frame().await;
     assert_eq!((pong.header.kind, pong.header.request_id), (Kind::Pong, 42));
+    // Pings may reuse ids and id 0: they are not requests.
+    raw.send(&control(Kind::Ping, 0)).await;
+    assert_eq!(raw.frame().await.header.kind, Kind::Pong);
+    // A cancel of a finished call is ignored too.
+    raw.send(&request(1, "Echo", b"done")).await;
+    assert_eq!(raw.frame().await.header.status, Code::Ok);
+    raw.send(&control(Kind::Cancel, 1)).await;
+    raw.send(&request(2, "Echo", b"next")).await;
+    let reply = raw.frame().await;
+    assert_eq!(
+        (reply.header.request_id, reply.header.status),
+        (2, Code::Ok)
+    );
 }
 
 #[tokio::test]

@@ -180,7 +180,7 @@ async fn metadata_reaches_the_handler() {
     let server = start_server().await;
     let client = server.client();
     let options = CallOptions::new().metadata("k", "trace-123");
-    // `Meta` answers with the metadata value as raw bytes; read them from a raw frame.
+    // `Meta` answers with the metadata value it received.
     let mut raw = support::Raw::connect(server.addr).await;
     let header = mprpc::Header {
         kind: mprpc::frame::Kind::Request,
@@ -193,9 +193,15 @@ async fn metadata_reaches_the_handler() {
     let mut frame = bytes::BytesMut::new();
     mprpc::frame::encode_raw(&mut frame, &header, &[], 1 << 20).expect("fits");
     raw.send(&frame).await;
-    assert_eq!(&raw.frame().await.body[..], b"trace-123");
-    // Through the client the same metadata arrives; the body is not a valid Num, which the
-    // client reports as a decode error rather than a wrong value.
+    let reply: support::Str = prost::Message::decode(raw.frame().await.body).expect("a Str");
+    assert_eq!(reply.value, "trace-123");
+    // Through the client the same metadata arrives.
+    let reply: support::Str = client
+        .unary(&Method::new(PROBE, "Meta"), &Num::default(), &options)
+        .await
+        .expect("call");
+    assert_eq!(reply.value, "trace-123");
+    // A body that is not the expected message is a decode error, not a wrong value.
     let err = client
         .unary::<_, Num>(&Method::new(PROBE, "Meta"), &Num::default(), &options)
         .await
@@ -315,30 +321,183 @@ async fn per_connection_limit_queues_calls_instead_of_shedding_them() {
 }
 
 #[tokio::test]
-async fn the_connection_limit_holds_new_connections_until_one_closes() {
-    let server = support::start_server_with(|b| b.max_connections(1)).await;
-    let mut first = support::Raw::connect(server.addr).await;
-    first
-        .send(&support::control(mprpc::frame::Kind::Ping, 1))
-        .await;
-    assert_eq!(first.frame().await.header.kind, mprpc::frame::Kind::Pong);
+async fn at_the_connection_limit_an_idle_connection_makes_room() {
+    use mprpc::frame::Kind;
+    use support::{Raw, control};
+    let server = support::start_server_with(|b| b.max_connections(2)).await;
+    let mut busy = Raw::connect(server.addr).await;
+    let mut quiet = Raw::connect(server.addr).await;
+    for (raw, id) in [(&mut busy, 1), (&mut quiet, 1)] {
+        raw.send(&control(Kind::Ping, id)).await;
+        assert_eq!(raw.frame().await.header.kind, Kind::Pong);
+    }
 
-    // The kernel completes the second handshake, but the server does not serve it yet.
-    let mut second = support::Raw::connect(server.addr).await;
-    second
-        .send(&support::control(mprpc::frame::Kind::Ping, 2))
-        .await;
-    let early = tokio::time::timeout(Duration::from_millis(300), second.next()).await;
-    assert!(
-        early.is_err(),
-        "the second connection waits while the first holds the only slot"
+    // Both were just active: the newcomer is told at once that there is no room.
+    let mut refused = Raw::connect(server.addr).await;
+    let frames = refused.until_closed().await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(
+        (frames[0].header.kind, frames[0].header.status),
+        (Kind::GoAway, Code::ResourceExhausted)
     );
 
-    drop(first);
-    let pong = second.frame().await;
+    // Once `quiet` has been silent for a while (and `busy` has not), a newcomer takes
+    // the place of `quiet`, which is told to go away.
+    let started = tokio::time::Instant::now();
+    let mut id = 1;
+    let newcomer = loop {
+        id += 1;
+        busy.send(&control(Kind::Ping, id)).await;
+        assert_eq!(busy.frame().await.header.kind, Kind::Pong);
+        let mut raw = Raw::connect(server.addr).await;
+        raw.send(&control(Kind::Ping, 7)).await;
+        match raw.next().await {
+            support::Next::Frame(f) if f.header.kind == Kind::Pong => break raw,
+            _ => {}
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no room was made"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let evicted = quiet.until_closed().await;
+    assert_eq!(evicted.len(), 1, "{evicted:?}");
     assert_eq!(
-        (pong.header.kind, pong.header.request_id),
-        (mprpc::frame::Kind::Pong, 2)
+        (evicted[0].header.kind, evicted[0].header.status),
+        (Kind::GoAway, Code::Ok)
+    );
+    busy.send(&control(Kind::Ping, 100)).await;
+    assert_eq!(busy.frame().await.header.kind, Kind::Pong, "busy kept");
+    drop(newcomer);
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_no_frame_is_closed_after_the_handshake_timeout() {
+    use mprpc::frame::Kind;
+    use support::{Raw, control};
+    let server = support::start_server_with(|b| {
+        b.handshake_timeout(Some(Duration::from_millis(200)))
+            .idle_timeout(None)
+    })
+    .await;
+    let mut silent = Raw::connect(server.addr).await;
+    let mut greeted = Raw::connect(server.addr).await;
+    greeted.send(&control(Kind::Ping, 1)).await;
+    assert_eq!(greeted.frame().await.header.kind, Kind::Pong);
+
+    let frames = silent.until_closed().await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(
+        (frames[0].header.kind, frames[0].header.status),
+        (Kind::GoAway, Code::DeadlineExceeded)
+    );
+    // Well past the handshake timeout, the connection that spoke is still served.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    greeted.send(&control(Kind::Ping, 2)).await;
+    assert_eq!(greeted.frame().await.header.kind, Kind::Pong);
+}
+
+#[tokio::test]
+async fn a_panicking_handler_fails_only_its_own_call() {
+    let server = start_server().await;
+    let client = Client::builder()
+        .pool_size(1)
+        .connect_lazy(server.addr.to_string());
+    let slow = server.spawn_sleep(&client, 300);
+    server.started(1).await;
+    for method in ["Panic", "PanicLater"] {
+        let err = client
+            .unary::<_, Num>(
+                &Method::new(PROBE, method),
+                &Num { value: 10 },
+                &CallOptions::new(),
+            )
+            .await
+            .expect_err("a panic fails the call");
+        assert_eq!(err.code(), Code::Internal, "{method}: {err:?}");
+        assert!(!err.is_retry_safe());
+    }
+    // The connection, and the call that was in flight on it, are untouched.
+    assert_eq!(slow.await.expect("join").expect("slow call").value, 300);
+    sleep_call(&client, 0, &CallOptions::new())
+        .await
+        .expect("still served on the same connection");
+    assert_eq!(server.server.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_response_over_the_frame_cap_is_not_retried() {
+    let server = support::start_server_with(|b| b.max_frame(1024)).await;
+    let client = Client::builder()
+        .max_attempts(3)
+        .connect_lazy(server.addr.to_string());
+    let err = client
+        .unary::<_, Num>(
+            &Method::new(PROBE, "Big"),
+            &Num { value: 4096 },
+            &CallOptions::new(),
+        )
+        .await
+        .expect_err("too large to send back");
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert!(!err.is_retry_safe());
+    assert_eq!(
+        server.probe.counters.started.load(Ordering::SeqCst),
+        1,
+        "the handler ran once"
+    );
+}
+
+#[tokio::test]
+async fn a_spent_budget_is_refused_before_the_handler_runs() {
+    // An interceptor that takes 20 ms spends a 5 ms budget before the handler would start.
+    let server = support::start_server_with(|b| {
+        b.intercept(|_: &mut mprpc::Context| {
+            std::thread::sleep(Duration::from_millis(20));
+            Ok(())
+        })
+    })
+    .await;
+    let mut raw = support::Raw::connect(server.addr).await;
+    raw.send(&support::request_with(
+        1,
+        PROBE,
+        "Sleep",
+        5_000,
+        &support::num(0),
+    ))
+    .await;
+    let reply = raw.frame().await;
+    assert_eq!(reply.header.status, Code::DeadlineExceeded);
+    assert_eq!(server.probe.counters.started.load(Ordering::SeqCst), 0);
+
+    // A handler that finishes after the deadline is answered DEADLINE_EXCEEDED, never OK.
+    let server = start_server().await;
+    let mut raw = support::Raw::connect(server.addr).await;
+    raw.send(&support::request_with(
+        1,
+        PROBE,
+        "Spin",
+        1_000,
+        &support::num(60),
+    ))
+    .await;
+    let reply = raw.frame().await;
+    assert_eq!(reply.header.status, Code::DeadlineExceeded);
+    // A 1 µs budget never gets an OK either, whether or not the handler got to start.
+    raw.send(&support::request_with(
+        2,
+        PROBE,
+        "Sleep",
+        1,
+        &support::num(63),
+    ))
+    .await;
+    let reply = raw.frame().await;
+    assert_eq!(
+        (reply.header.request_id, reply.header.status),
+        (2, Code::DeadlineExceeded)
     );
 }
 

@@ -85,3 +85,30 @@ async fn the_grace_period_bounds_the_drain() {
     assert!(!err.is_retry_safe(), "the call had started");
     assert_eq!(server.probe.counters.dropped.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_request_crossing_the_goaway_is_answered_unavailable() {
+    // Nothing in flight: the server still lingers after its GOAWAY to answer requests
+    // that were already on their way, instead of closing under them.
+    let mut server = start_server_with(|b| b.grace_period(Duration::from_secs(10))).await;
+    let mut raw = Raw::connect(server.addr).await;
+    raw.send(&request(1, "Echo", b"first")).await;
+    assert_eq!(raw.frame().await.header.status, Code::Ok);
+    server.shutdown();
+    let goaway = raw.frame().await;
+    assert_eq!(
+        (goaway.header.kind, goaway.header.request_id),
+        (Kind::GoAway, 1)
+    );
+    raw.send(&request(2, "Echo", b"crossed")).await;
+    let late = raw.frame().await;
+    assert_eq!(
+        (late.header.request_id, late.header.status),
+        (2, Code::Unavailable)
+    );
+    assert!(
+        raw.until_closed().await.is_empty(),
+        "closed after the linger"
+    );
+    let _ = (&mut server.task).await;
+}

@@ -1,24 +1,33 @@
-//! One accepted connection: reads requests, spawns a task per call, answers cancels and pings,
-//! and drains on shutdown.
+//! One accepted connection: reads requests, starts calls, answers cancels and pings,
+//! enforces the protocol and the connection's limits, and drains on shutdown.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 
 use metrics::Gauge;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::Shared;
+use super::call::{Incoming, Running};
+use super::{Shared, Slot};
 use crate::frame::{Frame, FrameError, Kind};
-use crate::service::Context;
 use crate::status::{Code, Status};
 use crate::transport::{self, FrameReader, Outbound};
+
+/// Frames queued for the writer before senders wait.
+const WRITE_QUEUE: usize = 1024;
+
+/// How long a connection stays open after a graceful `GOAWAY` once its calls are done, so
+/// that requests already on the wire are answered `UNAVAILABLE` instead of lost.
+pub(super) const LINGER: Duration = Duration::from_secs(1);
 
 /// Counts a spawned call in `mprpc_server_in_flight` until it ends, however it ends.
 struct InFlightGauge(Gauge);
@@ -36,99 +45,239 @@ impl Drop for InFlightGauge {
     }
 }
 
-fn code_of(result: &Result<bytes::Bytes, Status>) -> Code {
-    match result {
-        Ok(_) => Code::Ok,
-        Err(status) => status.code(),
+/// Response bytes a connection has queued and not yet written; past its cap the connection
+/// stops reading until the writer catches up.
+struct Queued {
+    bytes: AtomicUsize,
+    cap: usize,
+    drained: Notify,
+}
+
+impl Queued {
+    fn is_full(&self) -> bool {
+        self.bytes.load(Ordering::Relaxed) > self.cap
     }
 }
 
-const HEALTH: &str = crate::health::HealthServer::<crate::health::Health>::NAME;
+/// The connection's one timer: the handshake timeout until a first frame, then an idle
+/// check once per idle period (rather than a timer re-armed per frame), and after a
+/// graceful `GOAWAY` the linger.
+#[derive(Debug)]
+struct Clock {
+    opened: Instant,
+    handshake: Option<Duration>,
+    idle: Option<Duration>,
+    /// A complete frame arrived since the connection opened.
+    greeted: bool,
+    /// A frame arrived since the last idle check.
+    active: bool,
+    lingering: bool,
+}
 
-/// Frames queued for the writer before senders wait.
-const WRITE_QUEUE: usize = 1024;
+/// What the timer going off means.
+#[derive(Debug, PartialEq, Eq)]
+enum Tick {
+    /// No frame within the handshake timeout: close at once.
+    Handshake,
+    /// No frame and no call for an idle period: go away gracefully.
+    Idle,
+    /// The linger after a goaway is over: close.
+    Lingered,
+    /// Look again at this instant.
+    Again(Instant),
+}
+
+impl Clock {
+    fn first(&self) -> Option<Instant> {
+        let first = match (self.handshake, self.idle) {
+            (Some(h), Some(i)) => h.min(i),
+            (h, i) => h.or(i)?,
+        };
+        self.opened.checked_add(first)
+    }
+
+    fn frame(&mut self) {
+        self.greeted = true;
+        self.active = true;
+    }
+
+    fn linger(&mut self, now: Instant) -> Instant {
+        self.lingering = true;
+        now + LINGER
+    }
+
+    fn tick(&mut self, now: Instant, calls: usize) -> Tick {
+        if self.lingering {
+            return if calls == 0 {
+                Tick::Lingered
+            } else {
+                Tick::Again(now + LINGER)
+            };
+        }
+        let handshake_end = self.handshake.and_then(|h| self.opened.checked_add(h));
+        if !self.greeted && handshake_end.is_some_and(|end| now >= end) {
+            return Tick::Handshake;
+        }
+        if self.idle.is_some() && !self.active && calls == 0 {
+            return Tick::Idle;
+        }
+        self.active = false;
+        let next_idle = self.idle.and_then(|i| now.checked_add(i));
+        let next = match (next_idle, handshake_end.filter(|_| !self.greeted)) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(now + Duration::from_secs(3600)),
+        };
+        Tick::Again(next)
+    }
+}
 
 struct Connection {
     shared: Arc<Shared>,
     peer: SocketAddr,
     tx: mpsc::Sender<Outbound>,
+    queued: Arc<Queued>,
+    slot: Arc<Slot>,
     calls: JoinSet<u64>,
-    /// Calls in flight by request id, for cancel and duplicate detection. Owned by the read
-    /// loop alone, so it needs no lock.
+    /// Calls in flight by request id, for cancel. Owned by the read loop alone, so it
+    /// needs no lock.
     in_flight: HashMap<u64, AbortHandle>,
+    /// Highest request id received; requests must come in increasing order.
     last_request_id: u64,
     draining: bool,
+}
+
+/// What ends the read loop early.
+enum Close {
+    /// The peer closed or the socket failed.
+    Gone,
+    /// The peer broke the protocol; it was sent a GOAWAY saying why.
+    Violation,
+    /// Evicted, handshake timeout, or drained.
+    Done,
 }
 
 pub(super) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
+    slot: Arc<Slot>,
     shutdown: CancellationToken,
 ) {
     // Frames are batched by the writer already; Nagle would only add latency.
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
-    let max_frame = shared.config.max_frame;
-    let limit = shared.config.max_in_flight_per_connection;
+    let config = &shared.config;
+    let max_frame = config.max_frame;
+    let limit = config.max_in_flight_per_connection;
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+    let queued = Arc::new(Queued {
+        bytes: AtomicUsize::new(0),
+        cap: config.max_queued_bytes_per_connection,
+        drained: Notify::new(),
+    });
+    let released = {
+        let (queued, shared) = (queued.clone(), shared.clone());
+        move |bytes: usize| {
+            if bytes == 0 {
+                return;
+            }
+            shared.queued.fetch_sub(bytes, Ordering::Relaxed);
+            let before = queued.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            if before > queued.cap && before - bytes <= queued.cap {
+                queued.drained.notify_one();
+            }
+        }
+    };
     // Responses are queued by this connection's read loop, which runs through everything
     // it read before the writer gets a turn: batching comes without a yield.
-    let writer = tokio::spawn(transport::write_loop(write, rx, max_frame, |_| false));
+    let writer = tokio::spawn(transport::write_loop(
+        write,
+        rx,
+        max_frame,
+        |_| false,
+        released,
+    ));
     let mut reader = FrameReader::new(read, max_frame);
     let mut conn = Connection {
-        shared,
+        shared: shared.clone(),
         peer,
         tx,
+        queued,
+        slot,
         calls: JoinSet::new(),
         in_flight: HashMap::new(),
         last_request_id: 0,
         draining: false,
     };
     debug!(%peer, "connection open");
-    // Idleness is checked once per period rather than by re-arming a timer per frame: a
-    // period with no frame and no call in flight closes the connection.
-    let period = conn.shared.config.idle_timeout;
-    let idle = tokio::time::sleep(period.unwrap_or(Duration::MAX));
-    tokio::pin!(idle);
-    let mut active = false;
-    loop {
+    let mut clock = Clock {
+        opened: Instant::now(),
+        handshake: config.handshake_timeout,
+        idle: config.idle_timeout,
+        greeted: false,
+        active: false,
+        lingering: false,
+    };
+    let first = clock.first();
+    let timer = tokio::time::sleep_until(first.unwrap_or_else(Instant::now));
+    tokio::pin!(timer);
+    let timed = first.is_some();
+    let close = loop {
+        let paused = conn.calls.len() >= limit || conn.queued.is_full();
         tokio::select! {
             biased;
             Some(done) = conn.calls.join_next(), if !conn.calls.is_empty() => {
                 if let Ok(request_id) = done {
                     conn.in_flight.remove(&request_id);
                 }
+                conn.slot.calls.store(conn.calls.len(), Ordering::Relaxed);
             }
-            _ = shutdown.cancelled(), if !conn.draining => conn.go_away().await,
-            () = &mut idle, if period.is_some() && !conn.draining => match period {
-                Some(period) if active || !conn.calls.is_empty() => {
-                    active = false;
-                    idle.as_mut().reset(Instant::now() + period);
+            _ = shutdown.cancelled(), if !conn.draining => {
+                conn.go_away(Code::Ok, "server shutting down").await;
+                timer.as_mut().reset(clock.linger(Instant::now()));
+            }
+            _ = conn.slot.evict.cancelled() => {
+                debug!(%peer, "evicted at the connection limit");
+                conn.go_away(Code::Ok, "idle connection closed at the connection limit").await;
+                break Close::Done;
+            }
+            () = &mut timer, if timed || clock.lingering => match clock.tick(Instant::now(), conn.calls.len()) {
+                Tick::Handshake => {
+                    debug!(%peer, "no frame within the handshake timeout; closing");
+                    conn.go_away(Code::DeadlineExceeded, "no frame within the handshake timeout").await;
+                    break Close::Done;
                 }
-                _ => {
+                Tick::Idle => {
                     debug!(%peer, "idle; closing the connection");
-                    conn.go_away().await;
+                    conn.go_away(Code::Ok, "idle timeout").await;
+                    timer.as_mut().reset(clock.linger(Instant::now()));
                 }
+                Tick::Lingered => break Close::Done,
+                Tick::Again(at) => timer.as_mut().reset(at),
             },
-            frame = reader.next(), if conn.calls.len() < limit => match frame {
+            _ = conn.queued.drained.notified(), if conn.queued.is_full() => {}
+            frame = reader.next(), if !paused => match frame {
                 Some(Ok(frame)) => {
-                    active = true;
-                    conn.handle(frame).await
+                    clock.frame();
+                    if let Err(reason) = conn.handle(frame).await {
+                        conn.violation(reason).await;
+                        break Close::Violation;
+                    }
                 }
                 Some(Err(err)) => {
                     conn.reject(err).await;
-                    break;
+                    break Close::Violation;
                 }
-                None => break,
+                None => break Close::Gone,
             },
         }
-        if conn.draining && conn.calls.is_empty() {
-            break;
-        }
-    }
+    };
     // Calls still running here belong to a peer that left or broke the protocol.
+    if !matches!(close, Close::Done) && !conn.calls.is_empty() {
+        debug!(%peer, calls = conn.calls.len(), "closing with calls in flight abandoned");
+    }
     conn.calls.abort_all();
+    let _ = conn.tx.send(Outbound::Close).await;
     drop(conn);
     if let Ok(Err(err)) = writer.await {
         debug!(%peer, cause = %err, "write side closed with an error");
@@ -142,19 +291,27 @@ impl Connection {
         let _ = self.tx.send(out).await;
     }
 
-    async fn respond(&self, request_id: u64, status: Status) {
-        self.send(Outbound::Response {
-            request_id,
-            result: Err(status),
-        })
-        .await;
+    /// Queues a call's result, counting its bytes against this connection's and the
+    /// server's queued-bytes limits until the writer has written it.
+    async fn respond(&self, request_id: u64, result: Result<bytes::Bytes, Status>) {
+        let out = Outbound::Response { request_id, result };
+        queue(&self.tx, &self.queued, &self.shared, out).await;
     }
 
-    async fn handle(&mut self, frame: Frame) {
+    /// Handles one frame; `Err` names the protocol rule it broke.
+    async fn handle(&mut self, frame: Frame) -> Result<(), &'static str> {
         let header = &frame.header;
+        self.slot.touch();
         match header.kind {
-            Kind::Request => self.start_call(frame).await,
+            Kind::Request => {
+                if header.request_id <= self.last_request_id {
+                    return Err("request ids must be non-zero and increase on a connection");
+                }
+                self.last_request_id = header.request_id;
+                self.start_call(frame).await;
+            }
             Kind::Cancel => {
+                // Unknown or finished ids are fine: the response may have crossed the cancel.
                 if let Some(call) = self.in_flight.remove(&header.request_id) {
                     call.abort();
                 }
@@ -163,112 +320,72 @@ impl Connection {
                 self.send(Outbound::control(Kind::Pong, header.request_id))
                     .await
             }
-            Kind::Pong | Kind::Response | Kind::GoAway => {
-                debug!(peer = %self.peer, kind = ?header.kind, "ignoring frame a client does not send");
-            }
+            Kind::Response => return Err("a client does not send RESPONSE frames"),
+            Kind::Pong => return Err("a client does not send PONG frames"),
+            Kind::GoAway => return Err("a client does not send GOAWAY frames"),
         }
+        Ok(())
     }
 
     async fn start_call(&mut self, frame: Frame) {
         let Frame { header, body } = frame;
         let id = header.request_id;
-        let started = Instant::now();
-        let shared = self.shared.clone();
-        let Some(route) = shared.routes.get(header.service.as_str()) else {
-            let status = Status::unimplemented(format!("unknown service {}", header.service));
-            shared.unrouted.record(status.code(), started.elapsed());
-            return self.respond(id, status).await;
-        };
-        let metrics = route.metrics(header.method.as_str());
-        // Health checks are still answered while draining, so probers learn NOT_SERVING.
-        let refuse = if self.draining && header.service.as_str() != HEALTH {
-            Some(Status::unavailable("server is shutting down"))
-        } else if self.in_flight.contains_key(&id) {
-            Some(Status::invalid_argument(format!(
-                "request id {id} is already in flight"
-            )))
-        } else {
-            None
-        };
-        if let Some(status) = refuse {
-            metrics.record(status.code(), started.elapsed());
-            return self.respond(id, status).await;
-        }
-        let deadline =
-            (header.timeout_us > 0).then(|| started + Duration::from_micros(header.timeout_us));
-        let ctx = Context {
+        let received = Instant::now();
+        let deadline = (header.timeout_us > 0)
+            .then(|| received.checked_add(Duration::from_micros(header.timeout_us)))
+            .flatten();
+        let incoming = Incoming {
             request_id: id,
+            service: header.service,
+            method: header.method,
             deadline,
-            peer: self.peer,
             metadata: header.metadata,
+            peer: self.peer,
+            body,
+            received,
         };
-        let Some(mut call) = route.service.call(header.method.as_str(), ctx, body) else {
-            let status = Status::unimplemented(format!(
-                "unknown method {} on service {}",
-                header.method, header.service
-            ));
-            metrics.record(status.code(), started.elapsed());
-            return self.respond(id, status).await;
+        let mut call = match self.shared.start(incoming, self.draining) {
+            Ok(call) => call,
+            Err(status) => return self.respond(id, Err(status)).await,
         };
-        let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
-            let status = Status::resource_exhausted("server overloaded");
-            metrics.record(status.code(), started.elapsed());
-            return self.respond(id, status).await;
-        };
-        self.last_request_id = self.last_request_id.max(id);
         // Most handlers finish without waiting on anything. Polling once here answers those
         // without a task spawn and the cross-thread wakeups that come with it; a handler that
         // is not ready moves to its own task, so it never blocks this connection.
-        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut call).poll(cx))).await;
         if let Poll::Ready(result) = first {
-            drop(permit);
-            metrics.record(code_of(&result), started.elapsed());
-            return self
-                .send(Outbound::Response {
-                    request_id: id,
-                    result,
-                })
-                .await;
+            return self.respond(id, result).await;
         }
-        let tx = self.tx.clone();
-        let (service, method) = (header.service, header.method);
+        let (tx, queued, shared) = (self.tx.clone(), self.queued.clone(), self.shared.clone());
         let gauge = InFlightGauge::new(&shared.gauges.in_flight);
-        let handle = self.calls.spawn(async move {
-            let result = match deadline {
-                Some(deadline) => match tokio::time::timeout_at(deadline, call).await {
-                    Ok(result) => result,
-                    Err(_) => Err(Status::deadline_exceeded("deadline passed on the server")),
-                },
-                None => call.await,
-            };
-            drop((permit, gauge));
-            if let Some(route) = shared.routes.get(service.as_str()) {
-                route
-                    .metrics(method.as_str())
-                    .record(code_of(&result), started.elapsed());
-            }
-            let _ = tx
-                .send(Outbound::Response {
-                    request_id: id,
-                    result,
-                })
-                .await;
-            id
-        });
+        let handle = self
+            .calls
+            .spawn(finish(call, id, tx, queued, shared, gauge));
         self.in_flight.insert(id, handle);
+        self.slot.calls.store(self.calls.len(), Ordering::Relaxed);
     }
 
     /// Starts a graceful close: no new calls, in-flight ones finish.
-    async fn go_away(&mut self) {
+    async fn go_away(&mut self, status: Code, message: &'static str) {
         self.draining = true;
-        let last = self.last_request_id;
-        self.send(Outbound::control(Kind::GoAway, last)).await;
+        let goaway = Outbound::Control {
+            kind: Kind::GoAway,
+            request_id: self.last_request_id,
+            status,
+            message,
+        };
+        self.send(goaway).await;
+    }
+
+    /// Tells the peer which protocol rule it broke before the connection closes.
+    async fn violation(&mut self, reason: &'static str) {
+        warn!(peer = %self.peer, %reason, "protocol error; closing the connection");
+        self.go_away(Code::InvalidArgument, reason).await;
     }
 
     /// Tells the peer why its connection is being closed, when the frame that broke it left
     /// the stream readable enough to be worth an answer.
     async fn reject(&mut self, err: FrameError) {
-        let message = match &err {
+        let reason = match &err {
             FrameError::Io(_) => {
                 debug!(peer = %self.peer, cause = %err, "read failed");
                 return;
@@ -276,15 +393,38 @@ impl Connection {
             FrameError::TooLarge { .. } => "frame exceeds the size cap",
             FrameError::BadMagic => "bad magic: not an mprpc peer",
             FrameError::UnsupportedVersion(_) => "unsupported protocol version",
-            FrameError::Malformed(_) | FrameError::Header(_) => "malformed frame",
+            FrameError::Malformed(reason) | FrameError::Header(reason) => reason,
         };
-        warn!(peer = %self.peer, cause = %err, "protocol error; closing the connection");
-        let goaway = Outbound::Control {
-            kind: Kind::GoAway,
-            request_id: self.last_request_id,
-            status: Code::InvalidArgument,
-            message,
-        };
-        self.send(goaway).await;
+        self.violation(reason).await;
     }
+}
+
+async fn queue(tx: &mpsc::Sender<Outbound>, queued: &Queued, shared: &Shared, out: Outbound) {
+    let weight = out.weight();
+    queued.bytes.fetch_add(weight, Ordering::Relaxed);
+    shared.queued.fetch_add(weight, Ordering::Relaxed);
+    if tx.send(out).await.is_err() {
+        // The writer is gone and will never release these.
+        queued.bytes.fetch_sub(weight, Ordering::Relaxed);
+        shared.queued.fetch_sub(weight, Ordering::Relaxed);
+    }
+}
+
+/// Runs a call that did not finish on its first poll and queues its result.
+async fn finish(
+    call: Running,
+    id: u64,
+    tx: mpsc::Sender<Outbound>,
+    queued: Arc<Queued>,
+    shared: Arc<Shared>,
+    gauge: InFlightGauge,
+) -> u64 {
+    let result = call.await;
+    drop(gauge);
+    let out = Outbound::Response {
+        request_id: id,
+        result,
+    };
+    queue(&tx, &queued, &shared, out).await;
+    id
 }

@@ -2,11 +2,19 @@
 //! name, runs every call as its own task, and shuts down gracefully.
 //!
 //! Limits, all configurable through [`ServerBuilder`]:
-//! - connections: at most `max_connections` at once; the accept loop waits for a free slot;
+//! - connections: at most `max_connections` at once; at the limit a new connection takes
+//!   the place of the longest-idle one (idle a second or more, no call in flight), which is
+//!   sent a `GOAWAY` and closed; when none is idle the newcomer is sent a `GOAWAY` with
+//!   `RESOURCE_EXHAUSTED` and closed, so it can go elsewhere at once;
+//! - handshake: a connection that sends no complete frame within `handshake_timeout` is
+//!   closed;
 //! - calls per connection: at most `max_in_flight_per_connection`; past it the server stops
 //!   reading that connection (TCP backpressure) until a call finishes;
 //! - calls in total: at most `max_in_flight`; past it new calls are answered
 //!   `RESOURCE_EXHAUSTED` without running (safe for the caller to retry elsewhere);
+//! - queued response bytes: past `max_queued_bytes_per_connection` unwritten on one
+//!   connection (a peer that does not read) the server stops reading it; past
+//!   `max_queued_bytes` across the server new calls are answered `RESOURCE_EXHAUSTED`;
 //! - frame size: `max_frame`, checked before anything of the claimed size is buffered;
 //! - idleness: a connection with no call in flight that sends no frame for `idle_timeout` is
 //!   sent a `GOAWAY` and closed, so silent peers cannot hold connection slots for ever.
@@ -16,29 +24,38 @@
 //! `UNAVAILABLE`, and waits for in-flight calls up to the grace period, after which it
 //! aborts what is left.
 
+mod call;
 mod connection;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use bytes::BytesMut;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::discovery::{DiscoveryError, Instance, Register};
-use crate::frame::DEFAULT_MAX_FRAME;
+use crate::frame::{DEFAULT_MAX_FRAME, Header, Kind, Text};
 use crate::health::{Health, HealthServer};
+use crate::interceptor::Interceptor;
 use crate::metrics::{MethodMetrics, ServerGauges};
 use crate::service::Service;
+use crate::status::Code;
+
+pub(crate) use call::Incoming;
 
 /// Limits and timings of a [`Server`]; every field has the default shown on its setter in
 /// [`ServerBuilder`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// Largest accepted frame length (default 16 MiB).
     pub max_frame: usize,
@@ -53,6 +70,15 @@ pub struct Config {
     /// How long a connection may stay silent with no call in flight before it is closed
     /// (default 5 min; `None` keeps idle connections open).
     pub idle_timeout: Option<Duration>,
+    /// How long a new connection may take to send its first complete frame (default 10 s;
+    /// `None`: no limit beyond the idle timeout).
+    pub handshake_timeout: Option<Duration>,
+    /// Unwritten response bytes on one connection before the server stops reading it
+    /// (default 1 MiB).
+    pub max_queued_bytes_per_connection: usize,
+    /// Unwritten response bytes across the server before new calls are shed (default
+    /// 256 MiB).
+    pub max_queued_bytes: usize,
 }
 
 impl Default for Config {
@@ -64,6 +90,9 @@ impl Default for Config {
             max_in_flight: 65_536,
             grace_period: Duration::from_secs(10),
             idle_timeout: Some(Duration::from_secs(300)),
+            handshake_timeout: Some(Duration::from_secs(10)),
+            max_queued_bytes_per_connection: 1024 * 1024,
+            max_queued_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -72,6 +101,7 @@ impl Default for Config {
 #[derive(Default)]
 pub struct ServerBuilder {
     services: HashMap<&'static str, Arc<dyn Service>>,
+    interceptors: Vec<Arc<dyn Interceptor>>,
     config: Config,
 }
 
@@ -79,12 +109,20 @@ impl std::fmt::Debug for ServerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerBuilder")
             .field("services", &self.services.keys().collect::<Vec<_>>())
+            .field("interceptors", &self.interceptors.len())
             .field("config", &self.config)
             .finish()
     }
 }
 
 impl ServerBuilder {
+    /// Runs `interceptor` before every handler, after those added earlier; see
+    /// [`Interceptor`]. The built-in health service is not intercepted.
+    pub fn intercept(mut self, interceptor: impl Interceptor) -> Self {
+        self.interceptors.push(Arc::new(interceptor));
+        self
+    }
+
     /// Adds a service; a later service with the same name replaces an earlier one.
     pub fn add_service(mut self, service: impl Service) -> Self {
         self.services.insert(service.name(), Arc::new(service));
@@ -131,6 +169,22 @@ impl ServerBuilder {
         self
     }
 
+    /// How long a new connection may take to send its first complete frame before it is
+    /// closed; `None` leaves only the idle timeout. Default 10 s.
+    pub fn handshake_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.handshake_timeout = timeout.map(|t| t.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// Bounds on response bytes queued and not yet written: per connection, past which the
+    /// server stops reading that connection until its peer reads; and across the server,
+    /// past which new calls are answered `RESOURCE_EXHAUSTED`. Default 1 MiB and 256 MiB.
+    pub fn max_queued_bytes(mut self, per_connection: usize, total: usize) -> Self {
+        self.config.max_queued_bytes_per_connection = per_connection;
+        self.config.max_queued_bytes = total;
+        self
+    }
+
     /// The server. It also answers `mprpc.health.Health` unless a service of that name was added.
     ///
     /// Metrics handles are created here: install the recorder
@@ -154,10 +208,15 @@ impl ServerBuilder {
             shared: Arc::new(Shared {
                 in_flight: Arc::new(Semaphore::new(self.config.max_in_flight)),
                 routes,
+                interceptors: self.interceptors.into(),
                 config: self.config,
                 draining,
                 gauges: ServerGauges::new(),
                 unrouted: MethodMetrics::new("other", "other"),
+                queued: AtomicUsize::new(0),
+                slots: parking_lot::Mutex::new(HashMap::new()),
+                next_slot: AtomicU64::new(0),
+                epoch: Instant::now(),
             }),
         }
     }
@@ -166,8 +225,8 @@ impl ServerBuilder {
 /// A service and the metrics of its methods.
 struct Route {
     service: Arc<dyn Service>,
-    methods: HashMap<&'static str, MethodMetrics>,
-    other: MethodMetrics,
+    methods: HashMap<&'static str, Arc<MethodMetrics>>,
+    other: Arc<MethodMetrics>,
 }
 
 impl Route {
@@ -175,29 +234,113 @@ impl Route {
         let methods = service
             .methods()
             .iter()
-            .map(|m| (*m, MethodMetrics::new(name, m)))
+            .map(|m| (*m, Arc::new(MethodMetrics::new(name, m))))
             .collect();
         Route {
             service,
             methods,
-            other: MethodMetrics::new(name, "other"),
+            other: Arc::new(MethodMetrics::new(name, "other")),
         }
     }
 
-    fn metrics(&self, method: &str) -> &MethodMetrics {
+    fn metrics(&self, method: &str) -> &Arc<MethodMetrics> {
         self.methods.get(method).unwrap_or(&self.other)
     }
 }
 
 /// What every connection of a server shares.
-struct Shared {
+pub(crate) struct Shared {
     routes: HashMap<&'static str, Route>,
+    interceptors: Box<[Arc<dyn Interceptor>]>,
     in_flight: Arc<Semaphore>,
     config: Config,
     draining: Arc<AtomicBool>,
     gauges: ServerGauges,
     /// Calls to services this server does not host.
     unrouted: MethodMetrics,
+    /// Response bytes queued on every connection and not yet written.
+    queued: AtomicUsize,
+    /// Every open connection by number, for eviction at the connection limit. A
+    /// parking_lot mutex: taken once per connection opened or closed and by an eviction's
+    /// scan, never across an await.
+    slots: parking_lot::Mutex<HashMap<u64, Arc<Slot>>>,
+    next_slot: AtomicU64,
+    epoch: Instant,
+}
+
+/// One open connection as the accept loop sees it.
+pub(crate) struct Slot {
+    /// Milliseconds after the server's epoch of the connection's last frame.
+    last_active: AtomicU64,
+    /// Calls the connection has running on tasks of their own.
+    calls: AtomicUsize,
+    /// Cancelled to make the connection go away.
+    evict: CancellationToken,
+    epoch: Instant,
+}
+
+impl Slot {
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_active.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// How long a connection must have been silent before a newcomer may take its place.
+const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
+/// How long a newcomer waits for the place of the connection it evicted.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
+impl Shared {
+    fn open_slot(&self) -> (u64, Arc<Slot>) {
+        let id = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot {
+            last_active: AtomicU64::new(0),
+            calls: AtomicUsize::new(0),
+            evict: CancellationToken::new(),
+            epoch: self.epoch,
+        });
+        slot.touch();
+        self.slots.lock().insert(id, slot.clone());
+        (id, slot)
+    }
+
+    /// Asks the longest-idle connection with no call in flight to go away; false when no
+    /// connection has been idle long enough.
+    fn evict_idlest(&self) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let Some(cutoff) = now.checked_sub(EVICTABLE_AFTER.as_millis() as u64) else {
+            return false;
+        };
+        let slots = self.slots.lock();
+        let victim = slots
+            .values()
+            .filter(|s| !s.evict.is_cancelled() && s.calls.load(Ordering::Relaxed) == 0)
+            .map(|s| (s.last_active.load(Ordering::Relaxed), s))
+            .filter(|(last, _)| *last <= cutoff)
+            .min_by_key(|(last, _)| *last);
+        match victim {
+            Some((_, slot)) => {
+                slot.evict.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Sent to a connection the server has no room for.
+fn refusal() -> BytesMut {
+    let header = Header {
+        kind: Kind::GoAway,
+        status: Code::ResourceExhausted,
+        message: Text::from_static("connection limit reached"),
+        ..Header::default()
+    };
+    let mut buf = BytesMut::new();
+    // A bodiless header with a short static message always fits.
+    let _ = crate::frame::encode_raw(&mut buf, &header, &[], DEFAULT_MAX_FRAME);
+    buf
 }
 
 /// An mprpc server. Build it with [`Server::builder`], run it with [`Server::serve`].
@@ -221,6 +364,17 @@ impl Server {
         ServerBuilder::default()
     }
 
+    /// Connections open right now, across every listener this server serves.
+    pub fn connections(&self) -> usize {
+        self.shared.slots.lock().len()
+    }
+
+    /// Starts a call made in this process (the client's in-process transport).
+    pub(crate) fn start_local(&self, incoming: Incoming) -> Result<call::Running, crate::Status> {
+        let draining = self.shared.draining.load(Ordering::Relaxed);
+        self.shared.start(incoming, draining)
+    }
+
     /// Serves connections from `listener` until `shutdown` completes, then drains.
     ///
     /// # Errors
@@ -237,35 +391,46 @@ impl Server {
         let local = listener.local_addr()?;
         info!(addr = %local, services = ?self.shared.routes.keys().collect::<Vec<_>>(), "serving");
         tokio::pin!(shutdown);
-        let mut backoff = Duration::from_millis(5);
+        // Out of file descriptors and the like: back off instead of spinning.
+        let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_secs(1));
+        let refusal = refusal();
         loop {
-            let permit = tokio::select! {
-                _ = &mut shutdown => break,
-                permit = limit.clone().acquire_owned() => permit.expect("semaphore never closed"),
-            };
             let accepted = tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => accepted,
             };
-            match accepted {
-                Ok((stream, peer)) => {
-                    backoff = Duration::from_millis(5);
-                    let shared = self.shared.clone();
-                    let token = token.child_token();
-                    connections.spawn(async move {
-                        shared.gauges.connections.increment(1.0);
-                        connection::serve(stream, peer, shared.clone(), token).await;
-                        shared.gauges.connections.decrement(1.0);
-                        drop(permit);
-                    });
-                }
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(err) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(cause = %err, "accept failed; backing off {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    let delay = backoff.fail();
+                    warn!(cause = %err, ?delay, "accept failed; backing off");
+                    tokio::time::sleep(delay).await;
+                    continue;
                 }
+            };
+            backoff.reset();
+            let shared = self.shared.clone();
+            let token = token.child_token();
+            let permit = limit.clone().try_acquire_owned();
+            if permit.is_err() && !self.shared.evict_idlest() {
+                // Best effort: a fresh socket's send buffer has room for one small frame.
+                let _ = stream.try_write(&refusal);
+                debug!(%peer, "connection limit reached; refused");
+                continue;
             }
+            let limit = limit.clone();
+            connections.spawn(async move {
+                let permit = match permit {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        match tokio::time::timeout(EVICTION_WAIT, limit.acquire_owned()).await {
+                            Ok(Ok(permit)) => permit,
+                            _ => return,
+                        }
+                    }
+                };
+                serve_connection(stream, peer, shared, token, permit).await;
+            });
             // Reap finished connections so the set does not grow without bound.
             while connections.try_join_next().is_some() {}
         }
@@ -318,6 +483,21 @@ impl Server {
         self.serve(listener, shutdown).await?;
         Ok(())
     }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    token: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) {
+    let (id, slot) = shared.open_slot();
+    shared.gauges.connections.increment(1.0);
+    connection::serve(stream, peer, shared.clone(), slot, token).await;
+    shared.gauges.connections.decrement(1.0);
+    shared.slots.lock().remove(&id);
+    drop(permit);
 }
 
 /// Why [`Server::serve_registered`] stopped.

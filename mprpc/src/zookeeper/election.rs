@@ -6,7 +6,6 @@
 //! whether its node exists by looking for the token.
 
 use std::convert::Infallible;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -356,15 +355,8 @@ impl Candidate {
     }
 }
 
-/// 64 random bits in hex, from the standard library's per-instance hasher keys.
 fn token() -> String {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    format!("{:016x}", hasher.finish())
+    crate::random::hex64()
 }
 
 #[cfg(test)]

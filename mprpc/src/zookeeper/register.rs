@@ -9,9 +9,7 @@ use std::sync::Arc;
 use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
-use super::session::{
-    Backoff, Core, EPHEMERAL, PERSISTENT, Session, Task, ends_session, session_error,
-};
+use super::session::{Core, EPHEMERAL, PERSISTENT, Session, Task, ends_session, session_error};
 use super::{ZooKeeper, check_name};
 use crate::discovery::{DiscoveryError, Instance, Register, Registration, Withdraw};
 use crate::service::BoxFuture;
@@ -166,7 +164,7 @@ struct Keeper {
 
 impl Keeper {
     async fn run(mut self) {
-        let mut backoff = Backoff::new();
+        let mut backoff = super::session::backoff();
         loop {
             let Some(session) = self.core.session().await else {
                 return;

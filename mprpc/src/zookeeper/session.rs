@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
+pub(super) use crate::backoff::Backoff;
 use crate::discovery::DiscoveryError;
 
 /// Persistent parents: readable and writable by anyone, as the registry is shared.
@@ -171,7 +172,7 @@ impl Core {
     /// before starting over: for a new session when the error ended this one, else for
     /// the backoff.
     pub(super) async fn follow_sessions(self, mut work: impl Follow) {
-        let mut backoff = Backoff::new();
+        let mut backoff = backoff();
         loop {
             let Some(session) = self.session().await else {
                 return;
@@ -264,28 +265,8 @@ pub(super) fn closed() -> DiscoveryError {
 
 /// Retry delays: 100 ms doubling up to 2 s. Short, because what waits behind them is a
 /// stale instance list or a missing registration.
-#[derive(Debug)]
-pub(super) struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const MIN: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(2);
-
-    pub(super) fn new() -> Backoff {
-        Backoff { next: Backoff::MIN }
-    }
-
-    pub(super) fn reset(&mut self) {
-        self.next = Backoff::MIN;
-    }
-
-    pub(super) async fn wait(&mut self) {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Backoff::MAX);
-        tokio::time::sleep(delay).await;
-    }
+pub(super) fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(2))
 }
 
 /// A spawned task that is aborted when its owner drops it.
@@ -319,7 +300,7 @@ pub(super) async fn connect(
     timeout: Duration,
 ) -> Result<zk::Client, zk::Error> {
     let attempts = async {
-        let mut backoff = Backoff::new();
+        let mut backoff = backoff();
         loop {
             // Fail-eagerly returns after one pass over the hosts instead of waiting a whole
             // session timeout, so that this loop decides how long to keep trying.
@@ -406,7 +387,7 @@ impl Supervisor {
     }
 
     async fn reconnect(&self) -> Option<zk::Client> {
-        let mut backoff = Backoff::new();
+        let mut backoff = backoff();
         loop {
             let attempt = connect(&self.hosts, self.session_timeout, self.connect_timeout);
             let result = tokio::select! {

@@ -26,6 +26,54 @@ pub struct Num {
     pub value: u64,
 }
 
+/// A request or response carrying text.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Str {
+    #[prost(string, tag = "1")]
+    pub value: String,
+}
+
+/// Log lines written while the returned guard lives, on this thread (the runtime of a
+/// `#[tokio::test]`).
+pub struct Logs {
+    buf: Arc<std::sync::Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl Logs {
+    pub fn contents(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
+    }
+}
+
+#[derive(Clone)]
+struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn capture_logs() -> Logs {
+    let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = LogWriter(buf.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    Logs {
+        buf,
+        _guard: tracing::subscriber::set_default(subscriber),
+    }
+}
+
 /// Counts what the probe's handlers did, so tests can see server-side effects.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -36,7 +84,9 @@ pub struct Counters {
 }
 
 /// Methods: `Echo` (body back), `Sleep` (Num ms, returns Num), `Remaining` (deadline left in
-/// µs as Num), `Fail` (Num code → that status), `Peer`/`Meta` (metadata "k" as Echo).
+/// µs as Num), `Fail` (Num code → that status), `Meta` (metadata "k" as Str), `Panic`
+/// (panics at once), `PanicLater` (panics after Num ms), `Big` (a body of Num bytes),
+/// `Spin` (blocks its thread for Num ms, then answers).
 #[derive(Clone, Default)]
 pub struct Probe {
     pub counters: Arc<Counters>,
@@ -97,21 +147,54 @@ impl Service for Probe {
                 ))
             }),
             "Meta" => Box::pin(async move {
-                Ok(Bytes::copy_from_slice(
-                    ctx.metadata("k").unwrap_or("").as_bytes(),
-                ))
+                let value = ctx.metadata("k").unwrap_or("").to_owned();
+                Ok(mprpc::service::encode_response(&Str { value }))
+            }),
+            "Panic" => Box::pin(async move {
+                counters.started.fetch_add(1, Ordering::SeqCst);
+                panic!("probe asked to panic")
+            }),
+            "PanicLater" => Box::pin(async move {
+                let ms: Num = mprpc::service::decode_request(request)?;
+                counters.started.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(ms.value)).await;
+                panic!("probe asked to panic later")
+            }),
+            "Big" => Box::pin(async move {
+                let n: Num = mprpc::service::decode_request(request)?;
+                counters.started.fetch_add(1, Ordering::SeqCst);
+                counters.finished.fetch_add(1, Ordering::SeqCst);
+                Ok(Bytes::from(vec![7u8; n.value as usize]))
+            }),
+            "Spin" => Box::pin(async move {
+                let ms: Num = mprpc::service::decode_request(request)?;
+                counters.started.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(ms.value));
+                counters.finished.fetch_add(1, Ordering::SeqCst);
+                Ok(encode(ms.value))
             }),
             _ => return None,
         })
     }
 
     fn methods(&self) -> &'static [&'static str] {
-        &["Echo", "Sleep", "Remaining", "Fail", "Meta"]
+        &[
+            "Echo",
+            "Sleep",
+            "Remaining",
+            "Fail",
+            "Meta",
+            "Panic",
+            "PanicLater",
+            "Big",
+            "Spin",
+        ]
     }
 }
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub server: Server,
     pub probe: Probe,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: JoinHandle<std::io::Result<()>>,
@@ -177,6 +260,7 @@ pub async fn start_server_with(
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
+    let serving = server.clone();
     let task = tokio::spawn(async move {
         server
             .serve(listener, async move {
@@ -186,6 +270,7 @@ pub async fn start_server_with(
     });
     TestServer {
         addr,
+        server: serving,
         probe,
         shutdown: Some(tx),
         task,
@@ -211,11 +296,23 @@ pub fn request(id: u64, method: &'static str, body: &[u8]) -> BytesMut {
 }
 
 pub fn request_to(id: u64, service: &'static str, method: &'static str, body: &[u8]) -> BytesMut {
+    request_with(id, service, method, 0, body)
+}
+
+/// A request frame with a `timeout_us` budget.
+pub fn request_with(
+    id: u64,
+    service: &'static str,
+    method: &'static str,
+    timeout_us: u64,
+    body: &[u8],
+) -> BytesMut {
     let header = Header {
         kind: Kind::Request,
         request_id: id,
         service: Text::from_static(service),
         method: Text::from_static(method),
+        timeout_us,
         ..Header::default()
     };
     let mut buf = BytesMut::new();
@@ -234,6 +331,17 @@ pub fn control(kind: Kind, id: u64) -> BytesMut {
     mprpc::frame::encode_raw(&mut buf, &header, &[], mprpc::frame::DEFAULT_MAX_FRAME)
         .expect("fits");
     buf
+}
+
+/// A frame around a hand-made header, for headers the encoder cannot produce.
+pub fn raw_frame(header: &[u8], body: &[u8]) -> Vec<u8> {
+    let len = 6 + header.len() + body.len();
+    let mut frame = (len as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&[b'M', b'P', 1, 0]);
+    frame.extend_from_slice(&(header.len() as u16).to_be_bytes());
+    frame.extend_from_slice(header);
+    frame.extend_from_slice(body);
+    frame
 }
 
 pub fn num(n: u64) -> Vec<u8> {

@@ -1,34 +1,44 @@
 //! A fixed number of lazily dialled connections to one endpoint, redialled with backoff
 //! when they break.
 
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::client::Config;
-use crate::connection::Connection;
+use super::connection::Connection;
+use crate::backoff::Backoff;
 use crate::error::Error;
+
+/// How a pool dials and keeps its connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) size: usize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_frame: usize,
+    pub(crate) keepalive: Option<Duration>,
+    /// Redial delays after failed dials.
+    pub(crate) redial: Backoff,
+}
 
 /// Connections to one endpoint. Calls pick slots round robin.
 pub(crate) struct Pool {
     addr: String,
     slots: Box<[Slot]>,
     next: AtomicUsize,
-    config: Arc<Config>,
+    config: Config,
     gauge: metrics::Gauge,
 }
 
-#[derive(Default)]
 struct Slot {
     /// The live connection. A parking_lot mutex: held only to clone or swap an `Arc`.
     conn: parking_lot::Mutex<Option<Arc<Connection>>>,
     /// Serialises dials of this slot so one outage causes one dial, not one per call. Held
     /// across the dial on purpose; it guards nothing else.
-    dial: tokio::sync::Mutex<Backoff>,
+    dial: tokio::sync::Mutex<Redial>,
 }
 
 impl Slot {
@@ -37,30 +47,22 @@ impl Slot {
     }
 }
 
-#[derive(Default)]
-struct Backoff {
-    failures: u32,
+/// A slot's redial state.
+struct Redial {
+    backoff: Backoff,
     retry_at: Option<Instant>,
 }
 
-impl Backoff {
-    fn failed(&mut self, config: &Config) {
-        self.failures = self.failures.saturating_add(1);
-        let exp = config
-            .backoff_min
-            .saturating_mul(1 << self.failures.min(16).saturating_sub(1));
-        let base = exp.min(config.backoff_max);
-        // ±25 % jitter so that many clients do not redial a recovering server in lockstep.
-        let jitter = RandomState::new().hash_one(self.failures) % 501;
-        let delay = base.mul_f64(0.75 + jitter as f64 / 1000.0);
-        self.retry_at = Some(Instant::now() + delay);
-    }
-}
-
 impl Pool {
-    pub(crate) fn new(addr: String, config: Arc<Config>) -> Pool {
-        let slots = (0..config.pool_size.max(1))
-            .map(|_| Slot::default())
+    pub(crate) fn new(addr: String, config: Config) -> Pool {
+        let slots = (0..config.size.max(1))
+            .map(|_| Slot {
+                conn: parking_lot::Mutex::new(None),
+                dial: tokio::sync::Mutex::new(Redial {
+                    backoff: config.redial,
+                    retry_at: None,
+                }),
+            })
             .collect();
         let gauge = crate::metrics::client_connections(&addr);
         Pool {
@@ -89,11 +91,11 @@ impl Pool {
     }
 
     async fn dial(&self, slot: &Slot) -> Result<Arc<Connection>, Error> {
-        let mut backoff = slot.dial.lock().await;
+        let mut redial = slot.dial.lock().await;
         if let Some(conn) = slot.open() {
             return Ok(conn);
         }
-        if backoff.retry_at.is_some_and(|at| Instant::now() < at) {
+        if redial.retry_at.is_some_and(|at| Instant::now() < at) {
             return Err(Error::Unavailable("endpoint is in reconnect backoff"));
         }
         let dialled =
@@ -107,7 +109,8 @@ impl Pool {
                 });
         match dialled {
             Ok(stream) => {
-                *backoff = Backoff::default();
+                redial.backoff.reset();
+                redial.retry_at = None;
                 let conn = Arc::new(Connection::new(
                     stream,
                     self.config.max_frame,
@@ -119,37 +122,14 @@ impl Pool {
                 Ok(conn)
             }
             Err(source) => {
-                backoff.failed(&self.config);
-                debug!(addr = %self.addr, cause = %source, failures = backoff.failures, "dial failed");
+                let delay = redial.backoff.fail();
+                redial.retry_at = Instant::now().checked_add(delay);
+                debug!(addr = %self.addr, cause = %source, failures = redial.backoff.failures(), "dial failed");
                 Err(Error::Connect {
                     addr: self.addr.clone(),
                     source,
                 })
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn backoff_grows_to_its_cap() {
-        let config = Config {
-            backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(2),
-            ..Config::default()
-        };
-        let mut backoff = Backoff::default();
-        let mut last = Duration::ZERO;
-        for _ in 0..12 {
-            let before = Instant::now();
-            backoff.failed(&config);
-            last = backoff.retry_at.expect("set") - before;
-        }
-        assert!(last <= Duration::from_millis(2_500), "{last:?}");
-        assert!(last >= Duration::from_millis(1_500), "{last:?}");
     }
 }

@@ -1,5 +1,26 @@
 //! The client: typed unary calls over a pool of multiplexed connections, with deadlines that
 //! travel to the server and cancellation when the caller drops the call.
+//!
+//! A call goes through one pipeline: client interceptors add metadata; the balancer's
+//! picker chooses an endpoint; the endpoint's transport carries the attempt (a TCP
+//! connection from its pool, or a server in this process); the retry policy decides whether
+//! a failure goes again to another endpoint, within the deadline and the retry budget.
+//!
+//! # Layout
+//! - this module: [`Client`], [`ClientBuilder`], [`Config`];
+//! - `options`: [`CallOptions`] and [`Method`];
+//! - `endpoint`: one instance's transport, load and health (outlier ejection);
+//! - `pool`: N lazily dialled connections per endpoint, redialled with backoff;
+//! - `connection`: one multiplexed connection and its keepalive;
+//! - `local`: the in-process transport;
+//! - `retry`: what may be resent, and the retry budget.
+
+mod connection;
+mod endpoint;
+mod local;
+mod options;
+mod pool;
+mod retry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,18 +28,25 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{Instrument, debug, debug_span};
 
-use crate::balance::{self, Balance, P2c, Pick, PickContext};
+use crate::backoff::Backoff;
+use crate::balance::{Balance, P2c, Pick, PickContext};
 use crate::discovery::{Discover, DiscoveryError, Instance, Instances};
-use crate::endpoint::Endpoint;
 use crate::error::Error;
-use crate::frame::{DEFAULT_MAX_FRAME, Header, Kind, Text};
-use crate::retry::{self, Budget};
+use crate::frame::{DEFAULT_MAX_FRAME, Text};
+use crate::interceptor::{ClientInterceptor, Outgoing};
+use crate::server::Server;
 use crate::status::{Code, Status};
+use endpoint::{Ejection, Transport};
+use retry::Budget;
+
+pub use endpoint::Endpoint;
+pub use options::{CallOptions, Method};
 
 /// Client settings; every field's default is on its setter in [`ClientBuilder`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// Connections per endpoint (default 2).
     pub pool_size: usize,
@@ -70,10 +98,32 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// What each endpoint's connection pool needs of it.
+    pub(crate) fn pool(&self) -> pool::Config {
+        pool::Config {
+            size: self.pool_size,
+            connect_timeout: self.connect_timeout,
+            max_frame: self.max_frame,
+            keepalive: self.keepalive,
+            redial: Backoff::new(self.backoff_min, self.backoff_max).jittered(),
+        }
+    }
+
+    /// What each endpoint's health record needs of it.
+    pub(crate) fn ejection(&self) -> Ejection {
+        Ejection {
+            after: self.eject_after,
+            backoff: Backoff::new(self.eject_base, self.eject_max),
+        }
+    }
+}
+
 /// Builds a [`Client`].
 pub struct ClientBuilder {
     config: Config,
     balance: Box<dyn Balance>,
+    interceptors: Vec<Arc<dyn ClientInterceptor>>,
 }
 
 impl Default for ClientBuilder {
@@ -81,6 +131,7 @@ impl Default for ClientBuilder {
         ClientBuilder {
             config: Config::default(),
             balance: Box::new(P2c),
+            interceptors: Vec::new(),
         }
     }
 }
@@ -94,6 +145,13 @@ impl std::fmt::Debug for ClientBuilder {
 }
 
 impl ClientBuilder {
+    /// Runs `interceptor` before every call of the client, after those added earlier; see
+    /// [`ClientInterceptor`].
+    pub fn intercept(mut self, interceptor: impl ClientInterceptor) -> Self {
+        self.interceptors.push(Arc::new(interceptor));
+        self
+    }
+
     /// Connections per endpoint. Default 2.
     pub fn pool_size(mut self, n: usize) -> Self {
         self.config.pool_size = n.max(1);
@@ -173,11 +231,37 @@ impl ClientBuilder {
     /// A client for one address (`host:port`). Nothing is dialled until the first call.
     pub fn connect_lazy(self, addr: impl Into<String>) -> Client {
         let instances: Instances = Arc::new([Instance::new(addr)]);
-        let config = Arc::new(self.config);
-        let set = Set::build(&*self.balance, &instances, None, &config);
+        let set = Set::build(&*self.balance, &instances, None, &self.config);
         // The sender is dropped: the set never changes.
         let (_, rx) = watch::channel(Arc::new(set));
-        Client::from_parts(config, rx, None, instances[0].addr.clone())
+        let target = instances[0].addr.clone();
+        Client::from_parts(self.config, self.interceptors, rx, None, target)
+    }
+
+    /// A client for `server` in this process: calls go straight to its services, with no
+    /// socket and no encoding of frames, through the same interceptors, deadlines, limits,
+    /// status codes and metrics as calls over TCP. Request and response messages are still
+    /// encoded, so a handler sees exactly what a remote caller would send.
+    ///
+    /// The server need not be serving a listener; a server that is (the same [`Server`], or
+    /// a clone) answers both.
+    pub fn in_process(self, server: &Server) -> Client {
+        let instance = Instance::new("in-process").id("in-process");
+        let transport = Transport::Local(server.clone());
+        let endpoint = Endpoint::with_transport(instance, transport, self.config.ejection());
+        let endpoints: Arc<[Arc<Endpoint>]> = Arc::new([Arc::new(endpoint)]);
+        let set = Set {
+            picker: self.balance.picker(endpoints.clone()),
+            endpoints,
+        };
+        let (_, rx) = watch::channel(Arc::new(set));
+        Client::from_parts(
+            self.config,
+            self.interceptors,
+            rx,
+            None,
+            "in-process".into(),
+        )
     }
 
     /// A client for every instance of `service` that `discovery` knows, following the list
@@ -192,7 +276,7 @@ impl ClientBuilder {
         service: &str,
     ) -> Result<Client, DiscoveryError> {
         let mut instances = discovery.subscribe(service).await?;
-        let config = Arc::new(self.config);
+        let config = self.config;
         let first = instances.borrow_and_update().clone();
         let (tx, rx) = watch::channel(Arc::new(Set::build(&*self.balance, &first, None, &config)));
         let balance = self.balance;
@@ -209,6 +293,7 @@ impl ClientBuilder {
         });
         Ok(Client::from_parts(
             config,
+            self.interceptors,
             rx,
             Some(watcher),
             service.to_owned(),
@@ -229,7 +314,7 @@ impl Set {
         balance: &dyn Balance,
         instances: &Instances,
         previous: Option<&Arc<Set>>,
-        config: &Arc<Config>,
+        config: &Config,
     ) -> Set {
         let endpoints: Arc<[Arc<Endpoint>]> = instances
             .iter()
@@ -237,7 +322,11 @@ impl Set {
                 previous
                     .and_then(|set| set.endpoints.iter().find(|e| e.instance() == instance))
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Endpoint::new(instance.clone(), config.clone())))
+                    .unwrap_or_else(|| {
+                        let endpoint =
+                            Endpoint::new(instance.clone(), config.pool(), config.ejection());
+                        Arc::new(endpoint)
+                    })
             })
             .collect();
         Set {
@@ -247,88 +336,9 @@ impl Set {
     }
 }
 
-/// Per-call settings.
-#[derive(Debug, Clone, Default)]
-pub struct CallOptions {
-    timeout: Option<Duration>,
-    deadline: Option<Instant>,
-    metadata: Vec<(Text, Text)>,
-    key: Option<u64>,
-    idempotent: bool,
-}
-
-impl CallOptions {
-    /// Options that use the client's defaults.
-    pub fn new() -> CallOptions {
-        CallOptions::default()
-    }
-
-    /// Gives the call this long, overriding the client's default timeout.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Ends the call at `deadline` at the latest, e.g. a handler's own
-    /// [`Context::deadline`](crate::Context::deadline).
-    pub fn deadline(mut self, deadline: Instant) -> Self {
-        self.deadline = Some(deadline);
-        self
-    }
-
-    /// Adds a metadata entry the server reads with [`Context::metadata`](crate::Context::metadata).
-    pub fn metadata(mut self, key: impl Into<Text>, value: impl Into<Text>) -> Self {
-        self.metadata.push((key.into(), value.into()));
-        self
-    }
-
-    /// The key [`ConsistentHash`](crate::balance::ConsistentHash) places the call by: calls
-    /// with equal keys reach the same instance while the instance set is stable.
-    pub fn hash_key(mut self, key: impl AsRef<[u8]>) -> Self {
-        self.key = Some(balance::hash_key(key.as_ref()));
-        self
-    }
-
-    /// Marks this call safe to repeat, so a connection lost mid-call is retried; methods
-    /// marked `option idempotency_level = IDEMPOTENT` in their `.proto` are already.
-    pub fn idempotent(mut self, idempotent: bool) -> Self {
-        self.idempotent = idempotent;
-        self
-    }
-
-    fn deadline_from(&self, now: Instant, default: Option<Duration>) -> Option<Instant> {
-        let by_timeout = self.timeout.or(default).map(|t| now + t);
-        match (self.deadline, by_timeout) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-}
-
-/// Names one rpc; generated clients hold one per method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Method {
-    /// Fully qualified service name, e.g. `"example.Echo"`.
-    pub service: &'static str,
-    /// Method name as in the `.proto`, e.g. `"Echo"`.
-    pub name: &'static str,
-    /// Whether running it twice is harmless (`option idempotency_level = IDEMPOTENT`).
-    pub idempotent: bool,
-}
-
-impl Method {
-    /// A method that is not idempotent.
-    pub const fn new(service: &'static str, name: &'static str) -> Method {
-        Method {
-            service,
-            name,
-            idempotent: false,
-        }
-    }
-}
-
 struct Inner {
-    config: Arc<Config>,
+    config: Config,
+    interceptors: Box<[Arc<dyn ClientInterceptor>]>,
     set: watch::Receiver<Arc<Set>>,
     budget: Budget,
     watcher: Option<JoinHandle<()>>,
@@ -377,8 +387,15 @@ impl Client {
         ClientBuilder::default().connect_lazy(addr)
     }
 
+    /// A client for `server` in this process with default settings; see
+    /// [`ClientBuilder::in_process`].
+    pub fn in_process(server: &Server) -> Client {
+        ClientBuilder::default().in_process(server)
+    }
+
     fn from_parts(
-        config: Arc<Config>,
+        config: Config,
+        interceptors: Vec<Arc<dyn ClientInterceptor>>,
         set: watch::Receiver<Arc<Set>>,
         watcher: Option<JoinHandle<()>>,
         target: String,
@@ -387,6 +404,7 @@ impl Client {
         Client {
             inner: Arc::new(Inner {
                 config,
+                interceptors: interceptors.into(),
                 set,
                 budget,
                 watcher,
@@ -462,13 +480,31 @@ impl Client {
         Resp: prost::Message + Default,
     {
         let deadline = options.deadline_from(Instant::now(), self.inner.config.timeout);
-        let call = self.attempts(method, request, options, deadline);
-        match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, call)
-                .await
-                .unwrap_or(Err(Error::DeadlineExceeded)),
-            None => call.await,
+        let metadata = self.metadata(method, options)?;
+        let call = self.attempts(method, request, options, &metadata, deadline);
+        let span = debug_span!("rpc.client", service = method.service, method = method.name);
+        let call = async move {
+            match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, call)
+                    .await
+                    .unwrap_or(Err(Error::DeadlineExceeded)),
+                None => call.await,
+            }
+        };
+        call.instrument(span).await
+    }
+
+    /// The call's metadata: its options' entries, then what the interceptors add.
+    fn metadata(&self, method: &Method, options: &CallOptions) -> Result<Vec<(Text, Text)>, Error> {
+        let mut metadata = options.metadata.clone();
+        for interceptor in self.inner.interceptors.iter() {
+            let mut call = Outgoing {
+                method,
+                metadata: &mut metadata,
+            };
+            interceptor.intercept(&mut call)?;
         }
+        Ok(metadata)
     }
 
     async fn attempts<Req, Resp>(
@@ -476,6 +512,7 @@ impl Client {
         method: &Method,
         request: &Req,
         options: &CallOptions,
+        metadata: &[(Text, Text)],
         deadline: Option<Instant>,
     ) -> Result<Resp, Error>
     where
@@ -497,7 +534,7 @@ impl Client {
                 .pick(&cx)
                 .ok_or(Error::Unavailable("no instances"))?;
             let endpoint = &set.endpoints[index];
-            let result = attempt(endpoint, method, request, options, deadline).await;
+            let result = attempt(endpoint, method, request, metadata, deadline).await;
             endpoint.record(&result);
             let err = match result {
                 Ok(response) => return Ok(response),
@@ -532,10 +569,12 @@ impl Client {
                 .pick(&PickContext::default())
                 .ok_or(Error::Unavailable("no instances"))?;
             let endpoint = &set.endpoints[index];
-            let conn = endpoint.pool().get().await;
-            let result = match conn {
-                Ok(conn) => conn.ping().await,
-                Err(err) => Err(err),
+            let result = match endpoint.transport() {
+                Transport::Tcp(pool) => match pool.get().await {
+                    Ok(conn) => conn.ping().await,
+                    Err(err) => Err(err),
+                },
+                Transport::Local(_) => Ok(()),
             };
             endpoint.record(&result);
             result
@@ -554,7 +593,7 @@ async fn attempt<Req, Resp>(
     endpoint: &Endpoint,
     method: &Method,
     request: &Req,
-    options: &CallOptions,
+    metadata: &[(Text, Text)],
     deadline: Option<Instant>,
 ) -> Result<Resp, Error>
 where
@@ -562,21 +601,21 @@ where
     Resp: prost::Message + Default,
 {
     let _in_flight = endpoint.start_call();
-    let conn = endpoint.pool().get().await?;
+    let pool = match endpoint.transport() {
+        Transport::Tcp(pool) => pool,
+        Transport::Local(server) => {
+            return local::call(server, method, request, metadata.to_vec(), deadline).await;
+        }
+    };
+    let conn = pool.get().await?;
     let timeout_us = deadline.map_or(0, |d| {
         d.saturating_duration_since(Instant::now())
             .as_micros()
             .clamp(1, u64::MAX as u128) as u64
     });
-    let header = Header {
-        kind: Kind::Request,
-        service: Text::from_static(method.service),
-        method: Text::from_static(method.name),
-        timeout_us,
-        metadata: options.metadata.clone(),
-        ..Header::default()
-    };
-    let frame = conn.call(header, request).await?;
+    let frame = conn
+        .call(method, timeout_us, metadata.to_vec(), request)
+        .await?;
     if frame.header.status != Code::Ok {
         let status = Status::new(frame.header.status, frame.header.message.as_str());
         return Err(Error::Status(status));

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
-use bytes::BytesMut;
 use metrics::Gauge;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
@@ -14,8 +13,9 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Duration;
 use tracing::debug;
 
+use crate::client::Method;
 use crate::error::Error;
-use crate::frame::{self, Frame, Header, Kind};
+use crate::frame::{self, Frame, Header, Kind, Text};
 use crate::transport::{self, FrameReader, Outbound};
 
 const WRITE_QUEUE: usize = 1024;
@@ -27,11 +27,19 @@ const CLOSED: u8 = 2;
 
 type Waiter = oneshot::Sender<Result<Frame, Error>>;
 
+/// Calls waiting for a response, and the next request id.
+#[derive(Default)]
+struct Pending {
+    waiters: HashMap<u64, Waiter>,
+    last_id: u64,
+}
+
 /// State shared by the handle and the reader task.
 struct Shared {
-    /// Calls waiting for a response. A parking_lot mutex: held for one map operation, never
-    /// across an await, and contended only between a caller and the reader.
-    pending: Mutex<HashMap<u64, Waiter>>,
+    /// A parking_lot mutex: held for one map operation (and, when a call is sent, to queue
+    /// its frame, so ids reach the wire in increasing order as the protocol requires),
+    /// never across an await, and contended only between callers and the reader.
+    pending: Mutex<Pending>,
     state: AtomicU8,
     /// Highest request id the server said it accepted before going away.
     goaway_last_id: AtomicU64,
@@ -43,7 +51,6 @@ struct Shared {
 pub(crate) struct Connection {
     tx: mpsc::Sender<Outbound>,
     shared: Arc<Shared>,
-    next_id: AtomicU64,
     max_frame: usize,
     reader: JoinHandle<()>,
     writer: JoinHandle<std::io::Result<()>>,
@@ -75,12 +82,16 @@ impl Connection {
         let (read, write) = stream.into_split();
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let shared = Arc::new(Shared {
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
             state: AtomicU8::new(OPEN),
             goaway_last_id: AtomicU64::new(u64::MAX),
             received: AtomicU64::new(0),
         });
-        let reader = tokio::spawn(read_loop(FrameReader::new(read, max_frame), shared.clone()));
+        let reader = tokio::spawn(read_loop(
+            FrameReader::new(read, max_frame),
+            shared.clone(),
+            tx.downgrade(),
+        ));
         let keepalive = keepalive.map(|period| {
             tokio::spawn(probe(
                 period,
@@ -90,12 +101,11 @@ impl Connection {
             ))
         });
         let calls = shared.clone();
-        let busy = move |taken: usize| calls.pending.lock().len() > taken;
-        let writer = tokio::spawn(transport::write_loop(write, rx, max_frame, busy));
+        let busy = move |taken: usize| calls.pending.lock().waiters.len() > taken;
+        let writer = tokio::spawn(transport::write_loop(write, rx, max_frame, busy, |_| {}));
         Connection {
             tx,
             shared,
-            next_id: AtomicU64::new(1),
             max_frame,
             reader,
             writer,
@@ -114,22 +124,59 @@ impl Connection {
     /// Dropping the returned future before it completes sends CANCEL to the server.
     pub(crate) async fn call(
         &self,
-        mut header: Header,
+        method: &Method,
+        timeout_us: u64,
+        metadata: Vec<(Text, Text)>,
         body: &impl prost::Message,
     ) -> Result<Frame, Error> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        header.request_id = id;
-        let mut buf = BytesMut::new();
-        frame::encode_message(&mut buf, &header, body, self.max_frame).map_err(Error::TooLarge)?;
-        let (waiter, response) = oneshot::channel();
-        self.shared.pending.lock().insert(id, waiter);
-        let guard = CancelOnDrop { conn: self, id };
-        if self.tx.send(Outbound::Encoded(buf.freeze())).await.is_err() {
-            guard.disarm();
-            return Err(Error::Unavailable(
-                "connection closed before the request was sent",
-            ));
+        let body = crate::service::encode_response(body);
+        // The size is checked here, where the caller can be told, rather than in the writer.
+        let header = Header {
+            kind: Kind::Request,
+            request_id: u64::MAX,
+            service: Text::from_static(method.service),
+            method: Text::from_static(method.name),
+            timeout_us,
+            metadata,
+            ..Header::default()
+        };
+        let header_len = header.encoded_len();
+        let metadata = header.metadata;
+        let len = frame::PREFIX_LEN - 4 + header_len + body.len();
+        if len > self.max_frame || header_len > usize::from(u16::MAX) {
+            return Err(Error::TooLarge(frame::FrameError::TooLarge {
+                len,
+                max: self.max_frame,
+            }));
         }
+        let permit = self
+            .tx
+            .reserve()
+            .await
+            .map_err(|_| Error::Unavailable("connection closed before the request was sent"))?;
+        let (waiter, response) = oneshot::channel();
+        let id = {
+            let mut pending = self.shared.pending.lock();
+            if self.shared.state.load(Ordering::Acquire) == CLOSED {
+                // The reader is gone and would never answer this waiter.
+                return Err(Error::Unavailable(
+                    "connection closed before the request was sent",
+                ));
+            }
+            pending.last_id += 1;
+            let id = pending.last_id;
+            pending.waiters.insert(id, waiter);
+            permit.send(Outbound::Request {
+                request_id: id,
+                service: method.service,
+                method: method.name,
+                timeout_us,
+                metadata,
+                body,
+            });
+            id
+        };
+        let guard = CancelOnDrop { conn: self, id };
         let result = response.await;
         guard.disarm();
         result.unwrap_or(Err(Error::ConnectionLost))
@@ -137,18 +184,30 @@ impl Connection {
 
     /// Sends a ping and waits for the pong.
     pub(crate) async fn ping(&self) -> Result<(), Error> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let permit = self
+            .tx
+            .reserve()
+            .await
+            .map_err(|_| Error::Unavailable("connection closed"))?;
         let (waiter, response) = oneshot::channel();
-        self.shared.pending.lock().insert(id, waiter);
-        let guard = CancelOnDrop { conn: self, id };
-        let sent = self.tx.send(Outbound::control(Kind::Ping, id)).await;
-        let result = match sent {
-            Ok(()) => response
-                .await
-                .unwrap_or(Err(Error::ConnectionLost))
-                .map(drop),
-            Err(_) => Err(Error::Unavailable("connection closed")),
+        let id = {
+            let mut pending = self.shared.pending.lock();
+            if self.shared.state.load(Ordering::Acquire) == CLOSED {
+                return Err(Error::Unavailable("connection closed"));
+            }
+            // Pings share the id space so that a pong finds its waiter; they are not
+            // requests, so their ids need not increase on the wire.
+            pending.last_id += 1;
+            let id = pending.last_id;
+            pending.waiters.insert(id, waiter);
+            permit.send(Outbound::control(Kind::Ping, id));
+            id
         };
+        let guard = CancelOnDrop { conn: self, id };
+        let result = response
+            .await
+            .unwrap_or(Err(Error::ConnectionLost))
+            .map(drop);
         guard.disarm();
         result
     }
@@ -163,14 +222,22 @@ struct CancelOnDrop<'a> {
 
 impl CancelOnDrop<'_> {
     fn disarm(self) {
-        self.conn.shared.pending.lock().remove(&self.id);
+        self.conn.shared.pending.lock().waiters.remove(&self.id);
         std::mem::forget(self);
     }
 }
 
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
-        if self.conn.shared.pending.lock().remove(&self.id).is_some() {
+        if self
+            .conn
+            .shared
+            .pending
+            .lock()
+            .waiters
+            .remove(&self.id)
+            .is_some()
+        {
             // Best effort: when the queue is full the server finds out from the deadline.
             let _ = self
                 .conn
@@ -180,19 +247,28 @@ impl Drop for CancelOnDrop<'_> {
     }
 }
 
-async fn read_loop(mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>, shared: Arc<Shared>) {
+async fn read_loop(
+    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    shared: Arc<Shared>,
+    tx: mpsc::WeakSender<Outbound>,
+) {
     // Runs however the loop ends, including when the keepalive probe aborts it.
     let _closed = FailPending(shared.clone());
     let cause = loop {
         let frame = match reader.next().await {
             Some(Ok(frame)) => frame,
-            Some(Err(err)) => break Some(err),
+            Some(Err(err)) => break Some(err.to_string()),
             None => break None,
         };
         shared.received.fetch_add(1, Ordering::Relaxed);
         match frame.header.kind {
             Kind::Response | Kind::Pong => {
-                let waiter = shared.pending.lock().remove(&frame.header.request_id);
+                let waiter = shared
+                    .pending
+                    .lock()
+                    .waiters
+                    .remove(&frame.header.request_id);
+                // No waiter: the call was cancelled or timed out while its answer travelled.
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(Ok(frame));
                 }
@@ -205,12 +281,24 @@ async fn read_loop(mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>, shar
                 shared.state.store(DRAINING, Ordering::Release);
             }
             Kind::Request | Kind::Cancel | Kind::Ping => {
-                debug!(kind = ?frame.header.kind, "ignoring frame a server does not send");
+                break Some(format!(
+                    "a server does not send {:?} frames",
+                    frame.header.kind
+                ));
             }
         }
+        if shared.state.load(Ordering::Acquire) == DRAINING
+            && shared.pending.lock().waiters.is_empty()
+        {
+            // Nothing left to wait for: closing now spares the server its linger.
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx.try_send(Outbound::Close);
+            }
+            break None;
+        }
     };
-    if let Some(err) = cause {
-        debug!(cause = %err, "connection failed");
+    if let Some(cause) = cause {
+        debug!(%cause, "connection failed");
     }
 }
 
@@ -222,7 +310,7 @@ impl Drop for FailPending {
         let shared = &self.0;
         shared.state.store(CLOSED, Ordering::Release);
         let last = shared.goaway_last_id.load(Ordering::Acquire);
-        let pending = std::mem::take(&mut *shared.pending.lock());
+        let pending = std::mem::take(&mut shared.pending.lock().waiters);
         for (id, waiter) in pending {
             // After GOAWAY the server starts nothing past `last`, so those calls never ran.
             let err = if id > last {
@@ -270,7 +358,7 @@ async fn probe(
             reader.abort();
             return;
         }
-        if shared.pending.lock().is_empty() {
+        if shared.pending.lock().waiters.is_empty() {
             continue;
         }
         let Some(tx) = tx.upgrade() else { return };

@@ -1,18 +1,34 @@
-//! One instance as a client sees it: its connection pool, its load (calls in flight) and its
-//! health (outlier ejection).
+//! One instance as a client sees it: how calls reach it (a connection pool, or a server in
+//! this process), its load (calls in flight) and its health (outlier ejection).
 
-use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::client::Config;
+use super::pool::{self, Pool};
+use crate::backoff::Backoff;
 use crate::discovery::Instance;
 use crate::error::Error;
-use crate::pool::Pool;
+use crate::server::Server;
 use crate::status::Code;
+
+/// When an instance is taken out of picking: after `after` consecutive failures, for
+/// delays from `backoff` (doubling per ejection in a row).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ejection {
+    pub(crate) after: u32,
+    pub(crate) backoff: Backoff,
+}
+
+/// How calls reach an endpoint.
+pub(crate) enum Transport {
+    /// Over TCP, through a pool of multiplexed connections.
+    Tcp(Pool),
+    /// Straight into a server in this process.
+    Local(Server),
+}
 
 /// An instance the client may call.
 ///
@@ -22,7 +38,7 @@ use crate::status::Code;
 /// the next pick probes it; one success clears its record.
 pub struct Endpoint {
     instance: Instance,
-    pool: Pool,
+    transport: Transport,
     in_flight: AtomicUsize,
     /// Attempts started, for operators and tests; Relaxed like `in_flight`.
     attempts: AtomicU64,
@@ -30,7 +46,7 @@ pub struct Endpoint {
     ejections: AtomicU32,
     /// Milliseconds since [`epoch`]; 0 when not ejected.
     ejected_until: AtomicU64,
-    config: Arc<Config>,
+    ejection: Ejection,
     ejected: metrics::Counter,
 }
 
@@ -68,16 +84,26 @@ impl Drop for InFlight<'_> {
 }
 
 impl Endpoint {
-    pub(crate) fn new(instance: Instance, config: Arc<Config>) -> Endpoint {
+    /// An endpoint reached over TCP.
+    pub(crate) fn new(instance: Instance, pool: pool::Config, ejection: Ejection) -> Endpoint {
+        let pool = Pool::new(instance.addr.clone(), pool);
+        Endpoint::with_transport(instance, Transport::Tcp(pool), ejection)
+    }
+
+    pub(crate) fn with_transport(
+        instance: Instance,
+        transport: Transport,
+        ejection: Ejection,
+    ) -> Endpoint {
         Endpoint {
-            pool: Pool::new(instance.addr.clone(), config.clone()),
             instance,
+            transport,
             in_flight: AtomicUsize::new(0),
             attempts: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
-            config,
+            ejection,
             ejected: crate::metrics::client_ejections(),
         }
     }
@@ -103,8 +129,8 @@ impl Endpoint {
         until == 0 || now_ms() >= until
     }
 
-    pub(crate) fn pool(&self) -> &Pool {
-        &self.pool
+    pub(crate) fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     pub(crate) fn start_call(&self) -> InFlight<'_> {
@@ -137,14 +163,10 @@ impl Endpoint {
             return;
         }
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures >= self.config.eject_after {
+        if failures >= self.ejection.after {
             self.consecutive_failures.store(0, Ordering::Relaxed);
-            let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
-            let period = self
-                .config
-                .eject_base
-                .saturating_mul(1 << n)
-                .min(self.config.eject_max);
+            let n = self.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+            let period = self.ejection.backoff.delay(n);
             self.ejected_until
                 .store(now_ms() + period.as_millis() as u64, Ordering::Relaxed);
             self.ejected.increment(1);
@@ -160,13 +182,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn repeated_failures_eject_and_time_brings_it_back() {
-        let config = Arc::new(Config {
-            eject_after: 3,
-            eject_base: Duration::from_secs(1),
-            eject_max: Duration::from_secs(4),
-            ..Config::default()
-        });
-        let endpoint = Endpoint::new(Instance::new("127.0.0.1:1"), config);
+        let ejection = Ejection {
+            after: 3,
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(4)),
+        };
+        let pool = crate::client::Config::default().pool();
+        let endpoint = Endpoint::new(Instance::new("127.0.0.1:1"), pool, ejection);
         let lost: Result<(), Error> = Err(Error::ConnectionLost);
         for _ in 0..2 {
             endpoint.record(&lost);

@@ -1,0 +1,207 @@
+//! One call from request to result, whatever carried it: routing, refusal before start,
+//! interceptors, the deadline, panics and metrics. TCP connections and the in-process
+//! transport both start calls here, so the two cannot drift apart.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::Bytes;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+use tracing::{Span, error, info_span};
+
+use super::Shared;
+use crate::frame::Text;
+use crate::metrics::MethodMetrics;
+use crate::service::{BoxFuture, CallResult, Context, Extensions};
+use crate::status::{Code, Status};
+
+/// The built-in health service: answered while draining, and not intercepted, so that
+/// probers that carry no credentials still learn whether the server serves.
+pub(crate) const HEALTH: &str = crate::health::HealthServer::<crate::health::Health>::NAME;
+
+/// A request as any transport hands it over.
+pub(crate) struct Incoming {
+    pub(crate) request_id: u64,
+    pub(crate) service: Text,
+    pub(crate) method: Text,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) metadata: Vec<(Text, Text)>,
+    pub(crate) peer: SocketAddr,
+    pub(crate) body: Bytes,
+    /// When the request was read; latency is measured from here.
+    pub(crate) received: Instant,
+}
+
+impl Shared {
+    /// Starts a call, or answers why it was refused without running: unknown service or
+    /// method, draining, deadline already spent, overload, or an interceptor's refusal.
+    /// Refusals are counted in the metrics here; a started call counts itself when it ends.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        incoming: Incoming,
+        draining: bool,
+    ) -> Result<Running, Status> {
+        let Incoming {
+            request_id,
+            service,
+            method,
+            deadline,
+            metadata,
+            peer,
+            body,
+            received,
+        } = incoming;
+        let Some(route) = self.routes.get(service.as_str()) else {
+            let status = Status::unimplemented(format!("unknown service {service}"));
+            self.unrouted.record(status.code(), received.elapsed());
+            return Err(status);
+        };
+        let metrics = route.metrics(method.as_str());
+        let refuse = |status: Status| {
+            metrics.record(status.code(), received.elapsed());
+            Err(status)
+        };
+        let health = service.as_str() == HEALTH;
+        if draining && !health {
+            return refuse(Status::unavailable("server is shutting down"));
+        }
+        if self.queued.load(Ordering::Relaxed) > self.config.max_queued_bytes {
+            return refuse(Status::resource_exhausted(
+                "server overloaded: responses queued",
+            ));
+        }
+        let mut ctx = Context {
+            request_id,
+            service,
+            method,
+            deadline,
+            peer,
+            metadata,
+            extensions: Extensions::default(),
+        };
+        let span = info_span!(
+            "rpc",
+            service = %ctx.service,
+            method = %ctx.method,
+            %peer,
+            id = request_id,
+            trace_id = tracing::field::Empty,
+        );
+        if let Some(trace) = ctx.trace_id() {
+            span.record("trace_id", trace);
+        }
+        if !health {
+            for interceptor in self.interceptors.iter() {
+                if let Err(status) = interceptor.intercept(&mut ctx) {
+                    return refuse(status);
+                }
+            }
+        }
+        // Checked after the interceptors, the last moment before the handler would start.
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            return refuse(Status::deadline_exceeded(
+                "deadline passed before the call started",
+            ));
+        }
+        let method = ctx.method.clone();
+        let Some(handler) = route.service.call(method.as_str(), ctx, body) else {
+            return refuse(Status::unimplemented(format!(
+                "unknown method {method} on service {}",
+                route.service.name()
+            )));
+        };
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            return refuse(Status::resource_exhausted(
+                "server overloaded: calls in flight",
+            ));
+        };
+        Ok(Running {
+            handler,
+            deadline,
+            timer: None,
+            metrics: metrics.clone(),
+            received,
+            span,
+            permit: Some(permit),
+        })
+    }
+}
+
+/// A started call. Resolves to what the caller is sent: the handler's result, `INTERNAL`
+/// when it panicked, or `DEADLINE_EXCEEDED` when it did not finish before the deadline.
+pub(crate) struct Running {
+    handler: BoxFuture<CallResult>,
+    deadline: Option<Instant>,
+    /// Armed only once the handler waits, so calls that finish at once pay for no timer.
+    timer: Option<Pin<Box<Sleep>>>,
+    metrics: Arc<MethodMetrics>,
+    received: Instant,
+    span: Span,
+    /// The call's place in the server-wide in-flight limit; `None` once finished.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Running {
+    fn finish(&mut self, result: CallResult) -> Poll<CallResult> {
+        let result = match (&result, self.deadline) {
+            // A result that comes after the deadline reaches no one waiting for it; the
+            // caller is told what it already concluded.
+            (Ok(_), Some(deadline)) if Instant::now() >= deadline => Err(
+                Status::deadline_exceeded("the call finished after its deadline"),
+            ),
+            _ => result,
+        };
+        let code = match &result {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        };
+        self.metrics.record(code, self.received.elapsed());
+        self.permit = None;
+        Poll::Ready(result)
+    }
+}
+
+impl Future for Running {
+    type Output = CallResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<CallResult> {
+        let this = self.get_mut();
+        let polled = {
+            let _entered = this.span.enter();
+            std::panic::catch_unwind(AssertUnwindSafe(|| this.handler.as_mut().poll(cx)))
+        };
+        match polled {
+            Ok(Poll::Ready(result)) => this.finish(result),
+            Ok(Poll::Pending) => {
+                let Some(deadline) = this.deadline else {
+                    return Poll::Pending;
+                };
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => this.finish(Err(Status::deadline_exceeded(
+                        "deadline passed on the server",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            Err(panic) => {
+                let cause = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("non-string panic payload");
+                this.span
+                    .in_scope(|| error!(%cause, "handler panicked; answering INTERNAL"));
+                this.finish(Err(Status::internal("the handler failed")))
+            }
+        }
+    }
+}
