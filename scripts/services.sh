@@ -8,10 +8,12 @@
 #
 # Services: zookeeper, mariadb, redis (default: all three).
 #
-# A service that already answers on its port is used as is ("external") and
-# is never stopped by `down`. Missing packages are installed with apt-get
-# (Debian). Everything `up` starts keeps its config, data, logs and pid file
-# under the state directory.
+# A service that already answers on its port is used as is ("external"): it
+# is never changed and never stopped by `down`. An external MariaDB must
+# already let root in over TCP without a password; `up` only checks that (and
+# creates the database `test` when it may). Missing packages are installed
+# with apt-get (Debian). Everything `up` starts keeps its config, data, logs
+# and pid file under the state directory.
 #
 # Environment:
 #   MPIM_STATE_DIR    state directory              (default: <repo>/.run)
@@ -368,7 +370,9 @@ mariadb_alive() {
 # Debian's root@localhost authenticates by unix_socket only, which a TCP
 # client cannot use. Keep unix_socket and add an empty native password, plus
 # root@127.0.0.1 for servers running with skip-name-resolve. Runs over the
-# unix socket as the OS root user; "$@" selects the socket.
+# unix socket as the OS root user; "$@" selects the socket. Only for servers
+# this script started or whose package it just installed: on anyone else's
+# it would empty root's password.
 mariadb_open_root() {
 	local cli
 	cli=$(mdb_client) || return 1
@@ -384,6 +388,8 @@ mariadb_open_root() {
 		FLUSH PRIVILEGES;"
 }
 
+# Makes a server of ours usable by the tests (see mariadb_open_root for which
+# servers are ours). "$@" selects the socket.
 mariadb_prepare() {
 	if ! mariadb_usable; then
 		mariadb_open_root "$@" || true
@@ -391,6 +397,19 @@ mariadb_prepare() {
 	if ! mariadb_usable; then
 		mdb_tcp -e 'SELECT 1' >&2 || true
 		die "mariadb on $HOST:$MARIADB_PORT does not accept root without password"
+	fi
+	mdb_tcp -e 'CREATE DATABASE IF NOT EXISTS test'
+}
+
+# A server found running is someone else's: its accounts are left alone. It
+# is used only if it already lets root in over TCP without a password.
+mariadb_use_external() {
+	if ! mariadb_usable; then
+		mdb_tcp -e 'SELECT 1' >&2 || true
+		log "mariadb on $HOST:$MARIADB_PORT was not started by services.sh and refuses root"
+		log "without password over TCP; services.sh does not change servers it did not start."
+		log "Allow root@127.0.0.1 without password there yourself, or stop that server (or"
+		die "set MARIADB_PORT to a free port) so that services.sh starts its own."
 	fi
 	mdb_tcp -e 'CREATE DATABASE IF NOT EXISTS test'
 }
@@ -417,7 +436,7 @@ mariadb_up() {
 		mdb_client >/dev/null || apt_install mariadb-client
 		mariadb_alive || die "port $MARIADB_PORT is in use but does not answer like MariaDB"
 		log "mariadb: external server answers on $HOST:$MARIADB_PORT"
-		mariadb_prepare
+		mariadb_use_external
 		return
 	fi
 

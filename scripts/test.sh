@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The project's test entry point: starts the real dependencies the tests talk to
-# (ZooKeeper, MariaDB, Redis), then runs every test in the workspace.
+# The project's test entry point: starts the real dependencies the tests talk to,
+# then runs every test in the workspace.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-"$root/scripts/services.sh" up
+# Only what the tests use: today that is ZooKeeper alone. Add mariadb and/or
+# redis to this line when tests start talking to them.
+"$root/scripts/services.sh" up zookeeper
 cargo test --workspace --locked "$@"
