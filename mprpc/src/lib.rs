@@ -32,7 +32,8 @@
 //! - `transport`: the batching writer and the draining reader both ends share;
 //! - [`error`]: the client's [`Error`];
 //! - [`discovery`]: where instances are found ([`discovery::Static`],
-//!   [`discovery::InProcess`], [`zookeeper`]); [`balance`] picks one per call; `endpoint`
+//!   [`discovery::InProcess`], [`zookeeper`]) and what a server advertises
+//!   ([`discovery::advertise_addr`]); [`balance`] picks one per call; `endpoint`
 //!   tracks each instance's load and health (outlier ejection); `retry` decides what is
 //!   resent and keeps the retry budget;
 //! - [`health`]: the built-in `mprpc.health.Health` service;

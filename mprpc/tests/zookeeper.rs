@@ -102,7 +102,7 @@ fn addrs(list: &watch::Receiver<Instances>) -> Vec<String> {
 }
 
 fn instance(port: u16) -> Instance {
-    Instance::new(format!("10.0.0.1:{port}"))
+    Instance::new(format!("10.0.0.1:{port}")).id(format!("10.0.0.1_{port}"))
 }
 
 /// A plain client on the same ensemble, for looking at nodes the way an operator would.

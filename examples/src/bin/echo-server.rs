@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use examples::proto::EchoServer;
-use mprpc::discovery::Instance;
+use mprpc::discovery::{Instance, advertise_addr};
 use mprpc::zookeeper::{ZkConfig, ZooKeeper};
 
 #[derive(Parser)]
@@ -12,10 +12,16 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: String,
     /// Register in this registry, e.g. `zk://127.0.0.1:2181` (root `/mprpc` unless the URL
-    /// names one). The bound address is what gets registered.
+    /// names one), at the address from `--advertise`.
     #[arg(long)]
     registry: Option<String>,
-    /// Instance id in the registry; defaults to one derived from the bound address.
+    /// Address callers dial, registered in the registry. Defaults to the bound address, or
+    /// for a wildcard listener (`0.0.0.0`, `[::]`) to this host's address on its default
+    /// route with the bound port.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// Instance id in the registry; defaults to a new `<hostname>-<pid>-<hex>` per start.
+    /// Set one for an identity that survives restarts.
     #[arg(long)]
     id: Option<String>,
     /// Relative share of traffic for weighted balancing.
@@ -44,7 +50,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(url) => {
             let zk = ZooKeeper::connect_url(&url, ZkConfig::default()).await?;
-            let mut instance = Instance::new(addr.to_string()).weight(args.weight);
+            let advertised = args
+                .advertise
+                .unwrap_or_else(|| advertise_addr(addr).to_string());
+            let mut instance = Instance::new(advertised).weight(args.weight);
             if let Some(id) = args.id {
                 instance = instance.id(id);
             }

@@ -10,7 +10,12 @@
 //! Implementations: [`Static`] (a fixed list), [`InProcess`] (a registry inside one process,
 //! for tests and the all-in-one binary) and `ZooKeeper` (ephemeral nodes under
 //! `/mprpc/services/<service>/<instance-id>`).
+//!
+//! A server registers an [`Instance`]: a unique id ([`Instance::new`] makes one) and the
+//! address callers dial, which for a listener bound to a wildcard is not the bound address
+//! but [`advertise_addr`]'s answer (or one the operator names).
 
+mod host;
 mod in_process;
 
 use std::sync::Arc;
@@ -20,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::service::BoxFuture;
 
+pub use host::advertise_addr;
 pub use in_process::InProcess;
 
 /// One instance of a service, as registered. Serialised as the JSON data of its ZooKeeper
@@ -29,7 +35,8 @@ pub struct Instance {
     /// Unique among the service's instances; the node name in ZooKeeper.
     #[serde(skip)]
     pub id: String,
-    /// `host:port` callers dial.
+    /// `host:port` callers dial: an address they can reach, never a wildcard such as
+    /// `0.0.0.0` (see [`advertise_addr`]).
     pub addr: String,
     /// Relative share of traffic for weighted balancing (default 100).
     #[serde(default = "default_weight")]
@@ -50,14 +57,20 @@ fn default_weight() -> u32 {
 }
 
 impl Instance {
-    /// An instance at `addr` with weight 100, its id derived from the address.
+    /// An instance at `addr` with weight 100 and a new id, unique to this process and this
+    /// call: `<hostname>-<pid>-<8 hex digits>`, the digits random per process and counting
+    /// up per id. Two servers therefore never share an id by accident, wherever they run.
+    ///
+    /// A restarted process gets a new id, so its predecessor's entry stays listed until
+    /// the registry drops it (for ZooKeeper, when the old session expires; callers eject it
+    /// sooner). Set an id with [`Instance::id`] for an identity that survives restarts.
     pub fn new(addr: impl Into<String>) -> Instance {
         let addr = addr.into();
         let started_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         Instance {
-            id: addr.replace([':', '/', '[', ']'], "_"),
+            id: host::instance_id(),
             addr,
             weight: default_weight(),
             zone: String::new(),
@@ -72,7 +85,8 @@ impl Instance {
         self
     }
 
-    /// Sets the id.
+    /// Sets the id. It must be unique among the service's instances and a usable
+    /// ZooKeeper node name (not empty, `.` or `..`, without `/`).
     pub fn id(mut self, id: impl Into<String>) -> Instance {
         self.id = id.into();
         self
@@ -175,9 +189,15 @@ pub struct Static {
 }
 
 impl Static {
-    /// A list of `host:port` addresses, each with weight 100.
+    /// A list of `host:port` addresses, each with weight 100 and an id derived from the
+    /// address (`10.0.0.5:7000` → `10.0.0.5_7000`), so that clients in every process given
+    /// the same list place the same [`ConsistentHash`](crate::balance::ConsistentHash) ring.
     pub fn new<S: Into<String>>(addrs: impl IntoIterator<Item = S>) -> Static {
-        Static::from_instances(addrs.into_iter().map(Instance::new))
+        Static::from_instances(addrs.into_iter().map(|addr| {
+            let addr = addr.into();
+            let id = addr.replace([':', '/', '[', ']'], "_");
+            Instance::new(addr).id(id)
+        }))
     }
 
     /// A list of instances.
@@ -196,5 +216,32 @@ impl Discover for Static {
         // The sender is dropped at once: the receiver keeps the value and never changes.
         let (_, rx) = watch::channel(self.instances.clone());
         Box::pin(std::future::ready(Ok(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_at_one_address_get_different_ids() {
+        // Two hosts both listening on 0.0.0.0:7000, say, must not share a node name.
+        let (a, b) = (Instance::new("0.0.0.0:7000"), Instance::new("0.0.0.0:7000"));
+        assert_ne!(a.id, b.id);
+        assert_eq!(Instance::new("x:1").id("fixed").id, "fixed");
+    }
+
+    #[tokio::test]
+    async fn a_static_list_names_instances_by_address() {
+        let list = Static::new(["10.0.0.5:7000", "10.0.0.6:7000"]);
+        let ids: Vec<String> = list
+            .subscribe("s")
+            .await
+            .unwrap()
+            .borrow()
+            .iter()
+            .map(|i| i.id.clone())
+            .collect();
+        assert_eq!(ids, ["10.0.0.5_7000", "10.0.0.6_7000"]);
     }
 }
