@@ -37,7 +37,9 @@ impl Backoff {
             .saturating_mul(1 << n.clamp(1, 17).saturating_sub(1));
         let base = doubled.min(self.max.max(self.min));
         if self.jitter {
-            base.mul_f64(0.75 + crate::random::below(501) as f64 / 1000.0)
+            let factor = 0.75 + crate::random::below(501) as f64 / 1000.0;
+            // Saturating where `mul_f64` would panic, for delays near `Duration::MAX`.
+            Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(Duration::MAX)
         } else {
             base
         }
@@ -82,6 +84,14 @@ mod tests {
         backoff.reset();
         assert_eq!(backoff.fail(), ms(100));
         assert_eq!(backoff.delay(u32::MAX), ms(1000), "no overflow far out");
+    }
+
+    #[test]
+    fn delays_too_long_for_the_clock_saturate() {
+        let mut backoff = Backoff::new(Duration::MAX, Duration::MAX).jittered();
+        for _ in 0..3 {
+            assert!(backoff.fail() >= Duration::MAX / 2);
+        }
     }
 
     #[test]

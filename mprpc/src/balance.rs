@@ -115,7 +115,7 @@ impl Pick for WeightedPicker {
         }
         let mut ok = Vec::with_capacity(self.endpoints.len());
         candidates(&self.endpoints, cx.tried, &mut ok);
-        let weight = |i: usize| u64::from(self.endpoints[i].instance().weight.max(1));
+        let weight = |i: usize| u64::from(self.endpoints[i].weight().max(1));
         let total: u64 = ok.iter().map(|&i| weight(i)).sum();
         let mut ticket = random::u64() % total;
         for &i in &ok {
@@ -206,7 +206,7 @@ impl Balance for ConsistentHash {
     fn picker(&self, endpoints: Arc<[Arc<Endpoint>]>) -> Box<dyn Pick> {
         let mut ring = Vec::new();
         for (i, endpoint) in endpoints.iter().enumerate() {
-            let weight = u64::from(endpoint.instance().weight.max(1));
+            let weight = u64::from(endpoint.weight().max(1));
             let points = (u64::from(self.points_per_instance) * weight / 100).max(1);
             let id = &endpoint.instance().id;
             for point in 0..points {

@@ -553,3 +553,20 @@ async fn the_next_call_after_an_idle_close_reconnects() {
         .expect("second call, on a new connection");
     assert_eq!(relay.accepted(), 2);
 }
+#[tokio::test]
+async fn a_timeout_too_long_for_the_clock_means_no_deadline() {
+    let server = start_server().await;
+    let remaining = |client: Client, options: CallOptions| async move {
+        let left: Num = client
+            .unary(&Method::new(PROBE, "Remaining"), &Num::default(), &options)
+            .await
+            .expect("call");
+        left.value
+    };
+    let per_call = CallOptions::new().timeout(Duration::MAX);
+    assert_eq!(remaining(server.client(), per_call).await, 0);
+    let by_default = Client::builder()
+        .timeout(Some(Duration::MAX))
+        .connect_lazy(server.addr.to_string());
+    assert_eq!(remaining(by_default, CallOptions::new()).await, 0);
+}

@@ -1,5 +1,5 @@
 //! Failover without processes: in-process servers behind a registry, taken away under a
-//! stream of calls; and ZooKeeper itself restarted under load.
+//! stream of calls or re-weighted; and ZooKeeper itself restarted under load.
 
 mod support;
 #[path = "support/zk.rs"]
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use mprpc::balance::{ConsistentHash, RoundRobin};
+use mprpc::balance::{ConsistentHash, RoundRobin, WeightedRandom};
 use mprpc::discovery::{InProcess, Instance};
 use mprpc::zookeeper::{ZkConfig, ZooKeeper};
 use mprpc::{CallOptions, Client, Method, Server};
@@ -230,6 +230,46 @@ async fn consistent_hash_pins_a_key_to_one_instance() {
             "all of {user}'s calls reached one instance: {grew:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_weight_change_keeps_the_endpoint_and_its_connection() {
+    let server = support::start_server().await;
+    let relay = support::relay::Relay::start(server.addr.to_string()).await;
+    let registry = InProcess::new();
+    let instance = Instance::new(relay.hosts()).id("only");
+    let register = |instance| mprpc::discovery::Register::register(&registry, PROBE, instance);
+    let _first = register(instance.clone()).await.expect("register");
+    let client = Client::builder()
+        .pool_size(1)
+        .balance(WeightedRandom)
+        .discover(&registry, PROBE)
+        .await
+        .expect("discover");
+    let options = CallOptions::new();
+    let call = || client.unary::<_, Num>(&SLEEP, &Num { value: 0 }, &options);
+    call().await.expect("first call");
+    let before = client.endpoints()[0].clone();
+
+    // The same instance (id and address) comes back with another weight.
+    let _second = register(instance.weight(300)).await.expect("re-register");
+    let reweighted = || client.instances().first().is_some_and(|i| i.weight == 300);
+    assert!(eventually(Duration::from_secs(5), reweighted).await);
+    let after = client.endpoints()[0].clone();
+    assert!(Arc::ptr_eq(&before, &after), "the endpoint was kept");
+    assert_eq!(after.instance().weight, 300);
+    assert_eq!(after.weight(), 300, "what weighted balancers read");
+    call().await.expect("call after the change");
+    assert_eq!(
+        after.attempts(),
+        2,
+        "both calls counted on the one endpoint"
+    );
+    assert_eq!(
+        relay.accepted(),
+        1,
+        "the second call used the first connection"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -340,10 +340,10 @@ async fn probe(
 ) {
     let mut seen = shared.received.load(Ordering::Relaxed);
     let mut pinged = false;
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticks.tick().await;
+        // A sleep rather than an interval: tokio caps a sleep at its far future, where an
+        // interval's `now + period` overflows for a period such as `Duration::MAX`.
+        tokio::time::sleep(period).await;
         if shared.state.load(Ordering::Acquire) == CLOSED {
             return;
         }

@@ -1,11 +1,11 @@
 //! One instance as a client sees it: how calls reach it (a connection pool, or a server in
 //! this process), its load (calls in flight) and its health (outlier ejection).
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::pool::{self, Pool};
 use crate::backoff::Backoff;
@@ -36,8 +36,18 @@ pub(crate) enum Transport {
 /// unwell (cannot connect, connection lost, `UNAVAILABLE`), it is taken out of picking for a
 /// period that doubles per ejection (`eject_base` up to `eject_max`). When the period ends,
 /// the next pick probes it; one success clears its record.
+///
+/// An endpoint stands for one instance id at one address for as long as discovery lists
+/// them. When the instance's record changes otherwise (weight, zone, version), the client
+/// updates the endpoint in place, so its connections, load and health carry over.
 pub struct Endpoint {
-    instance: Instance,
+    /// The instance's latest record. A parking_lot mutex: held only to clone or swap the
+    /// `Arc`, and read off the call path (balancer rebuilds, logs, [`Endpoint::instance`]).
+    instance: parking_lot::Mutex<Arc<Instance>>,
+    /// The record's weight, copied so that weighted picking reads it without the lock.
+    weight: AtomicU32,
+    /// The `host:port` dialled; fixed for the endpoint's life.
+    addr: Box<str>,
     transport: Transport,
     in_flight: AtomicUsize,
     /// Attempts started, for operators and tests; Relaxed like `in_flight`.
@@ -53,7 +63,7 @@ pub struct Endpoint {
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
-            .field("addr", &self.instance.addr)
+            .field("addr", &self.addr)
             .field("in_flight", &self.in_flight())
             .field("available", &self.is_available())
             .finish()
@@ -96,7 +106,9 @@ impl Endpoint {
         ejection: Ejection,
     ) -> Endpoint {
         Endpoint {
-            instance,
+            weight: AtomicU32::new(instance.weight),
+            addr: instance.addr.clone().into(),
+            instance: parking_lot::Mutex::new(Arc::new(instance)),
             transport,
             in_flight: AtomicUsize::new(0),
             attempts: AtomicU64::new(0),
@@ -108,9 +120,38 @@ impl Endpoint {
         }
     }
 
-    /// The instance as discovered.
-    pub fn instance(&self) -> &Instance {
-        &self.instance
+    /// The instance as last discovered.
+    pub fn instance(&self) -> Arc<Instance> {
+        self.instance.lock().clone()
+    }
+
+    /// The `host:port` this endpoint dials; fixed for its lifetime.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The instance's weight as last discovered; what weighted balancers read.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Whether this endpoint stands for `instance`: the same id at the same address.
+    pub(crate) fn serves(&self, instance: &Instance) -> bool {
+        *self.addr == instance.addr && self.instance.lock().id == instance.id
+    }
+
+    /// Takes `instance`'s record (weight, zone, version…) in place of the current one.
+    /// Callers replace the balancer's picker afterwards, so pickers built from the weight
+    /// see the new one.
+    pub(crate) fn update(&self, instance: &Instance) {
+        let mut current = self.instance.lock();
+        if **current != *instance {
+            if current.weight != instance.weight {
+                debug!(addr = %instance.addr, from = current.weight, to = instance.weight, "weight changed");
+            }
+            self.weight.store(instance.weight, Ordering::Relaxed);
+            *current = Arc::new(instance.clone());
+        }
     }
 
     /// Calls this client has in flight on the instance.
@@ -155,7 +196,7 @@ impl Endpoint {
                 || self.ejected_until.load(Ordering::Relaxed) != 0
             {
                 if self.ejected_until.swap(0, Ordering::Relaxed) != 0 {
-                    info!(addr = %self.instance.addr, "instance healthy again");
+                    info!(addr = %self.addr, "instance healthy again");
                 }
                 self.consecutive_failures.store(0, Ordering::Relaxed);
                 self.ejections.store(0, Ordering::Relaxed);
@@ -167,10 +208,13 @@ impl Endpoint {
             self.consecutive_failures.store(0, Ordering::Relaxed);
             let n = self.ejections.fetch_add(1, Ordering::Relaxed) + 1;
             let period = self.ejection.backoff.delay(n);
+            // Saturating: a period too long to count in milliseconds (`eject_max` of
+            // `Duration::MAX`) ejects until a probe succeeds instead of overflowing.
+            let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
             self.ejected_until
-                .store(now_ms() + period.as_millis() as u64, Ordering::Relaxed);
+                .store(now_ms().saturating_add(period_ms), Ordering::Relaxed);
             self.ejected.increment(1);
-            warn!(addr = %self.instance.addr, ?period, "instance ejected after repeated failures");
+            warn!(addr = %self.addr, ?period, "instance ejected after repeated failures");
         }
     }
 }
@@ -212,6 +256,22 @@ mod tests {
         for _ in 0..10 {
             endpoint.record::<()>(&Err(Error::Status(crate::Status::not_found("x"))));
         }
+        assert!(endpoint.is_available());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejection_too_long_for_the_clock_lasts_until_a_success() {
+        let ejection = Ejection {
+            after: 1,
+            backoff: Backoff::new(Duration::MAX, Duration::MAX),
+        };
+        let pool = crate::client::Config::default().pool();
+        let endpoint = Endpoint::new(Instance::new("127.0.0.1:1"), pool, ejection);
+        endpoint.record::<()>(&Err(Error::ConnectionLost));
+        assert!(!endpoint.is_available());
+        tokio::time::advance(Duration::from_secs(86_400 * 365)).await;
+        assert!(!endpoint.is_available());
+        endpoint.record(&Ok(()));
         assert!(endpoint.is_available());
     }
 }

@@ -308,8 +308,9 @@ struct Set {
 }
 
 impl Set {
-    /// Endpoints for `instances`, keeping the endpoint (and its connections and health) of
-    /// every instance that did not change.
+    /// Endpoints for `instances`, keeping the endpoint (and its connections, load and health)
+    /// of every instance still listed with the same id and address, updated to its new
+    /// record; the picker is built afterwards, so it sees new weights.
     fn build(
         balance: &dyn Balance,
         instances: &Instances,
@@ -319,14 +320,19 @@ impl Set {
         let endpoints: Arc<[Arc<Endpoint>]> = instances
             .iter()
             .map(|instance| {
-                previous
-                    .and_then(|set| set.endpoints.iter().find(|e| e.instance() == instance))
-                    .cloned()
-                    .unwrap_or_else(|| {
+                let kept =
+                    previous.and_then(|set| set.endpoints.iter().find(|e| e.serves(instance)));
+                match kept {
+                    Some(endpoint) => {
+                        endpoint.update(instance);
+                        endpoint.clone()
+                    }
+                    None => {
                         let endpoint =
                             Endpoint::new(instance.clone(), config.pool(), config.ejection());
                         Arc::new(endpoint)
-                    })
+                    }
+                }
             })
             .collect();
         Set {
@@ -437,7 +443,7 @@ impl Client {
             .borrow()
             .endpoints
             .iter()
-            .map(|e| e.instance().clone())
+            .map(|e| Instance::clone(&e.instance()))
             .collect()
     }
 
@@ -548,7 +554,7 @@ impl Client {
                 return Err(err);
             }
             self.inner.retries.increment(1);
-            debug!(addr = %endpoint.instance().addr, cause = %err, "retrying on another instance");
+            debug!(addr = %endpoint.addr(), cause = %err, "retrying on another instance");
             tried.push(index);
             if tried.len() >= set.endpoints.len() {
                 // Every instance failed once already: give the one picked next a moment.

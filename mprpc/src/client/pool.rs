@@ -47,10 +47,20 @@ impl Slot {
     }
 }
 
-/// A slot's redial state.
+/// A slot's redial state. It keeps when the last dial failed and how long to wait from
+/// then, rather than the instant to wait for, so that no configured delay (up to
+/// `Duration::MAX`) can overflow the clock.
 struct Redial {
     backoff: Backoff,
-    retry_at: Option<Instant>,
+    failed_at: Option<Instant>,
+    delay: Duration,
+}
+
+impl Redial {
+    /// Whether a dial now would come too soon after the last failed one.
+    fn waiting(&self) -> bool {
+        self.failed_at.is_some_and(|at| at.elapsed() < self.delay)
+    }
 }
 
 impl Pool {
@@ -60,7 +70,8 @@ impl Pool {
                 conn: parking_lot::Mutex::new(None),
                 dial: tokio::sync::Mutex::new(Redial {
                     backoff: config.redial,
-                    retry_at: None,
+                    failed_at: None,
+                    delay: Duration::ZERO,
                 }),
             })
             .collect();
@@ -95,7 +106,7 @@ impl Pool {
         if let Some(conn) = slot.open() {
             return Ok(conn);
         }
-        if redial.retry_at.is_some_and(|at| Instant::now() < at) {
+        if redial.waiting() {
             return Err(Error::Unavailable("endpoint is in reconnect backoff"));
         }
         let dialled =
@@ -110,7 +121,7 @@ impl Pool {
         match dialled {
             Ok(stream) => {
                 redial.backoff.reset();
-                redial.retry_at = None;
+                redial.failed_at = None;
                 let conn = Arc::new(Connection::new(
                     stream,
                     self.config.max_frame,
@@ -122,8 +133,8 @@ impl Pool {
                 Ok(conn)
             }
             Err(source) => {
-                let delay = redial.backoff.fail();
-                redial.retry_at = Instant::now().checked_add(delay);
+                redial.delay = redial.backoff.fail();
+                redial.failed_at = Some(Instant::now());
                 debug!(addr = %self.addr, cause = %source, failures = redial.backoff.failures(), "dial failed");
                 Err(Error::Connect {
                     addr: self.addr.clone(),

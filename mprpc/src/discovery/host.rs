@@ -1,7 +1,6 @@
 //! What this host is called and the address callers reach it at: the parts of an
 //! [`Instance`](super::Instance) a server cannot take from its listener alone.
 
-use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -121,11 +120,7 @@ fn hostname() -> &'static str {
 /// got its predecessor's pid) differ but for a 1 in 2³² chance.
 pub(super) fn instance_id() -> String {
     static NEXT: OnceLock<AtomicU32> = OnceLock::new();
-    let next = NEXT.get_or_init(|| {
-        // std's RandomState is seeded from the operating system's randomness.
-        let seed = RandomState::new().hash_one(std::process::id());
-        AtomicU32::new(seed as u32)
-    });
+    let next = NEXT.get_or_init(|| AtomicU32::new(crate::random::u64() as u32));
     let n = next.fetch_add(1, Ordering::Relaxed);
     format!("{}-{}-{n:08x}", hostname(), std::process::id())
 }

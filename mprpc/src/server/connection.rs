@@ -428,3 +428,58 @@ async fn finish(
     queue(&tx, &queued, &shared, out).await;
     id
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clock(handshake: Option<Duration>, idle: Option<Duration>) -> Clock {
+        Clock {
+            opened: Instant::now(),
+            handshake,
+            idle,
+            greeted: false,
+            active: false,
+            lingering: false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_meets_the_handshake_timeout_first() {
+        let secs = Duration::from_secs;
+        let mut c = clock(Some(secs(10)), Some(secs(300)));
+        let first = c.first().expect("timed");
+        assert_eq!(first - c.opened, secs(10));
+        assert_eq!(c.tick(first, 0), Tick::Handshake);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_greeted_connection_goes_idle_only_after_a_silent_period() {
+        let secs = Duration::from_secs;
+        let mut c = clock(Some(secs(10)), Some(secs(300)));
+        c.frame();
+        let at = c.opened + secs(10);
+        let Tick::Again(next) = c.tick(at, 0) else {
+            panic!("a frame came within the period")
+        };
+        assert_eq!(next, at + secs(300));
+        assert_eq!(
+            c.tick(next, 1),
+            Tick::Again(next + secs(300)),
+            "a call in flight"
+        );
+        assert_eq!(c.tick(next + secs(300), 0), Tick::Idle);
+        let end = c.linger(next);
+        assert_eq!(c.tick(end, 1), Tick::Again(end + LINGER));
+        assert_eq!(c.tick(end + LINGER, 0), Tick::Lingered);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn periods_too_long_for_the_clock_never_fire() {
+        let mut c = clock(Some(Duration::MAX), Some(Duration::MAX));
+        assert_eq!(c.first(), None);
+        c.frame();
+        assert!(matches!(c.tick(Instant::now(), 0), Tick::Again(_)));
+        assert_eq!(clock(None, None).first(), None);
+    }
+}
