@@ -590,6 +590,24 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_goaway_bytes_are_exact() {
+        let header = Header {
+            kind: Kind::GoAway,
+            request_id: 5,
+            status: Code::InvalidArgument,
+            message: Text::from_static("bad magic: not an mprpc peer"),
+            ..Header::default()
+        };
+        let mut goaway = BytesMut::new();
+        encode_raw(&mut goaway, &header, &[], DEFAULT_MAX_FRAME).unwrap();
+        let mut expected = vec![
+            0, 0, 0, 0x2A, 0x4D, 0x50, 1, 0, 0, 0x24, 0x08, 6, 0x10, 5, 0x30, 3, 0x3A, 0x1C,
+        ];
+        expected.extend_from_slice(b"bad magic: not an mprpc peer");
+        assert_eq!(&goaway[..], &expected[..]);
+    }
+
+    #[test]
     fn frames_round_trip_and_split_anywhere() {
         let mut stream = BytesMut::new();
         encode_raw(&mut stream, &request(), b"hello", DEFAULT_MAX_FRAME).unwrap();

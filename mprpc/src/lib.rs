@@ -24,20 +24,24 @@
 //!   frames with a size cap;
 //! - [`status`]: the closed set of wire [`Code`]s and [`Status`];
 //! - [`service`]: the [`Service`] trait generated routers implement, and the call
-//!   [`Context`];
-//! - [`server`]: accept loop, limits, graceful shutdown; `server::connection` serves one
-//!   connection;
-//! - `client`: [`Client`], [`CallOptions`]; `connection` multiplexes calls over one socket
-//!   and `pool` keeps N of them per endpoint;
+//!   [`Context`] (metadata, deadline, peer, values attached by interceptors);
+//! - [`interceptor`]: [`Interceptor`] (server, before each handler) and
+//!   [`ClientInterceptor`] (client, before each call);
+//! - [`server`]: accept loop, limits, eviction at the connection limit, graceful shutdown;
+//!   `server::connection` serves one connection, `server::call` starts one call for any
+//!   transport (routing, interceptors, deadline, panics, metrics);
+//! - `client`: [`Client`], [`ClientBuilder`], [`CallOptions`]; inside it `endpoint`
+//!   (one instance's transport, load and health), `pool` (connections per endpoint),
+//!   `connection` (one multiplexed connection), `local` (the in-process transport) and
+//!   `retry` (what is resent, and the retry budget);
 //! - `transport`: the batching writer and the draining reader both ends share;
 //! - [`error`]: the client's [`Error`];
 //! - [`discovery`]: where instances are found ([`discovery::Static`],
-//!   [`discovery::InProcess`], [`zookeeper`]) and what a server advertises
-//!   ([`discovery::advertise_addr`]); [`balance`] picks one per call; `endpoint`
-//!   tracks each instance's load and health (outlier ejection); `retry` decides what is
-//!   resent and keeps the retry budget;
+//!   [`discovery::InProcess`], [`zookeeper`]); [`balance`] picks one per call;
 //! - [`health`]: the built-in `mprpc.health.Health` service;
-//! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//! - [`metrics`]: Prometheus metrics and their HTTP endpoint;
+//! - `backoff` and `random`: the one doubling delay and the one random source every part
+//!   uses.
 //!
 //! The wire protocol follows, as specified in `docs/protocol.md`.
 //!
