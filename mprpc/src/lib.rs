@@ -40,6 +40,7 @@
 //!   [`discovery::InProcess`], [`zookeeper`]); [`balance`] picks one per call;
 //! - [`health`]: the built-in `mprpc.health.Health` service;
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint;
+//! - [`memory`]: giving freed heap memory back after a wave of connections closes;
 //! - `backoff` and `random`: the one doubling delay and the one random source every part
 //!   uses.
 //!
@@ -59,6 +60,7 @@ pub mod error;
 pub mod frame;
 pub mod health;
 pub mod interceptor;
+pub mod memory;
 pub mod metrics;
 mod random;
 pub mod server;

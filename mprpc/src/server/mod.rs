@@ -217,6 +217,7 @@ impl ServerBuilder {
                 slots: parking_lot::Mutex::new(HashMap::new()),
                 next_slot: AtomicU64::new(0),
                 epoch: Instant::now(),
+                trim: Arc::new(Trim::default()),
             }),
         }
     }
@@ -266,6 +267,84 @@ pub(crate) struct Shared {
     slots: parking_lot::Mutex<HashMap<u64, Arc<Slot>>>,
     next_slot: AtomicU64,
     epoch: Instant,
+    trim: Arc<Trim>,
+}
+
+/// Gives memory back after a wave of connections closes: when the open connections fall to
+/// half of their peak since the last release, and by at least [`Trim::WAVE`], the freed
+/// heap is returned to the operating system ([`crate::memory::release`]), at most once per
+/// [`Trim::EVERY`].
+#[derive(Default)]
+struct Trim {
+    peak: AtomicUsize,
+    /// Milliseconds after the server's epoch of the last release, plus one; 0: never.
+    last_ms: AtomicU64,
+    /// A release was asked for since the task last looked.
+    pending: AtomicBool,
+    /// The release task is alive.
+    running: AtomicBool,
+    /// The pending release, aborted with the server. A parking_lot mutex: held to swap the
+    /// handle only.
+    task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Trim {
+    const WAVE: usize = 256;
+    const EVERY: Duration = Duration::from_secs(1);
+
+    fn opened(&self, open: usize) {
+        self.peak.fetch_max(open, Ordering::Relaxed);
+    }
+
+    /// Called after each close, with the connections still open.
+    fn closed(self: &Arc<Self>, open: usize, epoch: Instant) {
+        let peak = self.peak.load(Ordering::Relaxed);
+        if peak < open.saturating_mul(2) || peak - open < Trim::WAVE {
+            return;
+        }
+        self.peak.store(open, Ordering::Relaxed);
+        self.pending.store(true, Ordering::Release);
+        if self.running.swap(true, Ordering::Acquire) {
+            // The running task sees `pending` and releases once more.
+            return;
+        }
+        let trim = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            loop {
+                let Some(this) = trim.upgrade() else { return };
+                if !this.pending.swap(false, Ordering::AcqRel) {
+                    this.running.store(false, Ordering::Release);
+                    // A close may have asked for a release between the two lines above.
+                    if !this.pending.load(Ordering::Acquire)
+                        || this.running.swap(true, Ordering::Acquire)
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                let last = this.last_ms.load(Ordering::Relaxed);
+                drop(this);
+                if last > 0 {
+                    let at = epoch + Duration::from_millis(last - 1) + Trim::EVERY;
+                    tokio::time::sleep_until(at).await;
+                }
+                let _ = tokio::task::spawn_blocking(crate::memory::release).await;
+                let Some(this) = trim.upgrade() else { return };
+                let now = epoch.elapsed().as_millis() as u64 + 1;
+                this.last_ms.store(now, Ordering::Relaxed);
+                debug!("freed memory returned to the operating system after connections closed");
+            }
+        });
+        *self.task.lock() = Some(task);
+    }
+}
+
+impl Drop for Trim {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get_mut().take() {
+            task.abort();
+        }
+    }
 }
 
 /// One open connection as the accept loop sees it.
@@ -301,7 +380,12 @@ impl Shared {
             epoch: self.epoch,
         });
         slot.touch();
-        self.slots.lock().insert(id, slot.clone());
+        let open = {
+            let mut slots = self.slots.lock();
+            slots.insert(id, slot.clone());
+            slots.len()
+        };
+        self.trim.opened(open);
         (id, slot)
     }
 
@@ -397,6 +481,9 @@ impl Server {
         loop {
             let accepted = tokio::select! {
                 _ = &mut shutdown => break,
+                // A finished connection's task keeps its memory until it is joined: reap
+                // them as they end, not only when the next connection arrives.
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
                 accepted = listener.accept() => accepted,
             };
             let (stream, peer) = match accepted {
@@ -431,8 +518,6 @@ impl Server {
                 };
                 serve_connection(stream, peer, shared, token, permit).await;
             });
-            // Reap finished connections so the set does not grow without bound.
-            while connections.try_join_next().is_some() {}
         }
         drop(listener);
         self.shared.draining.store(true, Ordering::Relaxed);
@@ -496,8 +581,13 @@ async fn serve_connection(
     shared.gauges.connections.increment(1.0);
     connection::serve(stream, peer, shared.clone(), slot, token).await;
     shared.gauges.connections.decrement(1.0);
-    shared.slots.lock().remove(&id);
+    let open = {
+        let mut slots = shared.slots.lock();
+        slots.remove(&id);
+        slots.len()
+    };
     drop(permit);
+    shared.trim.closed(open, shared.epoch);
 }
 
 /// Why [`Server::serve_registered`] stopped.
