@@ -3,7 +3,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Payloads as `Bytes`: decoding slices the received frame instead of copying it.
     builder.prost_config().bytes([".example"]);
     builder.compile(
-        &["../proto/echo.proto", "../proto/calculator.proto"],
+        &[
+            "../proto/echo.proto",
+            "../proto/calculator.proto",
+            "../proto/greeter.proto",
+        ],
         &["../proto"],
     )?;
     Ok(())
