@@ -1,7 +1,9 @@
-//! mprpc examples: an echo service and a calculator, their servers and clients.
+//! mprpc examples: an echo service, a calculator and a greeter, their servers and clients.
 //!
-//! The code generated from `proto/echo.proto` and `proto/calculator.proto` lives in
-//! [`proto`]; [`EchoService`] and [`CalculatorService`] implement the generated traits.
+//! The code generated from `proto/echo.proto`, `proto/calculator.proto` and
+//! `proto/greeter.proto` lives in [`proto`]; [`EchoService`] and [`CalculatorService`]
+//! implement the generated traits, and [`greeter`] shows interceptors, context
+//! propagation and the in-process transport.
 //!
 //! ```
 //! use examples::proto::{EchoClient, EchoRequest, EchoServer};
@@ -21,7 +23,10 @@
 //! # Layout
 //! - [`proto`]: generated messages, server traits, routers and clients;
 //! - [`EchoService`], [`CalculatorService`]: the implementations;
-//! - `src/bin/`: `echo-server`, `echo-client`, `calculator-server`, `calculator-client`;
+//! - [`greeter`]: bearer-token authentication as server and client interceptors, and a
+//!   handler whose nested call inherits its caller's deadline and trace id, in process;
+//! - `src/bin/`: `echo-server`, `echo-client`, `calculator-server`, `calculator-client`,
+//!   `greeter-server`, `greeter-client`;
 //! - [`telemetry`]: log setup shared by the binaries.
 
 #![warn(missing_docs)]
@@ -31,6 +36,8 @@
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/example.rs"));
 }
+
+pub mod greeter;
 
 use mprpc::{Context, Status};
 use proto::{BinaryOp, EchoRequest, EchoResponse, Value};
