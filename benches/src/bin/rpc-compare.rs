@@ -1,5 +1,6 @@
 //! Unary echo over loopback with mprpc, tonic and tarpc under the same load, one after the
-//! other, each with its server in the same process and runtime as its client.
+//! other, each with its server in the same process and runtime as its client; plus mprpc's
+//! in-process transport, which skips the socket altogether.
 //!
 //! ```text
 //! cargo run --release -p benches --bin rpc-compare -- --seconds 5 --concurrency 256
@@ -51,6 +52,8 @@ enum Transport {
     /// mprpc, the server registered in ZooKeeper, the client discovering it and balancing
     /// with power-of-two-choices.
     MprpcZk,
+    /// mprpc, the server in the same process called without TCP.
+    MprpcInProcess,
     /// tonic, one `Channel` (one HTTP/2 connection) cloned into every task.
     Tonic,
     /// tonic, tasks spread over `--tonic-channels` channels.
@@ -60,9 +63,10 @@ enum Transport {
 }
 
 impl Transport {
-    const ALL: [Transport; 5] = [
+    const ALL: [Transport; 6] = [
         Transport::Mprpc,
         Transport::MprpcZk,
+        Transport::MprpcInProcess,
         Transport::Tonic,
         Transport::TonicPool,
         Transport::Tarpc,
@@ -72,6 +76,7 @@ impl Transport {
         match self {
             Transport::Mprpc => "mprpc (2 conns)".into(),
             Transport::MprpcZk => "mprpc (zk + p2c)".into(),
+            Transport::MprpcInProcess => "mprpc (in process)".into(),
             Transport::Tonic => "tonic (1 channel)".into(),
             Transport::TonicPool => format!("tonic ({} channels)", args.tonic_channels),
             Transport::Tarpc => "tarpc (1 conn)".into(),
@@ -83,6 +88,7 @@ impl Transport {
         match self {
             Transport::Mprpc => Some("mprpc"),
             Transport::MprpcZk => Some("mprpc_zk"),
+            Transport::MprpcInProcess => Some("mprpc_inproc"),
             Transport::Tonic => Some("tonic"),
             Transport::TonicPool => None,
             Transport::Tarpc => Some("tarpc"),
@@ -93,6 +99,7 @@ impl Transport {
         match self {
             Transport::Mprpc => systems::mprpc::run(load).await,
             Transport::MprpcZk => systems::mprpc::run_discovered(load, &args.zk).await,
+            Transport::MprpcInProcess => systems::mprpc::run_in_process(load).await,
             Transport::Tonic => systems::tonic::run(load, 1).await,
             Transport::TonicPool => systems::tonic::run(load, args.tonic_channels).await,
             Transport::Tarpc => systems::tarpc::run(load).await,
@@ -164,8 +171,13 @@ fn result_line(results: &[(Transport, Stats)]) -> String {
         .iter()
         .filter_map(|(t, stats)| Some((*t, t.result_key()?, stats)))
         .collect();
-    // The discovered row comes last, so the first six fields keep their fixed order.
-    keyed.sort_by_key(|(t, _, _)| *t == Transport::MprpcZk);
+    // The discovered and in-process rows come last, in that order, so the first fields
+    // keep their fixed order.
+    keyed.sort_by_key(|(t, _, _)| match t {
+        Transport::MprpcZk => 1,
+        Transport::MprpcInProcess => 2,
+        _ => 0,
+    });
     let keyed: Vec<_> = keyed
         .into_iter()
         .map(|(_, key, stats)| (key, stats))

@@ -103,6 +103,20 @@ pub async fn run(load: &Load) -> anyhow::Result<Stats> {
     Ok(stats)
 }
 
+/// Runs `load` against an mprpc echo server in the same process, called through the
+/// in-process transport: no socket, no frames, the same routing, interceptors, deadlines and
+/// status codes as over TCP.
+///
+/// # Errors
+/// Never; the signature matches the other rows.
+pub async fn run_in_process(load: &Load) -> anyhow::Result<Stats> {
+    let server = mprpc::Server::builder()
+        .add_service(EchoServer::new(EchoService))
+        .build();
+    let client = EchoClient::new(mprpc::Client::in_process(&server));
+    Ok(drive(load, client).await)
+}
+
 /// Runs `load` through `client`, dropping it (and its connections) before returning so the
 /// server can stop without waiting for idle connections.
 async fn drive(load: &Load, client: EchoClient) -> Stats {
