@@ -3,9 +3,11 @@
 
 pub mod relay;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once, PoisonError};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -13,7 +15,7 @@ use mprpc::frame::{Codec, Frame, Header, Kind, Text};
 use mprpc::{BoxFuture, Context, Method, Server, ServerBuilder, Service, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::codec::Decoder;
 
@@ -36,7 +38,7 @@ pub struct Str {
 /// Log lines written while the returned guard lives, on this thread (the runtime of a
 /// `#[tokio::test]`).
 pub struct Logs {
-    buf: Arc<std::sync::Mutex<Vec<u8>>>,
+    buf: Arc<Mutex<Vec<u8>>>,
     _guard: tracing::subscriber::DefaultGuard,
 }
 
@@ -47,7 +49,7 @@ impl Logs {
 }
 
 #[derive(Clone)]
-struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
 
 impl std::io::Write for LogWriter {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -61,7 +63,7 @@ impl std::io::Write for LogWriter {
 }
 
 pub fn capture_logs() -> Logs {
-    let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let buf = Arc::new(Mutex::new(Vec::new()));
     let writer = LogWriter(buf.clone());
     let subscriber = tracing_subscriber::fmt()
         .with_ansi(false)
@@ -75,21 +77,51 @@ pub fn capture_logs() -> Logs {
 }
 
 /// Counts what the probe's handlers did, so tests can see server-side effects.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
     pub started: AtomicU64,
     pub finished: AtomicU64,
     /// Handlers dropped before finishing: cancelled, past deadline, or aborted.
     pub dropped: AtomicU64,
+    /// For each `Hold` handler in the order they started: how many handlers had finished
+    /// by then. Shows what a call waited for without timing it.
+    pub finished_when_held: Mutex<Vec<u64>>,
+    /// Permits for `Hold` handlers to finish, handed out by [`Probe::release`].
+    gate: Semaphore,
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            started: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            finished_when_held: Mutex::new(Vec::new()),
+            gate: Semaphore::new(0),
+        }
+    }
 }
 
 /// Methods: `Echo` (body back), `Sleep` (Num ms, returns Num), `Remaining` (deadline left in
 /// µs as Num), `Fail` (Num code → that status), `Meta` (metadata "k" as Str), `Panic`
 /// (panics at once), `PanicLater` (panics after Num ms), `Big` (a body of Num bytes),
-/// `Spin` (blocks its thread for Num ms, then answers).
+/// `Spin` (blocks its thread for Num ms, then answers), `Hold` (waits until the test
+/// [releases](Probe::release) it, then answers its Num).
 #[derive(Clone, Default)]
 pub struct Probe {
     pub counters: Arc<Counters>,
+}
+
+impl Probe {
+    /// Lets `n` waiting (or future) `Hold` handlers finish.
+    pub fn release(&self, n: usize) {
+        self.counters.gate.add_permits(n);
+    }
+
+    /// What [`Counters::finished_when_held`] recorded so far.
+    pub fn finished_when_held(&self) -> Vec<u64> {
+        self.counters.finished_when_held.lock().unwrap().clone()
+    }
 }
 
 struct DropGuard {
@@ -166,6 +198,27 @@ impl Service for Probe {
                 counters.finished.fetch_add(1, Ordering::SeqCst);
                 Ok(Bytes::from(vec![7u8; n.value as usize]))
             }),
+            "Hold" => Box::pin(async move {
+                let tag: Num = mprpc::service::decode_request(request)?;
+                {
+                    let mut held = counters.finished_when_held.lock().unwrap();
+                    held.push(counters.finished.load(Ordering::SeqCst));
+                    counters.started.fetch_add(1, Ordering::SeqCst);
+                }
+                let mut guard = DropGuard {
+                    counters: counters.clone(),
+                    done: false,
+                };
+                counters
+                    .gate
+                    .acquire()
+                    .await
+                    .expect("the gate is never closed")
+                    .forget();
+                guard.done = true;
+                counters.finished.fetch_add(1, Ordering::SeqCst);
+                Ok(encode(tag.value))
+            }),
             "Spin" => Box::pin(async move {
                 let ms: Num = mprpc::service::decode_request(request)?;
                 counters.started.fetch_add(1, Ordering::SeqCst);
@@ -188,6 +241,7 @@ impl Service for Probe {
             "PanicLater",
             "Big",
             "Spin",
+            "Hold",
         ]
     }
 }
@@ -214,25 +268,31 @@ impl TestServer {
         client: &mprpc::Client,
         ms: u64,
     ) -> JoinHandle<Result<Num, mprpc::Error>> {
-        let client = client.clone();
-        tokio::spawn(async move {
-            client
-                .unary(
-                    &Method::new(PROBE, "Sleep"),
-                    &Num { value: ms },
-                    &mprpc::CallOptions::new(),
-                )
-                .await
-        })
+        spawn_call(client, "Sleep", ms)
     }
 
-    /// Waits (up to 5 s) until `n` `Sleep` handlers have started.
+    /// Calls `Hold(tag)` through `client` from a task of its own; it answers `tag` once
+    /// [`Probe::release`] lets it.
+    pub fn spawn_hold(
+        &self,
+        client: &mprpc::Client,
+        tag: u64,
+    ) -> JoinHandle<Result<Num, mprpc::Error>> {
+        spawn_call(client, "Hold", tag)
+    }
+
+    /// Waits (up to 10 s) until exactly `n` handlers that count themselves (all but `Echo`,
+    /// `Remaining`, `Fail` and `Meta`) have started.
     pub async fn started(&self, n: u64) {
         let counters = self.probe.counters.clone();
-        let started = eventually(Duration::from_secs(5), || {
+        let started = eventually(Duration::from_secs(10), || {
             counters.started.load(Ordering::SeqCst) == n
         });
-        assert!(started.await, "{n} Sleep handlers started");
+        assert!(
+            started.await,
+            "{n} handlers started (now {})",
+            self.probe.counters.started.load(Ordering::SeqCst)
+        );
     }
 
     pub fn client(&self) -> mprpc::Client {
@@ -240,6 +300,23 @@ impl TestServer {
             .timeout(Some(Duration::from_secs(10)))
             .connect_lazy(self.addr.to_string())
     }
+}
+
+fn spawn_call(
+    client: &mprpc::Client,
+    method: &'static str,
+    value: u64,
+) -> JoinHandle<Result<Num, mprpc::Error>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        client
+            .unary(
+                &Method::new(PROBE, method),
+                &Num { value },
+                &mprpc::CallOptions::new(),
+            )
+            .await
+    })
 }
 
 impl Drop for TestServer {
@@ -255,6 +332,7 @@ pub async fn start_server() -> TestServer {
 pub async fn start_server_with(
     configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
 ) -> TestServer {
+    count_panics();
     let probe = Probe::default();
     let server: Server = configure(Server::builder().add_service(probe.clone())).build();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -413,8 +491,43 @@ impl Raw {
     }
 }
 
-/// A normal call through the client succeeds: the server still serves.
+/// Panics so far per thread, counted by the hook [`count_panics`] installs.
+static PANICS: Mutex<Option<HashMap<ThreadId, usize>>> = Mutex::new(None);
+
+/// Installs (once per test binary) a panic hook that counts panics per thread before
+/// printing them as usual. A `#[tokio::test]` runs the server's tasks on the test's own
+/// thread, so a connection task that panics shows in [`panics_on_this_thread`] even though
+/// the server survives it and the peer sees only a closed socket.
+pub fn count_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let print = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let mut panics = PANICS.lock().unwrap_or_else(PoisonError::into_inner);
+            *panics
+                .get_or_insert_with(HashMap::new)
+                .entry(std::thread::current().id())
+                .or_default() += 1;
+            drop(panics);
+            print(info);
+        }));
+    });
+}
+
+/// Panics on this thread since the hook was installed (each test runs on a thread of its
+/// own).
+pub fn panics_on_this_thread() -> usize {
+    let panics = PANICS.lock().unwrap_or_else(PoisonError::into_inner);
+    panics
+        .as_ref()
+        .and_then(|p| p.get(&std::thread::current().id()).copied())
+        .unwrap_or(0)
+}
+
+/// Nothing of this test panicked, and a normal call through the client succeeds: the
+/// server still serves.
 pub async fn assert_still_serving(server: &TestServer) {
+    assert_eq!(panics_on_this_thread(), 0, "a task of this test panicked");
     let reply: Num = server
         .client()
         .unary(
