@@ -20,9 +20,9 @@ async fn a_slow_call_does_not_block_others_on_the_same_connection() {
     let client = Client::builder()
         .pool_size(1)
         .connect_lazy(server.addr.to_string());
-    let slow = server.spawn_sleep(&client, 1_000);
+    let slow = server.spawn_hold(&client, 1_000);
     server.started(1).await;
-    // 200 quick calls complete while the slow one is still running on the one connection.
+    // 200 quick calls complete while the slow one is held on the one connection.
     let mut quick = tokio::task::JoinSet::new();
     for _ in 0..200 {
         let client = client.clone();
@@ -32,21 +32,30 @@ async fn a_slow_call_does_not_block_others_on_the_same_connection() {
         result.expect("join").expect("quick call");
     }
     assert!(!slow.is_finished(), "the slow call is still in flight");
+    assert_eq!(server.server.connections(), 1);
+    server.probe.release(1);
     assert_eq!(slow.await.expect("join").expect("slow call").value, 1_000);
 }
 
 #[tokio::test]
 async fn the_deadline_travels_to_the_server() {
     let server = start_server().await;
+    // Longer than the client's default (10 s), so the server cannot have seen that one.
+    let timeout = Duration::from_secs(20);
     let client = server.client();
-    let options = CallOptions::new().timeout(Duration::from_millis(800));
+    let options = CallOptions::new().timeout(timeout);
+    let sent = tokio::time::Instant::now();
     let left: Num = client
         .unary(&Method::new(PROBE, "Remaining"), &Num::default(), &options)
         .await
         .expect("call");
+    // The budget the server saw is what was left of the caller's once the request arrived:
+    // at most the whole of it, and at least what remained when the answer came back
+    // (less a microsecond of rounding each way).
+    let at_answer = timeout.saturating_sub(sent.elapsed()).as_micros() as u64;
     assert!(
-        left.value > 100_000 && left.value <= 800_000,
-        "server saw {} us left",
+        left.value <= timeout.as_micros() as u64 && left.value + 2 >= at_answer,
+        "server saw {} us left; {at_answer} us were left when the answer came",
         left.value
     );
 
@@ -69,7 +78,9 @@ async fn the_deadline_travels_to_the_server() {
 async fn an_expired_deadline_fails_the_call_and_stops_the_work() {
     let server = start_server().await;
     let client = server.client();
-    let options = CallOptions::new().timeout(Duration::from_millis(100));
+    // Long enough for the handler to start on a loaded machine: the work must be stopped,
+    // not merely never begun.
+    let options = CallOptions::new().timeout(Duration::from_secs(1));
     let err = sleep_call(&client, 60_000, &options)
         .await
         .expect_err("times out");
@@ -85,6 +96,7 @@ async fn an_expired_deadline_fails_the_call_and_stops_the_work() {
         .await,
         "the server dropped the handler"
     );
+    assert_eq!(counters.started.load(Ordering::SeqCst), 1);
     assert_eq!(counters.finished.load(Ordering::SeqCst), 0);
 }
 
@@ -97,7 +109,8 @@ async fn the_server_enforces_the_deadline_it_was_sent() {
         request_id: 1,
         service: mprpc::Text::from_static(PROBE),
         method: mprpc::Text::from_static("Sleep"),
-        timeout_us: 50_000,
+        // Long enough for the handler to start on a loaded machine.
+        timeout_us: 1_000_000,
         ..Default::default()
     };
     let mut frame = bytes::BytesMut::new();
@@ -108,7 +121,16 @@ async fn the_server_enforces_the_deadline_it_was_sent() {
         (reply.header.request_id, reply.header.status),
         (1, Code::DeadlineExceeded)
     );
-    assert_eq!(server.probe.counters.dropped.load(Ordering::SeqCst), 1);
+    // The handler is dropped before its answer is queued.
+    let counters = &server.probe.counters;
+    assert_eq!(
+        (
+            counters.started.load(Ordering::SeqCst),
+            counters.dropped.load(Ordering::SeqCst),
+            counters.finished.load(Ordering::SeqCst)
+        ),
+        (1, 1, 0)
+    );
 }
 
 #[tokio::test]
@@ -247,17 +269,18 @@ async fn connect_failures_are_retry_safe_and_the_client_recovers() {
 
 #[tokio::test]
 async fn requests_over_the_frame_cap_fail_locally() {
-    let server = start_server().await;
+    // The server shares the cap: had the client sent the frame, the server would have
+    // closed the connection and the client would have had to dial again.
+    let server = support::start_server_with(|b| b.max_frame(1024)).await;
+    let relay = support::relay::Relay::start(server.addr.to_string()).await;
     let client = Client::builder()
+        .pool_size(1)
         .max_frame(1024)
-        .connect_lazy(server.addr.to_string());
-    let big = support::Num { value: 1 };
-    assert!(
-        client
-            .unary::<_, Num>(&Method::new(PROBE, "Sleep"), &big, &CallOptions::new())
-            .await
-            .is_ok()
-    );
+        .connect_lazy(relay.hosts());
+    let small = sleep_call(&client, 1, &CallOptions::new())
+        .await
+        .expect("a request under the cap");
+    assert_eq!(small.value, 1);
     #[derive(Clone, PartialEq, prost::Message)]
     struct Blob {
         #[prost(bytes = "vec", tag = "1")]
@@ -275,20 +298,28 @@ async fn requests_over_the_frame_cap_fail_locally() {
         .expect_err("too large");
     assert!(matches!(err, Error::TooLarge(_)), "{err:?}");
     // Nothing was sent, so the connection is still fine.
-    assert!(client.ping().await.is_ok());
+    client.ping().await.expect("the same connection answers");
+    assert_eq!(relay.accepted(), 1, "no second connection was needed");
+    assert_eq!(relay.closed_by_target(), 0);
 }
 
 #[tokio::test]
 async fn total_in_flight_limit_sheds_with_resource_exhausted() {
     let server = support::start_server_with(|b| b.max_in_flight(1)).await;
     let client = server.client();
-    let slow = server.spawn_sleep(&client, 500);
+    let slow = server.spawn_hold(&client, 1);
     server.started(1).await;
     let err = sleep_call(&client, 0, &CallOptions::new())
         .await
         .expect_err("shed");
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(err.is_retry_safe());
+    assert_eq!(
+        server.probe.counters.started.load(Ordering::SeqCst),
+        1,
+        "the shed call did not run"
+    );
+    server.probe.release(1);
     slow.await.expect("join").expect("the first call completes");
     sleep_call(&client, 0, &CallOptions::new())
         .await
@@ -297,49 +328,69 @@ async fn total_in_flight_limit_sheds_with_resource_exhausted() {
 
 #[tokio::test]
 async fn per_connection_limit_queues_calls_instead_of_shedding_them() {
+    use support::{Raw, num, request};
     let server = support::start_server_with(|b| b.max_in_flight_per_connection(2)).await;
-    let client = Client::builder()
-        .pool_size(1)
-        .timeout(Some(Duration::from_secs(10)))
-        .connect_lazy(server.addr.to_string());
-    let calls: Vec<_> = (0..3).map(|_| server.spawn_sleep(&client, 300)).collect();
+    // All three requests in one write: the third is at the server before any call ends.
+    let mut raw = Raw::connect(server.addr).await;
+    let mut burst = request(1, "Hold", &num(1));
+    burst.extend_from_slice(&request(2, "Hold", &num(2)));
+    burst.extend_from_slice(&request(3, "Hold", &num(3)));
+    raw.send(&burst).await;
     server.started(2).await;
 
-    // The third request waits unread in the socket until one of the first two finishes.
-    let counters = server.probe.counters.clone();
-    let third_started = eventually(Duration::from_secs(5), || {
-        counters.started.load(Ordering::SeqCst) == 3
-    });
-    assert!(third_started.await, "the third call started");
-    assert!(
-        counters.finished.load(Ordering::SeqCst) >= 1,
+    // The third request waits unread until one of the first two finishes.
+    server.probe.release(1);
+    server.started(3).await;
+    assert_eq!(
+        server.probe.finished_when_held(),
+        [0, 0, 1],
         "the third call started only after a slot was freed"
     );
-    for call in calls {
-        call.await.expect("join").expect("queued, not shed");
+    server.probe.release(2);
+    let mut answered: Vec<(u64, Code)> = Vec::new();
+    for _ in 0..3 {
+        let reply = raw.frame().await;
+        answered.push((reply.header.request_id, reply.header.status));
     }
+    answered.sort_by_key(|(id, _)| *id);
+    assert_eq!(
+        answered,
+        [(1, Code::Ok), (2, Code::Ok), (3, Code::Ok)],
+        "queued, not shed"
+    );
 }
 
 #[tokio::test]
 async fn at_the_connection_limit_an_idle_connection_makes_room() {
     use mprpc::frame::Kind;
     use support::{Raw, control};
-    let server = support::start_server_with(|b| b.max_connections(2)).await;
-    let mut busy = Raw::connect(server.addr).await;
-    let mut quiet = Raw::connect(server.addr).await;
-    for (raw, id) in [(&mut busy, 1), (&mut quiet, 1)] {
-        raw.send(&control(Kind::Ping, id)).await;
-        assert_eq!(raw.frame().await.header.kind, Kind::Pong);
-    }
-
-    // Both were just active: the newcomer is told at once that there is no room.
-    let mut refused = Raw::connect(server.addr).await;
-    let frames = refused.until_closed().await;
-    assert_eq!(frames.len(), 1, "{frames:?}");
-    assert_eq!(
-        (frames[0].header.kind, frames[0].header.status),
-        (Kind::GoAway, Code::ResourceExhausted)
-    );
+    // Both connections were just active: a newcomer is told at once that there is no room.
+    // A connection becomes evictable after a second of silence, so an attempt that took
+    // nearly that long proves nothing and is made again on a fresh server.
+    let mut attempts = 0;
+    let (server, mut busy, mut quiet) = loop {
+        attempts += 1;
+        let server = support::start_server_with(|b| b.max_connections(2)).await;
+        let began = tokio::time::Instant::now();
+        let mut busy = Raw::connect(server.addr).await;
+        let mut quiet = Raw::connect(server.addr).await;
+        for raw in [&mut busy, &mut quiet] {
+            raw.send(&control(Kind::Ping, 1)).await;
+            assert_eq!(raw.frame().await.header.kind, Kind::Pong);
+        }
+        let frames = Raw::connect(server.addr).await.until_closed().await;
+        let refused = frames.len() == 1
+            && (frames[0].header.kind, frames[0].header.status)
+                == (Kind::GoAway, Code::ResourceExhausted);
+        if refused {
+            break (server, busy, quiet);
+        }
+        assert!(
+            began.elapsed() >= Duration::from_millis(900),
+            "a newcomer got in while both connections were active: {frames:?}"
+        );
+        assert!(attempts < 5, "every attempt took a second or more");
+    };
 
     // Once `quiet` has been silent for a while (and `busy` has not), a newcomer takes
     // the place of `quiet`, which is told to go away.
@@ -356,7 +407,7 @@ async fn at_the_connection_limit_an_idle_connection_makes_room() {
             _ => {}
         }
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(15),
             "no room was made"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -377,14 +428,16 @@ async fn a_connection_that_sends_no_frame_is_closed_after_the_handshake_timeout(
     use mprpc::frame::Kind;
     use support::{Raw, control};
     let server = support::start_server_with(|b| {
-        b.handshake_timeout(Some(Duration::from_millis(200)))
+        b.handshake_timeout(Some(Duration::from_secs(1)))
             .idle_timeout(None)
     })
     .await;
-    let mut silent = Raw::connect(server.addr).await;
+    // The connection that speaks opens first, so its handshake timeout is over by the
+    // time the silent one's is.
     let mut greeted = Raw::connect(server.addr).await;
     greeted.send(&control(Kind::Ping, 1)).await;
     assert_eq!(greeted.frame().await.header.kind, Kind::Pong);
+    let mut silent = Raw::connect(server.addr).await;
 
     let frames = silent.until_closed().await;
     assert_eq!(frames.len(), 1, "{frames:?}");
@@ -392,10 +445,10 @@ async fn a_connection_that_sends_no_frame_is_closed_after_the_handshake_timeout(
         (frames[0].header.kind, frames[0].header.status),
         (Kind::GoAway, Code::DeadlineExceeded)
     );
-    // Well past the handshake timeout, the connection that spoke is still served.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Past its own handshake timeout, the connection that spoke is still served.
     greeted.send(&control(Kind::Ping, 2)).await;
-    assert_eq!(greeted.frame().await.header.kind, Kind::Pong);
+    let pong = greeted.frame().await;
+    assert_eq!((pong.header.kind, pong.header.request_id), (Kind::Pong, 2));
 }
 
 #[tokio::test]
@@ -404,7 +457,7 @@ async fn a_panicking_handler_fails_only_its_own_call() {
     let client = Client::builder()
         .pool_size(1)
         .connect_lazy(server.addr.to_string());
-    let slow = server.spawn_sleep(&client, 300);
+    let slow = server.spawn_hold(&client, 300);
     server.started(1).await;
     for method in ["Panic", "PanicLater"] {
         let err = client
@@ -419,6 +472,8 @@ async fn a_panicking_handler_fails_only_its_own_call() {
         assert!(!err.is_retry_safe());
     }
     // The connection, and the call that was in flight on it, are untouched.
+    assert!(!slow.is_finished(), "the held call is still in flight");
+    server.probe.release(1);
     assert_eq!(slow.await.expect("join").expect("slow call").value, 300);
     sleep_call(&client, 0, &CallOptions::new())
         .await
@@ -505,14 +560,17 @@ async fn a_spent_budget_is_refused_before_the_handler_runs() {
 async fn keepalive_gives_up_on_a_server_gone_silent() {
     let server = start_server().await;
     let relay = support::relay::Relay::start(server.addr.to_string()).await;
+    // A pong has a whole period to come back: long enough for a loaded machine.
+    let period = Duration::from_millis(500);
     let client = Client::builder()
         .pool_size(1)
-        .keepalive(Some(Duration::from_millis(100)))
+        .keepalive(Some(period))
         .timeout(Some(Duration::from_secs(30)))
         .connect_lazy(relay.hosts());
 
     // A call silent for several periods on a healthy connection: the pings are answered.
-    sleep_call(&client, 600, &CallOptions::new())
+    let silent_for = 4 * period.as_millis() as u64;
+    sleep_call(&client, silent_for, &CallOptions::new())
         .await
         .expect("slow but alive");
 
@@ -533,12 +591,13 @@ async fn keepalive_gives_up_on_a_server_gone_silent() {
     sleep_call(&client, 0, &CallOptions::new())
         .await
         .expect("served on a new connection");
+    assert_eq!(relay.accepted(), 2);
 }
 
 #[tokio::test]
 async fn the_next_call_after_an_idle_close_reconnects() {
     let server =
-        support::start_server_with(|b| b.idle_timeout(Some(Duration::from_millis(100)))).await;
+        support::start_server_with(|b| b.idle_timeout(Some(Duration::from_millis(500)))).await;
     let relay = support::relay::Relay::start(server.addr.to_string()).await;
     let client = Client::builder().pool_size(1).connect_lazy(relay.hosts());
     sleep_call(&client, 0, &CallOptions::new())
@@ -553,6 +612,7 @@ async fn the_next_call_after_an_idle_close_reconnects() {
         .expect("second call, on a new connection");
     assert_eq!(relay.accepted(), 2);
 }
+
 #[tokio::test]
 async fn a_timeout_too_long_for_the_clock_means_no_deadline() {
     let server = start_server().await;
