@@ -191,17 +191,20 @@ async fn in_process_calls_behave_as_calls_over_tcp() {
         .await
         .expect_err("panic");
     assert_eq!(err.code(), Code::Internal);
-    // The deadline stops the handler.
+    // The deadline stops the handler. It is long enough for the handler to start on a
+    // loaded machine: the work must be stopped, not merely never begun.
+    let counters = probe.counters.clone();
+    let before = counters.started.load(Ordering::SeqCst);
     let err = client
         .unary::<_, Num>(
             &Method::new(PROBE, "Sleep"),
-            &Num { value: 10_000 },
-            &CallOptions::new().timeout(Duration::from_millis(50)),
+            &Num { value: 60_000 },
+            &CallOptions::new().timeout(Duration::from_secs(1)),
         )
         .await
         .expect_err("deadline");
     assert_eq!(err.code(), Code::DeadlineExceeded);
-    let counters = probe.counters.clone();
+    assert_eq!(counters.started.load(Ordering::SeqCst), before + 1);
     assert!(
         support::eventually(Duration::from_secs(5), || counters
             .dropped
@@ -216,22 +219,21 @@ async fn in_process_calls_behave_as_calls_over_tcp() {
         .max_in_flight(1)
         .build();
     let client = Client::in_process(&limited);
+    let before = counters.started.load(Ordering::SeqCst);
     let slow = {
         let client = client.clone();
         tokio::spawn(async move {
             client
                 .unary::<_, Num>(
-                    &Method::new(PROBE, "Sleep"),
+                    &Method::new(PROBE, "Hold"),
                     &Num { value: 300 },
                     &CallOptions::new(),
                 )
                 .await
         })
     };
-    let counters = probe.counters.clone();
-    let before = counters.started.load(Ordering::SeqCst);
     assert!(
-        support::eventually(Duration::from_secs(5), || counters
+        support::eventually(Duration::from_secs(10), || counters
             .started
             .load(Ordering::SeqCst)
             > before)
@@ -246,5 +248,7 @@ async fn in_process_calls_behave_as_calls_over_tcp() {
         .await
         .expect_err("shed");
     assert_eq!(err.code(), Code::ResourceExhausted);
-    slow.await.expect("join").expect("the slow call finishes");
+    probe.release(1);
+    let done = slow.await.expect("join").expect("the slow call finishes");
+    assert_eq!(done.value, 300);
 }

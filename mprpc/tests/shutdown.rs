@@ -14,7 +14,7 @@ use support::{Raw, num, request, start_server_with};
 async fn in_flight_calls_finish_and_late_ones_are_refused_retry_safe() {
     let mut server = start_server_with(|b| b.grace_period(Duration::from_secs(10))).await;
     let mut raw = Raw::connect(server.addr).await;
-    raw.send(&request(1, "Sleep", &num(300))).await;
+    raw.send(&request(1, "Hold", &num(1))).await;
     server.started(1).await;
 
     server.shutdown();
@@ -35,6 +35,7 @@ async fn in_flight_calls_finish_and_late_ones_are_refused_retry_safe() {
         (2, Code::Unavailable)
     );
 
+    server.probe.release(1);
     let done = raw.frame().await;
     assert_eq!((done.header.request_id, done.header.status), (1, Code::Ok));
     assert!(raw.until_closed().await.is_empty(), "closed once drained");
@@ -83,7 +84,12 @@ async fn the_grace_period_bounds_the_drain() {
     let err = stuck.await.expect("join").expect_err("aborted");
     assert!(matches!(err, Error::ConnectionLost), "{err:?}");
     assert!(!err.is_retry_safe(), "the call had started");
-    assert_eq!(server.probe.counters.dropped.load(Ordering::SeqCst), 1);
+    let counters = server.probe.counters.clone();
+    let dropped = support::eventually(Duration::from_secs(5), || {
+        counters.dropped.load(Ordering::SeqCst) == 1
+    });
+    assert!(dropped.await, "the handler was dropped");
+    assert_eq!(counters.finished.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
@@ -110,5 +116,9 @@ async fn a_request_crossing_the_goaway_is_answered_unavailable() {
         raw.until_closed().await.is_empty(),
         "closed after the linger"
     );
-    let _ = (&mut server.task).await;
+    let served = tokio::time::timeout(Duration::from_secs(5), &mut server.task).await;
+    served
+        .expect("serve returned")
+        .expect("join")
+        .expect("no error");
 }
