@@ -49,9 +49,11 @@ async fn a_nested_call_carries_the_deadline_and_trace_id_to_the_next_hop() {
         })
         .build();
     let client = Client::in_process(&front);
-    let options = CallOptions::new()
-        .timeout(Duration::from_millis(700))
-        .trace_id("trace-abc");
+    // Shorter than the default timeout of the relay's own client (10 s), which bounds the
+    // nested call too: a next hop that saw no more than this saw the caller's budget.
+    let timeout = Duration::from_secs(5);
+    let options = CallOptions::new().timeout(timeout).trace_id("trace-abc");
+    let sent = tokio::time::Instant::now();
     let left: Num = client
         .unary(
             &Method::new("test.Relay", "Relay"),
@@ -60,9 +62,12 @@ async fn a_nested_call_carries_the_deadline_and_trace_id_to_the_next_hop() {
         )
         .await
         .expect("relayed");
+    // What was left of the caller's budget at the next hop: at most all of it, at least
+    // what remained when the answer came back (less a microsecond of rounding each way).
+    let at_answer = timeout.saturating_sub(sent.elapsed()).as_micros() as u64;
     assert!(
-        left.value > 0 && left.value < 700_000,
-        "the next hop saw the caller's remaining budget: {} us",
+        left.value <= timeout.as_micros() as u64 && left.value + 2 >= at_answer,
+        "the next hop saw {} us; {at_answer} us of the caller's budget were left at the answer",
         left.value
     );
     let logs = logs.contents();
