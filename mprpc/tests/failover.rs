@@ -166,11 +166,19 @@ async fn a_crashed_instance_costs_idempotent_callers_nothing() {
         instances.push(instance);
         registrations.push(registration);
     }
-    let client = discover_three(Client::builder().balance(RoundRobin), &registry).await;
+    // Once ejected, the dead instance stays out for the rest of the test: with the default
+    // one second, a stream slowed down by a loaded machine could outlast the ejection and
+    // find it being probed again.
+    let minute = Duration::from_secs(60);
+    let builder = Client::builder()
+        .balance(RoundRobin)
+        .ejection(5, minute, minute);
+    let client = discover_three(builder, &registry).await;
     let calls_stream = stream(&client, 4000, 16, CallOptions::new().idempotent(true));
     assert!(eventually(Duration::from_secs(10), || calls_stream.done() >= 500).await);
     // A crash: the task, its listener and its connections vanish; the registry entry stays.
     instances[0].task.abort();
+    assert!(calls_stream.done() < 4000, "crashed under the stream");
     let (ok, failed) = calls_stream.finish().await;
     assert_eq!((ok, failed), (4000, 0));
     let dead = client
@@ -189,6 +197,7 @@ async fn a_graceful_stop_costs_non_idempotent_callers_nothing() {
     let calls_stream = stream(&client, 4000, 16, CallOptions::new());
     assert!(eventually(Duration::from_secs(10), || calls_stream.done() >= 500).await);
     let _ = instances[0].stop.take().expect("running").send(());
+    assert!(calls_stream.done() < 4000, "stopped under the stream");
     let (ok, failed) = calls_stream.finish().await;
     assert_eq!((ok, failed), (4000, 0));
     assert!(
