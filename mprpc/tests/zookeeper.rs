@@ -10,7 +10,7 @@ mod zk;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use mprpc::discovery::{Discover, Instance, Instances, Register};
+use mprpc::discovery::{Discover, DiscoveryError, Instance, Instances, Register};
 use mprpc::zookeeper::{ZkConfig, ZooKeeper};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -268,7 +268,12 @@ async fn registrations_come_and_go() {
     .await;
     assert_eq!(ls(&raw, &dir).await, ["10.0.0.1_7003"]);
     let refused = servers[1].register(SERVICE, instance(7004)).await;
-    assert!(refused.is_err(), "a closed handle registers nothing");
+    assert!(
+        matches!(&refused, Err(DiscoveryError::Backend(why)) if why.contains("closed")),
+        "a closed handle registers nothing: {:?}",
+        refused.map(|_| ())
+    );
+    assert_eq!(ls(&raw, &dir).await, ["10.0.0.1_7003"]);
 
     drop(registrations);
     let mut handles = vec![&caller];
@@ -421,7 +426,19 @@ async fn config_watch_follows_the_node() {
     })
     .await;
 
-    // A value that does not parse is skipped; the last good one stays.
+    // A value that does not parse is skipped; the last good one stays. Every value the
+    // watch takes is recorded until the next good one arrives, which it can only do after
+    // the garbage was read: nothing but the last good value may come between.
+    let mut values = config.subscribe();
+    values.borrow_and_update();
+    let seen = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while seen.last() != Some(&Some(limits(3))) {
+            values.changed().await.expect("still watching");
+            seen.push(values.borrow_and_update().clone());
+        }
+        seen
+    });
     raw.set_data(&node, b"{\"max_connections\": \"many\"}", None)
         .await
         .expect("set bad");
@@ -430,19 +447,21 @@ async fn config_watch_follows_the_node() {
         .await
         .expect("watch bad");
     assert_eq!(late.get(), None, "a fresh watch has no good value to keep");
-    holds("last good value stays", Duration::from_millis(500), || {
-        config.get() == Some(limits(2))
-    })
-    .await;
 
     writer
         .set_config("limits", &limits(3))
         .await
         .expect("update");
-    eventually("value after garbage", CONVERGE, || {
-        config.get() == Some(limits(3))
-    })
-    .await;
+    let seen = tokio::time::timeout(CONVERGE, seen)
+        .await
+        .expect("value after garbage")
+        .expect("join");
+    assert!(
+        seen.iter()
+            .all(|v| *v == Some(limits(2)) || *v == Some(limits(3))),
+        "last good value stays until the next: {seen:?}"
+    );
+    assert_eq!(config.get(), Some(limits(3)));
     eventually("fresh watch sees it too", CONVERGE, || {
         late.get() == Some(limits(3))
     })
@@ -507,11 +526,11 @@ async fn election_fails_over() {
     );
     assert_eq!(ls(&raw, &dir).await.len(), 3);
 
-    // The leader's session ends: another candidate leads within the session timeout.
-    let mut standing = elections[(first + 1) % 3]
-        .as_ref()
-        .expect("candidate")
-        .watch();
+    // The leader's session ends: the next candidate in line leads within the session
+    // timeout, and its watch says so.
+    let next = (first + 1) % 3;
+    let mut standing = elections[next].as_ref().expect("candidate").watch();
+    assert!(!*standing.borrow_and_update(), "c{next} waits its turn");
     let killed = Instant::now();
     zks[first].close().await;
     eventually("a new leader", SESSION_TIMEOUT, || {
@@ -522,6 +541,14 @@ async fn election_fails_over() {
     let took = killed.elapsed();
     assert!(took < SESSION_TIMEOUT, "failover took {took:?}");
     let second = leaders(&elections)[0];
+    assert_eq!(second, next, "candidates lead in the order they entered");
+    let leads = tokio::time::timeout(CONVERGE, standing.wait_for(|leads| *leads));
+    drop(
+        leads
+            .await
+            .expect("the new leader's watch turned true")
+            .expect("the candidacy is still followed"),
+    );
     assert!(!elections[first].as_ref().expect("old leader").is_leader());
     let survivor = 3 - first - second;
     let leader = elections[second]
@@ -531,7 +558,6 @@ async fn election_fails_over() {
         .await
         .expect("leader");
     assert_eq!(leader, Some(format!("c{second}")));
-    let _ = standing.borrow_and_update();
 
     // A follower whose session expires joins again in its new session.
     expire(&hosts, &links[survivor], &zks[survivor]).await;
