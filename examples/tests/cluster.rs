@@ -89,8 +89,10 @@ async fn zookeeper(root: &str) -> ZooKeeper {
     .expect("ZooKeeper at 127.0.0.1:2181 (run scripts/services.sh up)")
 }
 
+/// Waits until `client` lists `n` instances. Generous: a killed instance leaves the list
+/// only when ZooKeeper expires its session, 10 s after the kill at the earliest.
 async fn wait_for_instances(client: &mprpc::Client, n: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     while client.instances().len() != n {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -99,6 +101,11 @@ async fn wait_for_instances(client: &mprpc::Client, n: usize) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+fn assert_not_listed(client: &mprpc::Client, addr: &str) {
+    let listed: Vec<String> = client.instances().into_iter().map(|i| i.addr).collect();
+    assert!(!listed.iter().any(|a| a == addr), "{addr} in {listed:?}");
 }
 
 /// Three echo-server processes under a fresh root and a p2c client that sees all three.
@@ -186,6 +193,7 @@ async fn three_instances_register_and_all_take_calls() {
     let (ok, failed) = stream(&echo, 3000, 32, CallOptions::new()).finish().await;
     assert_eq!((ok, failed), (3000, 0));
     let spread: Vec<u64> = client.endpoints().iter().map(|e| e.attempts()).collect();
+    assert_eq!(spread.len(), 3, "{spread:?}");
     assert!(
         spread.iter().all(|&n| n >= 300),
         "calls spread over all three: {spread:?}"
@@ -203,6 +211,7 @@ async fn kill_9_during_a_stream_of_idempotent_calls_fails_none() {
     assert_eq!((ok, failed), (20_000, 0));
     // The dead instance's ephemeral node goes with its session.
     wait_for_instances(&client, 2).await;
+    assert_not_listed(&client, &servers[0].addr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,4 +229,5 @@ async fn graceful_stop_during_a_stream_of_non_idempotent_calls_fails_none() {
     assert_eq!((ok, failed), (20_000, 0));
     // It deregistered before draining, so the list shrinks without waiting for a session.
     wait_for_instances(&client, 2).await;
+    assert_not_listed(&client, &servers[0].addr);
 }

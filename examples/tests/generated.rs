@@ -1,29 +1,37 @@
 //! The generated server traits, routers and clients, end to end over loopback.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use examples::proto::{
     BinaryOp, CalculatorClient, CalculatorServer, EchoClient, EchoRequest, EchoServer,
 };
 use examples::{CalculatorService, EchoService};
-use mprpc::{CallOptions, Code, Error};
+use mprpc::{CallOptions, Code, Context, Error, Server, ServerBuilder};
 
-async fn start() -> std::net::SocketAddr {
+async fn start() -> (std::net::SocketAddr, Server) {
+    start_with(|b| b).await
+}
+
+async fn start_with(
+    configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
+) -> (std::net::SocketAddr, Server) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let server = mprpc::Server::builder()
+    let builder = Server::builder()
         .add_service(EchoServer::new(EchoService))
-        .add_service(CalculatorServer::new(CalculatorService))
-        .build();
+        .add_service(CalculatorServer::new(CalculatorService));
+    let server = configure(builder).build();
+    let serving = server.clone();
     tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
-    addr
+    (addr, serving)
 }
 
 #[tokio::test]
 async fn two_services_share_one_server_and_one_client_connection() {
-    let addr = start().await;
+    let (addr, server) = start().await;
     let client = mprpc::Client::builder()
         .pool_size(1)
         .connect_lazy(addr.to_string());
@@ -50,11 +58,12 @@ async fn two_services_share_one_server_and_one_client_connection() {
             .value,
         -3
     );
+    assert_eq!(server.connections(), 1);
 }
 
 #[tokio::test]
 async fn handler_errors_arrive_as_typed_statuses() {
-    let addr = start().await;
+    let (addr, _server) = start().await;
     let calc = CalculatorClient::new(mprpc::Client::connect_lazy(addr.to_string()));
     let err = calc
         .divide(&BinaryOp { a: 1, b: 0 })
@@ -79,10 +88,22 @@ async fn handler_errors_arrive_as_typed_statuses() {
 
 #[tokio::test]
 async fn per_call_options_reach_the_generated_client() {
-    let addr = start().await;
+    // What the server saw of each call: its `trace-id` metadata and its remaining budget.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let (addr, _server) = start_with(|b| {
+        b.intercept(move |ctx: &mut Context| {
+            let trace = ctx.metadata("trace-id").map(str::to_owned);
+            record.lock().unwrap().push((trace, ctx.remaining()));
+            Ok(())
+        })
+    })
+    .await;
     let echo = EchoClient::new(mprpc::Client::connect_lazy(addr.to_string()));
+    // Shorter than the client's default timeout (30 s), so the server can tell them apart.
+    let timeout = Duration::from_secs(20);
     let options = CallOptions::new()
-        .timeout(Duration::from_secs(1))
+        .timeout(timeout)
         .metadata("trace-id", "t1");
     let reply = echo
         .echo_with(
@@ -94,6 +115,15 @@ async fn per_call_options_reach_the_generated_client() {
         .await
         .expect("echo");
     assert_eq!(reply.payload, "x");
+    let seen = seen.lock().unwrap().clone();
+    let [(trace, left)] = &seen[..] else {
+        panic!("one call seen: {seen:?}")
+    };
+    assert_eq!(trace.as_deref(), Some("t1"));
+    assert!(
+        left.is_some_and(|left| left > Duration::ZERO && left <= timeout),
+        "the server saw {left:?} left of a {timeout:?} budget"
+    );
     assert_eq!(EchoClient::NAME, "example.Echo");
     assert_eq!(<EchoServer<EchoService>>::NAME, "example.Echo");
 }
