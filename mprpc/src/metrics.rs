@@ -236,18 +236,25 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         // One slot: the second scrape can only be answered once the silent client is cut.
-        let limits = Limits::default()
-            .max_connections(1)
-            .timeout(Duration::from_millis(300));
+        // The timeout also bounds that scrape, so it is long enough for a loaded machine.
+        let timeout = Duration::from_secs(1);
+        let limits = Limits::default().max_connections(1).timeout(timeout);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve_with(listener, handle, limits, async move {
             let _ = stopped.await;
         }));
 
+        let began = tokio::time::Instant::now();
         let mut silent = TcpStream::connect(addr).await.expect("connect");
         let answered = tokio::time::timeout(Duration::from_secs(10), scrape(addr)).await;
         let response = answered.expect("the other scrape is answered");
         assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+        // The silent client, accepted first, held the one slot for its whole timeout.
+        assert!(
+            began.elapsed() >= timeout,
+            "answered after {:?}",
+            began.elapsed()
+        );
         let mut rest = Vec::new();
         let closed = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut rest));
         let read = closed.await.expect("the silent connection was closed");
@@ -270,9 +277,11 @@ mod tests {
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        // The timeout bounds each exchange: long enough for the full scrape below (render
+        // and write some 12 MiB) on a loaded machine.
         let limits = Limits::default()
             .max_connections(1)
-            .timeout(Duration::from_secs(1));
+            .timeout(Duration::from_secs(3));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve_with(
             listener,
@@ -294,7 +303,14 @@ mod tests {
             .expect("write");
         // The one slot frees up only when the stalled exchange is given up.
         let answered = tokio::time::timeout(Duration::from_secs(20), scrape(addr)).await;
-        let full = answered.expect("the next scrape is answered").len();
+        let response = answered.expect("the next scrape is answered");
+        let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.parse::<usize>().ok());
+        assert_eq!(length, Some(body.len()), "the next scrape is whole");
+        let full = response.len();
         let mut cut = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut cut));
         let _ = read.await.expect("the stalled connection was closed");
