@@ -183,6 +183,7 @@ impl Pick for P2cPicker {
 /// way and a key reaches the same instance from any process; adding or removing an instance
 /// moves only the keys of the arcs it gains or loses.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct ConsistentHash {
     /// Points per instance at weight 100 (default 160); scaled by weight.
     pub points_per_instance: u32,
@@ -200,6 +201,15 @@ struct RingPicker {
     endpoints: Arc<[Arc<Endpoint>]>,
     /// (point, endpoint index), sorted by point.
     ring: Vec<(u64, usize)>,
+}
+
+impl ConsistentHash {
+    /// A ring with `points` points per instance at weight 100.
+    pub fn with_points(points: u32) -> ConsistentHash {
+        ConsistentHash {
+            points_per_instance: points.max(1),
+        }
+    }
 }
 
 impl Balance for ConsistentHash {

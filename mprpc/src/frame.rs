@@ -382,6 +382,74 @@ pub fn encode_with(
     Ok(())
 }
 
+/// A request frame whose body is encoded first and whose header is written in front of it
+/// last, so that the request id (assigned when the frame is queued, in queue order) costs
+/// no second copy of the body.
+#[derive(Debug)]
+pub(crate) struct Deferred {
+    header: Header,
+    /// The header's encoded length without its request id.
+    header_len: usize,
+    buf: BytesMut,
+    /// Bytes left in front of the body for the prefix and the longest header.
+    room: usize,
+}
+
+impl Deferred {
+    /// Encodes `body` behind room for `header` with any request id.
+    ///
+    /// # Errors
+    /// As [`encode_with`], judged with the longest request id.
+    pub(crate) fn new(
+        mut header: Header,
+        body: &impl prost::Message,
+        max_frame: usize,
+    ) -> Result<Deferred, FrameError> {
+        header.request_id = 0;
+        let header_len = header.encoded_len();
+        let longest = header_len + varint_field_len(2, u64::MAX);
+        if longest > usize::from(u16::MAX) {
+            return Err(FrameError::Malformed("header longer than 64 KiB"));
+        }
+        let body_len = body.encoded_len();
+        let len = PREFIX_LEN - 4 + longest + body_len;
+        if len > max_frame {
+            return Err(FrameError::TooLarge {
+                len,
+                max: max_frame,
+            });
+        }
+        let room = PREFIX_LEN + longest;
+        let mut buf = BytesMut::with_capacity(room + body_len);
+        buf.resize(room, 0);
+        body.encode_raw(&mut buf);
+        Ok(Deferred {
+            header,
+            header_len,
+            buf,
+            room,
+        })
+    }
+
+    /// Writes the prefix and the header with `request_id` in front of the body and returns
+    /// the frame.
+    pub(crate) fn finish(mut self, request_id: u64) -> Bytes {
+        self.header.request_id = request_id;
+        let header_len = self.header_len + varint_field_len(2, request_id);
+        let start = self.room - PREFIX_LEN - header_len;
+        let body_len = self.buf.len() - self.room;
+        let mut front = &mut self.buf[start..self.room];
+        front.put_u32((PREFIX_LEN - 4 + header_len + body_len) as u32);
+        front.put_slice(&MAGIC);
+        front.put_u8(VERSION);
+        front.put_u8(0);
+        front.put_u16(header_len as u16);
+        self.header.encode_raw(&mut front);
+        self.buf.advance(start);
+        self.buf.freeze()
+    }
+}
+
 /// Appends a frame whose body is a protobuf message.
 ///
 /// # Errors
@@ -587,6 +655,28 @@ mod tests {
             0, 0, 0, 0x0E, 0x4D, 0x50, 1, 0, 0, 4, 0x08, 2, 0x10, 1, 0x0A, 0x02, b'h', b'i',
         ];
         assert_eq!(&response[..], &expected[..]);
+    }
+
+    #[test]
+    fn a_deferred_header_yields_the_same_frame() {
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct Payload {
+            #[prost(bytes = "vec", tag = "1")]
+            data: Vec<u8>,
+        }
+        let body = Payload {
+            data: b"hello".to_vec(),
+        };
+        let mut header = request();
+        for id in [1, 300, 1 << 40, u64::MAX] {
+            header.request_id = id;
+            let mut direct = BytesMut::new();
+            encode_message(&mut direct, &header, &body, DEFAULT_MAX_FRAME).unwrap();
+            let deferred = Deferred::new(header.clone(), &body, DEFAULT_MAX_FRAME).unwrap();
+            assert_eq!(&deferred.finish(id)[..], &direct[..], "id {id}");
+        }
+        let too_big = Deferred::new(header, &body, 20);
+        assert!(matches!(too_big, Err(FrameError::TooLarge { .. })));
     }
 
     #[test]

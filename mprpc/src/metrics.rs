@@ -50,6 +50,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
 
 /// Bounds on the clients of the metrics endpoint ([`serve_with`]).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Limits {
     /// Scrapes served at once (default 64). Further connections are not accepted until one
     /// ends: they wait in the listener's backlog, as with the RPC server's

@@ -3,10 +3,10 @@
 //! load cost one `write` between them; and a reader that drains everything the socket has
 //! before parsing.
 //!
-//! Neither holds a buffer while its connection is idle: the reader waits for readability
-//! before it allocates, and the writer lets its buffer go when its queue runs dry, so that
-//! thousands of quiet connections cost little memory and a closed wave of them leaves none
-//! behind.
+//! Neither holds more than a small buffer (4 KiB) while its connection is quiet: the reader
+//! lets a grown buffer go when the socket runs dry and waits for readability before it
+//! allocates again, and the writer does the same when its queue runs dry. A busy connection
+//! reuses its buffers instead of allocating per batch.
 
 use std::future::Future;
 
@@ -22,19 +22,17 @@ use crate::status::{Code, Status};
 const BATCH_BYTES: usize = 64 * 1024;
 /// Frames taken from the queue per wake-up.
 const BATCH_FRAMES: usize = 256;
+/// Write buffer a connection keeps between batches: enough for the batches of a connection
+/// busy with small calls, so that they reuse it rather than allocate per batch.
+const KEEP_BYTES: usize = 4 * 1024;
+/// Room for frames the writer keeps between batches, for the same reason.
+const KEEP_FRAMES: usize = 32;
 
 /// A frame waiting for the writer.
 #[derive(Debug)]
 pub(crate) enum Outbound {
-    /// A call (client). The writer encodes it, so ids leave in the order they were queued.
-    Request {
-        request_id: u64,
-        service: &'static str,
-        method: &'static str,
-        timeout_us: u64,
-        metadata: Vec<(Text, Text)>,
-        body: Bytes,
-    },
+    /// A frame encoded by its sender (client requests).
+    Encoded(Bytes),
     /// The outcome of a call (server).
     Response {
         request_id: u64,
@@ -72,34 +70,14 @@ impl Outbound {
                 result: Err(status),
                 ..
             } => status.message().len(),
-            Outbound::Request { body, .. } => body.len(),
+            Outbound::Encoded(frame) => frame.len(),
             Outbound::Control { .. } | Outbound::Close => 0,
         }
     }
 
     fn encode(self, dst: &mut BytesMut, max_frame: usize) {
         let (request_id, result) = match self {
-            Outbound::Request {
-                request_id,
-                service,
-                method,
-                timeout_us,
-                metadata,
-                body,
-            } => {
-                let header = Header {
-                    kind: Kind::Request,
-                    request_id,
-                    service: Text::from_static(service),
-                    method: Text::from_static(method),
-                    timeout_us,
-                    metadata,
-                    ..Header::default()
-                };
-                // The caller checked the size against the same cap before queueing.
-                let _ = frame::encode_raw(dst, &header, &body, max_frame);
-                return;
-            }
+            Outbound::Encoded(frame) => return dst.extend_from_slice(&frame),
             Outbound::Control {
                 kind,
                 request_id,
@@ -192,10 +170,12 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
         io.write_all(&buf).await?;
         released(weight);
         buf.clear();
-        if rx.is_empty() || buf.capacity() > 4 * BATCH_BYTES {
-            // An idle connection keeps no buffer, and one huge frame does not pin its
-            // buffer for the life of the connection.
+        if buf.capacity() > KEEP_BYTES && (rx.is_empty() || buf.capacity() > 4 * BATCH_BYTES) {
+            // A connection going quiet keeps at most a small buffer, and one huge frame does
+            // not pin its buffer for the life of the connection.
             buf = BytesMut::new();
+        }
+        if batch.capacity() > KEEP_FRAMES && rx.is_empty() {
             batch = Vec::new();
         }
     }
@@ -206,11 +186,18 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
 pub(crate) trait Readable: AsyncRead + Unpin {
     /// Completes when a read would not block (or would fail).
     fn ready(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+
+    /// Reads what is there without waiting; `WouldBlock` when nothing is.
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize>;
 }
 
 impl Readable for tokio::net::tcp::OwnedReadHalf {
     fn ready(&mut self) -> impl Future<Output = std::io::Result<()>> + Send {
         self.readable()
+    }
+
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        tokio::net::tcp::OwnedReadHalf::try_read_buf(self, buf)
     }
 }
 
@@ -250,8 +237,22 @@ impl<R: Readable> FrameReader<R> {
                 Err(err) => return Some(Err(err)),
             }
             if self.buf.is_empty() {
-                // Frames already handed out keep their own share of the old allocation.
-                self.buf = BytesMut::new();
+                // Under load more data is usually waiting: read it into the room left in
+                // the buffer. Only when the socket is dry may the buffer be let go (frames
+                // already handed out keep their share), to wait without holding much.
+                if self.buf.capacity() >= READ_MIN {
+                    match self.io.try_read_buf(&mut self.buf) {
+                        Ok(0) => return None,
+                        Ok(_) => continue,
+                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(err) => return Some(Err(err.into())),
+                    }
+                }
+                // A quiet connection keeps its small buffer (it would allocate one per
+                // request otherwise); a large one is let go while the socket is dry.
+                if self.read_size > READ_MIN || self.buf.capacity() > READ_MIN {
+                    self.buf = BytesMut::new();
+                }
                 if let Err(err) = self.io.ready().await {
                     return Some(Err(err.into()));
                 }
@@ -320,6 +321,10 @@ mod tests {
     impl Readable for Reads {
         async fn ready(&mut self) -> std::io::Result<()> {
             Ok(())
+        }
+
+        fn try_read_buf(&mut self, _: &mut BytesMut) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::WouldBlock.into())
         }
     }
 

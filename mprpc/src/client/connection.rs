@@ -15,7 +15,7 @@ use tracing::debug;
 
 use crate::client::Method;
 use crate::error::Error;
-use crate::frame::{self, Frame, Header, Kind, Text};
+use crate::frame::{Deferred, Frame, Header, Kind, Text};
 use crate::transport::{self, FrameReader, Outbound};
 
 const WRITE_QUEUE: usize = 1024;
@@ -129,31 +129,23 @@ impl Connection {
         metadata: Vec<(Text, Text)>,
         body: &impl prost::Message,
     ) -> Result<Frame, Error> {
-        let body = crate::service::encode_response(body);
-        // The size is checked here, where the caller can be told, rather than in the writer.
+        let permit = self
+            .tx
+            .reserve()
+            .await
+            .map_err(|_| Error::Unavailable("connection closed before the request was sent"))?;
         let header = Header {
             kind: Kind::Request,
-            request_id: u64::MAX,
             service: Text::from_static(method.service),
             method: Text::from_static(method.name),
             timeout_us,
             metadata,
             ..Header::default()
         };
-        let header_len = header.encoded_len();
-        let metadata = header.metadata;
-        let len = frame::PREFIX_LEN - 4 + header_len + body.len();
-        if len > self.max_frame || header_len > usize::from(u16::MAX) {
-            return Err(Error::TooLarge(frame::FrameError::TooLarge {
-                len,
-                max: self.max_frame,
-            }));
-        }
-        let permit = self
-            .tx
-            .reserve()
-            .await
-            .map_err(|_| Error::Unavailable("connection closed before the request was sent"))?;
+        // Encoded outside the lock, with room in front for the header; the id is written
+        // there when the frame is queued. (After the wait for queue room, so that the
+        // encoded frame is not part of the waiting future.)
+        let frame = Deferred::new(header, body, self.max_frame).map_err(Error::TooLarge)?;
         let (waiter, response) = oneshot::channel();
         let id = {
             let mut pending = self.shared.pending.lock();
@@ -166,14 +158,7 @@ impl Connection {
             pending.last_id += 1;
             let id = pending.last_id;
             pending.waiters.insert(id, waiter);
-            permit.send(Outbound::Request {
-                request_id: id,
-                service: method.service,
-                method: method.name,
-                timeout_us,
-                metadata,
-                body,
-            });
+            permit.send(Outbound::Encoded(frame.finish(id)));
             id
         };
         let guard = CancelOnDrop { conn: self, id };

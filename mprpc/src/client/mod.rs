@@ -22,13 +22,14 @@ mod options;
 mod pool;
 mod retry;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, debug_span};
+use tracing::debug;
 
 use crate::backoff::Backoff;
 use crate::balance::{Balance, P2c, Pick, PickContext};
@@ -488,20 +489,23 @@ impl Client {
         let deadline = options.deadline_from(Instant::now(), self.inner.config.timeout);
         let metadata = self.metadata(method, options)?;
         let call = self.attempts(method, request, options, &metadata, deadline);
-        let span = debug_span!("rpc.client", service = method.service, method = method.name);
-        let call = async move {
-            match deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, call)
-                    .await
-                    .unwrap_or(Err(Error::DeadlineExceeded)),
-                None => call.await,
-            }
-        };
-        call.instrument(span).await
+        match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, call)
+                .await
+                .unwrap_or(Err(Error::DeadlineExceeded)),
+            None => call.await,
+        }
     }
 
     /// The call's metadata: its options' entries, then what the interceptors add.
-    fn metadata(&self, method: &Method, options: &CallOptions) -> Result<Vec<(Text, Text)>, Error> {
+    fn metadata<'a>(
+        &self,
+        method: &Method,
+        options: &'a CallOptions,
+    ) -> Result<Cow<'a, [(Text, Text)]>, Error> {
+        if self.inner.interceptors.is_empty() {
+            return Ok(Cow::Borrowed(&options.metadata));
+        }
         let mut metadata = options.metadata.clone();
         for interceptor in self.inner.interceptors.iter() {
             let mut call = Outgoing {
@@ -510,7 +514,7 @@ impl Client {
             };
             interceptor.intercept(&mut call)?;
         }
-        Ok(metadata)
+        Ok(Cow::Owned(metadata))
     }
 
     async fn attempts<Req, Resp>(

@@ -181,8 +181,7 @@ pub(super) async fn serve(
             if bytes == 0 {
                 return;
             }
-            shared.queued.fetch_sub(bytes, Ordering::Relaxed);
-            let before = queued.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            let before = uncount(&queued, &shared, bytes);
             if before > queued.cap && before - bytes <= queued.cap {
                 queued.drained.notify_one();
             }
@@ -222,6 +221,12 @@ pub(super) async fn serve(
     let timer = tokio::time::sleep_until(first.unwrap_or_else(Instant::now));
     tokio::pin!(timer);
     let timed = first.is_some();
+    // Made once: a cancellation future registers its waiter on first poll and keeps it,
+    // where one made per loop turn would take the token's lock twice per frame.
+    let stopping = shutdown.cancelled();
+    let evict = conn.slot.evict.clone();
+    let evicted = evict.cancelled();
+    tokio::pin!(stopping, evicted);
     let close = loop {
         let paused = conn.calls.len() >= limit || conn.queued.is_full();
         tokio::select! {
@@ -232,11 +237,11 @@ pub(super) async fn serve(
                 }
                 conn.slot.calls.store(conn.calls.len(), Ordering::Relaxed);
             }
-            _ = shutdown.cancelled(), if !conn.draining => {
+            () = &mut stopping, if !conn.draining => {
                 conn.go_away(Code::Ok, "server shutting down").await;
                 timer.as_mut().reset(clock.linger(Instant::now()));
             }
-            _ = conn.slot.evict.cancelled() => {
+            () = &mut evicted => {
                 debug!(%peer, "evicted at the connection limit");
                 conn.go_away(Code::Ok, "idle connection closed at the connection limit").await;
                 break Close::Done;
@@ -301,14 +306,16 @@ impl Connection {
     /// Handles one frame; `Err` names the protocol rule it broke.
     async fn handle(&mut self, frame: Frame) -> Result<(), &'static str> {
         let header = &frame.header;
-        self.slot.touch();
+        // One clock read per frame, shared by the eviction record and the call's latency.
+        let now = Instant::now();
+        self.slot.touch(now);
         match header.kind {
             Kind::Request => {
                 if header.request_id <= self.last_request_id {
                     return Err("request ids must be non-zero and increase on a connection");
                 }
                 self.last_request_id = header.request_id;
-                self.start_call(frame).await;
+                self.start_call(frame, now).await;
             }
             Kind::Cancel => {
                 // Unknown or finished ids are fine: the response may have crossed the cancel.
@@ -327,10 +334,9 @@ impl Connection {
         Ok(())
     }
 
-    async fn start_call(&mut self, frame: Frame) {
+    async fn start_call(&mut self, frame: Frame, received: Instant) {
         let Frame { header, body } = frame;
         let id = header.request_id;
-        let received = Instant::now();
         let deadline = (header.timeout_us > 0)
             .then(|| received.checked_add(Duration::from_micros(header.timeout_us)))
             .flatten();
@@ -399,15 +405,39 @@ impl Connection {
     }
 }
 
+/// The server-wide count of queued bytes moves in steps of this many bytes, when a
+/// connection's own count crosses a multiple of it: small responses then touch only their
+/// connection's counter, and the server-wide one is off by less than a step per connection.
+const GRAIN: usize = 4 * 1024;
+
+/// Counts `bytes` more queued on `queued` and, by whole steps, on the server.
+fn count(queued: &Queued, shared: &Shared, bytes: usize) {
+    let before = queued.bytes.fetch_add(bytes, Ordering::Relaxed);
+    let grains = (before + bytes) / GRAIN - before / GRAIN;
+    if grains > 0 {
+        shared.queued.fetch_add(grains * GRAIN, Ordering::Relaxed);
+    }
+}
+
 async fn queue(tx: &mpsc::Sender<Outbound>, queued: &Queued, shared: &Shared, out: Outbound) {
     let weight = out.weight();
-    queued.bytes.fetch_add(weight, Ordering::Relaxed);
-    shared.queued.fetch_add(weight, Ordering::Relaxed);
-    if tx.send(out).await.is_err() {
-        // The writer is gone and will never release these.
-        queued.bytes.fetch_sub(weight, Ordering::Relaxed);
-        shared.queued.fetch_sub(weight, Ordering::Relaxed);
+    count(queued, shared, weight);
+    if let Err(mpsc::error::SendError(out)) = tx.send(out).await {
+        // The writer is gone and will never release these; drop them as it would have.
+        drop(out);
+        uncount(queued, shared, weight);
     }
+}
+
+/// Counts `bytes` fewer queued, the reverse of [`count`]; returns the connection's count
+/// before.
+fn uncount(queued: &Queued, shared: &Shared, bytes: usize) -> usize {
+    let before = queued.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    let grains = before / GRAIN - (before - bytes) / GRAIN;
+    if grains > 0 {
+        shared.queued.fetch_sub(grains * GRAIN, Ordering::Relaxed);
+    }
+    before
 }
 
 /// Runs a call that did not finish on its first poll and queues its result.

@@ -359,8 +359,8 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
+    fn touch(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
         self.last_active.store(ms, Ordering::Relaxed);
     }
 }
@@ -379,7 +379,7 @@ impl Shared {
             evict: CancellationToken::new(),
             epoch: self.epoch,
         });
-        slot.touch();
+        slot.touch(Instant::now());
         let open = {
             let mut slots = self.slots.lock();
             slots.insert(id, slot.clone());

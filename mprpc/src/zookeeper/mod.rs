@@ -82,6 +82,7 @@ use session::{Core, Link, Session, Supervisor, Task};
 
 /// ZooKeeper settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ZkConfig {
     /// Path under which every node lives (default `/mprpc`).
     pub root: String,
