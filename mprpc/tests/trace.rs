@@ -49,9 +49,9 @@ async fn a_nested_call_carries_the_deadline_and_trace_id_to_the_next_hop() {
         })
         .build();
     let client = Client::in_process(&front);
-    // Shorter than the default timeout of the relay's own client (10 s), which bounds the
-    // nested call too: a next hop that saw no more than this saw the caller's budget.
-    let timeout = Duration::from_secs(5);
+    // Longer than the default timeout of the relay's own client (10 s): the caller's
+    // deadline passes on whole, not capped by the next client's default.
+    let timeout = Duration::from_secs(20);
     let options = CallOptions::new().timeout(timeout).trace_id("trace-abc");
     let sent = tokio::time::Instant::now();
     let left: Num = client

@@ -41,7 +41,9 @@ impl CallOptions {
     }
 
     /// Ends the call at `deadline` at the latest, e.g. a handler's own
-    /// [`Context::deadline`](crate::Context::deadline).
+    /// [`Context::deadline`](crate::Context::deadline). A call with a deadline is not also
+    /// bounded by the client's default timeout (an explicit [`CallOptions::timeout`] still
+    /// applies: the earlier wins).
     pub fn deadline(mut self, deadline: Instant) -> Self {
         self.deadline = Some(deadline);
         self
@@ -73,9 +75,16 @@ impl CallOptions {
     }
 
     /// The deadline of a call started at `now`: the earlier of the explicit deadline and
-    /// the timeout (else `default`); a deadline too far to represent is none.
+    /// the explicit timeout; the client's `default` timeout only when the call sets
+    /// neither, so that a deadline passed on from a caller is kept as it is. A deadline too
+    /// far to represent is none.
     pub(crate) fn deadline_from(&self, now: Instant, default: Option<Duration>) -> Option<Instant> {
-        let by_timeout = self.timeout.or(default).and_then(|t| now.checked_add(t));
+        let timeout = match (self.timeout, self.deadline) {
+            (Some(timeout), _) => Some(timeout),
+            (None, Some(_)) => None,
+            (None, None) => default,
+        };
+        let by_timeout = timeout.and_then(|t| now.checked_add(t));
         match (self.deadline, by_timeout) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -136,6 +145,31 @@ mod tests {
         );
         assert_eq!(options.metadata.len(), 1);
         assert_eq!(options.metadata[0].1.as_str(), "t-42");
+
+        // A budget longer than the client's default passes on whole.
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let far = Instant::now() + Duration::from_secs(20);
+        let options = CallOptions::from(&Context::new(peer).with_deadline(far));
+        let now = Instant::now();
+        assert_eq!(
+            options.deadline_from(now, Some(Duration::from_secs(10))),
+            Some(far)
+        );
+        // Without a deadline from the caller, the client's default applies.
+        let options = CallOptions::from(&Context::new(peer));
+        let default = Duration::from_secs(10);
+        assert_eq!(
+            options.deadline_from(now, Some(default)),
+            Some(now + default)
+        );
+        // An explicit timeout still caps a longer deadline.
+        let options = CallOptions::new()
+            .deadline(far)
+            .timeout(Duration::from_secs(1));
+        assert_eq!(
+            options.deadline_from(now, Some(default)),
+            Some(now + Duration::from_secs(1))
+        );
     }
 
     #[tokio::test(start_paused = true)]
