@@ -22,6 +22,16 @@ async fn stingy_connection(addr: std::net::SocketAddr) -> TcpStream {
     socket.connect(addr).await.expect("connect")
 }
 
+/// Sends requests 1..=`calls` for responses of `body` bytes each, reading none.
+async fn ask_for_big_responses(stream: &mut TcpStream, calls: u64, body: usize) {
+    for id in 1..=calls {
+        stream
+            .write_all(&request(id, "Big", &num(body as u64)))
+            .await
+            .expect("write");
+    }
+}
+
 /// Reads `n` response frames and checks each is OK with a body of `len` bytes.
 async fn read_responses(stream: &mut TcpStream, n: usize, len: usize) {
     let mut codec = Codec::default();
@@ -69,12 +79,7 @@ async fn a_peer_that_does_not_read_stops_being_read() {
     let server = start_server_with(|b| b.max_queued_bytes(64 * 1024, usize::MAX)).await;
     let mut stream = stingy_connection(server.addr).await;
     // 64 MB of responses asked for, none read.
-    for id in 1..=CALLS {
-        stream
-            .write_all(&request(id, "Big", &num(BODY as u64)))
-            .await
-            .expect("write");
-    }
+    ask_for_big_responses(&mut stream, CALLS, BODY).await;
     let counters = server.probe.counters.clone();
     let started = settled(|| counters.started.load(Ordering::SeqCst)).await;
     assert!(
@@ -95,12 +100,7 @@ async fn past_the_server_wide_bound_new_calls_are_shed_and_nothing_queued_is_los
     const BODY: usize = 64 * 1024;
     let server = start_server_with(|b| b.max_queued_bytes(usize::MAX, 1024 * 1024)).await;
     let mut stream = stingy_connection(server.addr).await;
-    for id in 1..=CALLS {
-        stream
-            .write_all(&request(id, "Big", &num(BODY as u64)))
-            .await
-            .expect("write");
-    }
+    ask_for_big_responses(&mut stream, CALLS, BODY).await;
     // Once more than 1 MiB waits unwritten, another client's calls are refused without
     // running, retry-safe.
     let client = server.client();
