@@ -8,4 +8,7 @@ cd "$root"
 # Only what the tests use: today that is ZooKeeper alone. Add mariadb and/or
 # redis to this line when tests start talking to them.
 "$root/scripts/services.sh" up zookeeper
+# examples/tests/connections.rs holds 10 000 connections open (a process each side): raise
+# the soft limit on open files as far as the hard limit allows.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo test --workspace --locked "$@"

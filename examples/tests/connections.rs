@@ -103,8 +103,25 @@ async fn open(addr: &str, n: usize) -> Vec<TcpStream> {
     streams
 }
 
+/// The soft limit on open files of this process, from `/proc/self/limits`.
+fn open_files_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|soft| soft.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_connections_do_not_lock_out_a_new_client() {
+    let limit = open_files_limit();
+    assert!(
+        limit >= 12_500,
+        "this test holds 10 000 connections (plus the other test's 2 000) but may open only \
+         {limit} files: run it through scripts/test.sh, or raise `ulimit -n`"
+    );
     let server = Server::start();
     let base = server.descriptors();
     let first = Instant::now();
