@@ -269,7 +269,7 @@ async fn registrations_come_and_go() {
     assert_eq!(ls(&raw, &dir).await, ["10.0.0.1_7003"]);
     let refused = servers[1].register(SERVICE, instance(7004)).await;
     assert!(
-        matches!(&refused, Err(DiscoveryError::Backend(why)) if why.contains("closed")),
+        matches!(&refused, Err(DiscoveryError::Backend { context, .. }) if context.contains("closed")),
         "a closed handle registers nothing: {:?}",
         refused.map(|_| ())
     );

@@ -101,11 +101,38 @@ pub type Instances = Arc<[Instance]>;
 #[non_exhaustive]
 pub enum DiscoveryError {
     /// The discovery backend failed or cannot be reached.
-    #[error("discovery backend failed: {0}")]
-    Backend(String),
+    #[error("discovery backend failed: {context}")]
+    Backend {
+        /// What was being done, and why it ended.
+        context: String,
+        /// The backend's own error, when it gave one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// A registry URL or an instance record is malformed.
     #[error("invalid discovery data: {0}")]
     Invalid(String),
+}
+
+impl DiscoveryError {
+    /// A backend failure described by `context` alone.
+    pub fn backend(context: impl Into<String>) -> DiscoveryError {
+        DiscoveryError::Backend {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// A backend failure while doing `context`, caused by `source`.
+    pub fn backend_caused(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> DiscoveryError {
+        DiscoveryError::Backend {
+            context: context.into(),
+            source: Some(Box::new(source)),
+        }
+    }
 }
 
 /// A source of instance lists.
@@ -222,6 +249,19 @@ impl Discover for Static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backend_error_keeps_its_cause() {
+        let cause = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = DiscoveryError::backend_caused("connect to ZooKeeper at zk1:2181", cause);
+        assert_eq!(
+            err.to_string(),
+            "discovery backend failed: connect to ZooKeeper at zk1:2181"
+        );
+        let source = std::error::Error::source(&err).expect("the cause is kept");
+        assert_eq!(source.to_string(), "refused");
+        assert!(std::error::Error::source(&DiscoveryError::backend("closed")).is_none());
+    }
 
     #[test]
     fn instances_at_one_address_get_different_ids() {

@@ -92,7 +92,7 @@ impl ZooKeeper {
                 _task: task,
             }),
             _ if self.core().closed.is_cancelled() => Err(closed()),
-            _ => Err(DiscoveryError::Backend(format!(
+            _ => Err(DiscoveryError::backend(format!(
                 "config {name}: not read within {timeout:?}"
             ))),
         }

@@ -81,7 +81,7 @@ impl Discover for ZooKeeper {
                 Load::Pending(Some(err)) => format!(" ({err})"),
                 _ => String::new(),
             };
-            Err(DiscoveryError::Backend(format!(
+            Err(DiscoveryError::backend(format!(
                 "no instance list for {service} within {timeout:?}{cause}"
             )))
         })

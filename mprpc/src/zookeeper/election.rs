@@ -81,7 +81,7 @@ impl ZooKeeper {
         match tokio::time::timeout(timeout, joined_rx.wait_for(|joined| *joined)).await {
             Ok(Ok(_)) => Ok(election),
             _ if self.core().closed.is_cancelled() => Err(closed()),
-            _ => Err(DiscoveryError::Backend(format!(
+            _ => Err(DiscoveryError::backend(format!(
                 "election {name}: could not join within {timeout:?}"
             ))),
         }

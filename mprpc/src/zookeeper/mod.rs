@@ -215,7 +215,7 @@ impl ZooKeeper {
         let client = session::connect(hosts, config.session_timeout, config.connect_timeout)
             .await
             .map_err(|err| {
-                DiscoveryError::Backend(format!("connect to ZooKeeper at {hosts}: {err}"))
+                DiscoveryError::backend_caused(format!("connect to ZooKeeper at {hosts}"), err)
             })?;
         info!(hosts, session = %client.session_id(), timeout = ?client.session_timeout(), "ZooKeeper session opened");
         // Published before the supervisor runs, so that the handle reports its session at once.

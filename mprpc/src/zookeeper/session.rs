@@ -161,10 +161,16 @@ impl Core {
         };
         match tokio::time::timeout(self.timeout, attempts).await {
             Ok(result) => result,
-            Err(_) => Err(DiscoveryError::Backend(match last {
-                Some(err) => format!("{what}: no answer within {:?} ({err})", self.timeout),
-                None => format!("{what}: no ZooKeeper session within {:?}", self.timeout),
-            })),
+            Err(_) => Err(match last {
+                Some(err) => DiscoveryError::backend_caused(
+                    format!("{what}: no answer within {:?}", self.timeout),
+                    err,
+                ),
+                None => DiscoveryError::backend(format!(
+                    "{what}: no ZooKeeper session within {:?}",
+                    self.timeout
+                )),
+            }),
         }
     }
 
@@ -256,11 +262,11 @@ pub(super) fn session_error(event: &zk::WatchedEvent) -> zk::Error {
 }
 
 pub(super) fn backend(what: &str, err: &zk::Error) -> DiscoveryError {
-    DiscoveryError::Backend(format!("{what}: {err}"))
+    DiscoveryError::backend_caused(what, err.clone())
 }
 
 pub(super) fn closed() -> DiscoveryError {
-    DiscoveryError::Backend("ZooKeeper handle closed".to_owned())
+    DiscoveryError::backend("ZooKeeper handle closed")
 }
 
 /// Retry delays: 100 ms doubling up to 2 s. Short, because what waits behind them is a
