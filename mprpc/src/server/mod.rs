@@ -579,15 +579,36 @@ async fn serve_connection(
 ) {
     let (id, slot) = shared.open_slot();
     shared.gauges.connections.increment(1.0);
-    connection::serve(stream, peer, shared.clone(), slot, token).await;
-    shared.gauges.connections.decrement(1.0);
-    let open = {
-        let mut slots = shared.slots.lock();
-        slots.remove(&id);
-        slots.len()
+    let open = Open {
+        shared: shared.clone(),
+        id,
+        _permit: permit,
     };
-    drop(permit);
-    shared.trim.closed(open, shared.epoch);
+    connection::serve(stream, peer, shared, slot, token).await;
+    drop(open);
+}
+
+/// One open connection's place: its slot, its count in the gauge and its permit, given back
+/// however the connection ends (a bug that panicked its task included).
+struct Open {
+    shared: Arc<Shared>,
+    id: u64,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        shared.gauges.connections.decrement(1.0);
+        let open = {
+            let mut slots = shared.slots.lock();
+            slots.remove(&self.id);
+            slots.len()
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            shared.trim.closed(open, shared.epoch);
+        }
+    }
 }
 
 /// Why [`Server::serve_registered`] stopped.
