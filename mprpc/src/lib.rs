@@ -58,6 +58,7 @@ mod client;
 pub mod discovery;
 pub mod error;
 pub mod frame;
+mod hash;
 pub mod health;
 pub mod interceptor;
 pub mod memory;

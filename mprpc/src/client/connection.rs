@@ -1,7 +1,6 @@
 //! One client connection: many calls in flight at once, matched to their responses by
 //! request id.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
@@ -15,6 +14,7 @@ use tracing::debug;
 
 use crate::client::Method;
 use crate::error::Error;
+use crate::hash::FastMap;
 use crate::frame::{Deferred, Frame, Header, Kind, Text};
 use crate::transport::{self, FrameReader, Outbound};
 
@@ -30,7 +30,7 @@ type Waiter = oneshot::Sender<Result<Frame, Error>>;
 /// Calls waiting for a response, and the next request id.
 #[derive(Default)]
 struct Pending {
-    waiters: HashMap<u64, Waiter>,
+    waiters: FastMap<u64, Waiter>,
     last_id: u64,
 }
 

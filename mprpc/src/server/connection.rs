@@ -1,7 +1,6 @@
 //! One accepted connection: reads requests, starts calls, answers cancels and pings,
 //! enforces the protocol and the connection's limits, and drains on shutdown.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,6 +18,7 @@ use tracing::{debug, warn};
 use super::call::{Incoming, Running};
 use super::{Shared, Slot};
 use crate::frame::{Frame, FrameError, Kind};
+use crate::hash::FastMap;
 use crate::status::{Code, Status};
 use crate::transport::{self, FrameReader, Outbound};
 
@@ -140,7 +140,7 @@ struct Connection {
     calls: JoinSet<u64>,
     /// Calls in flight by request id, for cancel. Owned by the read loop alone, so it
     /// needs no lock.
-    in_flight: HashMap<u64, AbortHandle>,
+    in_flight: FastMap<u64, AbortHandle>,
     /// Highest request id received; requests must come in increasing order.
     last_request_id: u64,
     draining: bool,
@@ -204,7 +204,7 @@ pub(super) async fn serve(
         queued,
         slot,
         calls: JoinSet::new(),
-        in_flight: HashMap::new(),
+        in_flight: FastMap::default(),
         last_request_id: 0,
         draining: false,
     };

@@ -44,6 +44,7 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::discovery::{DiscoveryError, Instance, Register};
 use crate::frame::{DEFAULT_MAX_FRAME, Header, Kind, Text};
+use crate::hash::FastMap;
 use crate::health::{Health, HealthServer};
 use crate::interceptor::Interceptor;
 use crate::metrics::{MethodMetrics, ServerGauges};
@@ -226,7 +227,7 @@ impl ServerBuilder {
 /// A service and the metrics of its methods.
 struct Route {
     service: Arc<dyn Service>,
-    methods: HashMap<&'static str, Arc<MethodMetrics>>,
+    methods: FastMap<&'static str, Arc<MethodMetrics>>,
     other: Arc<MethodMetrics>,
 }
 
@@ -251,7 +252,7 @@ impl Route {
 
 /// What every connection of a server shares.
 pub(crate) struct Shared {
-    routes: HashMap<&'static str, Route>,
+    routes: FastMap<&'static str, Route>,
     interceptors: Box<[Arc<dyn Interceptor>]>,
     in_flight: Arc<Semaphore>,
     config: Config,
