@@ -246,6 +246,11 @@ impl Header {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         put_varint_field(buf, 1, self.kind as u64);
         put_varint_field(buf, 2, self.request_id);
+        self.encode_after_id(buf);
+    }
+
+    /// The fields after `kind` and `request_id`, in field order.
+    fn encode_after_id(&self, buf: &mut impl BufMut) {
         put_text_field(buf, 3, &self.service.0);
         put_text_field(buf, 4, &self.method.0);
         put_varint_field(buf, 5, self.timeout_us);
@@ -382,32 +387,38 @@ pub fn encode_with(
     Ok(())
 }
 
-/// A request frame whose body is encoded first and whose header is written in front of it
-/// last, so that the request id (assigned when the frame is queued, in queue order) costs
-/// no second copy of the body.
+/// A request frame encoded before its request id is known: the body and every header
+/// field after the id are written first, with room in front; [`Deferred::finish`] writes
+/// the prefix, `kind` and the id there. The client assigns ids when it queues a frame (so
+/// they reach the wire in increasing order), under a lock that then covers a few bytes of
+/// writing rather than the encoding of the frame.
 #[derive(Debug)]
 pub(crate) struct Deferred {
-    header: Header,
-    /// The header's encoded length without its request id.
-    header_len: usize,
+    kind: Kind,
+    /// Encoded length of the header fields after the id.
+    rest_len: usize,
     buf: BytesMut,
-    /// Bytes left in front of the body for the prefix and the longest header.
+    /// Bytes left in front of the encoded fields for the prefix, `kind` and the id.
     room: usize,
 }
 
+/// Most bytes `kind` and `request_id` take: two keys, a one-byte kind, a 10-byte varint.
+const KIND_AND_ID_MAX: usize = 2 + 1 + 10;
+
 impl Deferred {
-    /// Encodes `body` behind room for `header` with any request id.
+    /// Encodes `body` and the fields of `header` after its request id.
     ///
     /// # Errors
     /// As [`encode_with`], judged with the longest request id.
     pub(crate) fn new(
-        mut header: Header,
+        header: &Header,
         body: &impl prost::Message,
         max_frame: usize,
     ) -> Result<Deferred, FrameError> {
-        header.request_id = 0;
-        let header_len = header.encoded_len();
-        let longest = header_len + varint_field_len(2, u64::MAX);
+        let rest_len = header.encoded_len()
+            - varint_field_len(1, header.kind as u64)
+            - varint_field_len(2, header.request_id);
+        let longest = rest_len + KIND_AND_ID_MAX;
         if longest > usize::from(u16::MAX) {
             return Err(FrameError::Malformed("header longer than 64 KiB"));
         }
@@ -419,32 +430,33 @@ impl Deferred {
                 max: max_frame,
             });
         }
-        let room = PREFIX_LEN + longest;
-        let mut buf = BytesMut::with_capacity(room + body_len);
+        let room = PREFIX_LEN + KIND_AND_ID_MAX;
+        let mut buf = BytesMut::with_capacity(room + rest_len + body_len);
         buf.resize(room, 0);
+        header.encode_after_id(&mut buf);
         body.encode_raw(&mut buf);
         Ok(Deferred {
-            header,
-            header_len,
+            kind: header.kind,
+            rest_len,
             buf,
             room,
         })
     }
 
-    /// Writes the prefix and the header with `request_id` in front of the body and returns
-    /// the frame.
+    /// Writes the prefix, `kind` and `request_id` in front and returns the frame.
     pub(crate) fn finish(mut self, request_id: u64) -> Bytes {
-        self.header.request_id = request_id;
-        let header_len = self.header_len + varint_field_len(2, request_id);
-        let start = self.room - PREFIX_LEN - header_len;
-        let body_len = self.buf.len() - self.room;
+        let front_len = varint_field_len(1, self.kind as u64) + varint_field_len(2, request_id);
+        let header_len = front_len + self.rest_len;
+        let start = self.room - PREFIX_LEN - front_len;
+        let len = self.buf.len() - start - 4;
         let mut front = &mut self.buf[start..self.room];
-        front.put_u32((PREFIX_LEN - 4 + header_len + body_len) as u32);
+        front.put_u32(len as u32);
         front.put_slice(&MAGIC);
         front.put_u8(VERSION);
         front.put_u8(0);
         front.put_u16(header_len as u16);
-        self.header.encode_raw(&mut front);
+        put_varint_field(&mut front, 1, self.kind as u64);
+        put_varint_field(&mut front, 2, request_id);
         self.buf.advance(start);
         self.buf.freeze()
     }
@@ -672,10 +684,10 @@ mod tests {
             header.request_id = id;
             let mut direct = BytesMut::new();
             encode_message(&mut direct, &header, &body, DEFAULT_MAX_FRAME).unwrap();
-            let deferred = Deferred::new(header.clone(), &body, DEFAULT_MAX_FRAME).unwrap();
+            let deferred = Deferred::new(&header, &body, DEFAULT_MAX_FRAME).unwrap();
             assert_eq!(&deferred.finish(id)[..], &direct[..], "id {id}");
         }
-        let too_big = Deferred::new(header, &body, 20);
+        let too_big = Deferred::new(&header, &body, 20);
         assert!(matches!(too_big, Err(FrameError::TooLarge { .. })));
     }
 

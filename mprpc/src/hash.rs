@@ -31,7 +31,9 @@ impl Hasher for Fast {
 
     fn write_u64(&mut self, n: u64) {
         // Sequential ids spread over the high bits that the table's control bytes use.
-        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(26);
+        self.0 = (self.0 ^ n)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(26);
     }
 }
 

@@ -21,12 +21,10 @@ use crate::status::{Code, Status};
 /// Writes stop being batched past this many buffered bytes.
 const BATCH_BYTES: usize = 64 * 1024;
 /// Frames taken from the queue per wake-up.
-const BATCH_FRAMES: usize = 256;
+const BATCH_FRAMES: usize = 64;
 /// Write buffer a connection keeps between batches: enough for the batches of a connection
 /// busy with small calls, so that they reuse it rather than allocate per batch.
 const KEEP_BYTES: usize = 4 * 1024;
-/// Room for frames the writer keeps between batches, for the same reason.
-const KEEP_FRAMES: usize = 32;
 
 /// A frame waiting for the writer.
 #[derive(Debug)]
@@ -136,8 +134,16 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     released: impl Fn(usize),
 ) -> std::io::Result<()> {
     let mut buf = BytesMut::new();
+    // Taken from the queue in bulk (one permit release per batch, not per frame); at most
+    // BATCH_FRAMES at a time, so the list stays small enough to keep.
     let mut batch = Vec::new();
     let mut closing = false;
+    let take = |out: Outbound, buf: &mut BytesMut, weight: &mut usize| {
+        let close = matches!(out, Outbound::Close);
+        *weight += out.weight();
+        out.encode(buf, max_frame);
+        close
+    };
     while !closing {
         let taken = rx.recv_many(&mut batch, BATCH_FRAMES).await;
         if taken == 0 {
@@ -145,9 +151,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
         }
         let mut weight = 0;
         for out in batch.drain(..) {
-            closing |= matches!(out, Outbound::Close);
-            weight += out.weight();
-            out.encode(&mut buf, max_frame);
+            closing |= take(out, &mut buf, &mut weight);
         }
         // Callers woke this task with their first frame, and on the same worker it runs
         // before they do; stepping aside once lets every ready caller queue its frame, so
@@ -158,14 +162,8 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
         }
         // Whatever queued meanwhile rides along in the same write.
         while !closing && buf.len() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(out) => {
-                    closing |= matches!(out, Outbound::Close);
-                    weight += out.weight();
-                    out.encode(&mut buf, max_frame);
-                }
-                Err(_) => break,
-            }
+            let Ok(out) = rx.try_recv() else { break };
+            closing = take(out, &mut buf, &mut weight);
         }
         io.write_all(&buf).await?;
         released(weight);
@@ -174,9 +172,6 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
             // A connection going quiet keeps at most a small buffer, and one huge frame does
             // not pin its buffer for the life of the connection.
             buf = BytesMut::new();
-        }
-        if batch.capacity() > KEEP_FRAMES && rx.is_empty() {
-            batch = Vec::new();
         }
     }
     io.shutdown().await

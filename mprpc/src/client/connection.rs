@@ -14,8 +14,8 @@ use tracing::debug;
 
 use crate::client::Method;
 use crate::error::Error;
-use crate::hash::FastMap;
 use crate::frame::{Deferred, Frame, Header, Kind, Text};
+use crate::hash::FastMap;
 use crate::transport::{self, FrameReader, Outbound};
 
 const WRITE_QUEUE: usize = 1024;
@@ -145,7 +145,7 @@ impl Connection {
         // Encoded outside the lock, with room in front for the header; the id is written
         // there when the frame is queued. (After the wait for queue room, so that the
         // encoded frame is not part of the waiting future.)
-        let frame = Deferred::new(header, body, self.max_frame).map_err(Error::TooLarge)?;
+        let frame = Deferred::new(&header, body, self.max_frame).map_err(Error::TooLarge)?;
         let (waiter, response) = oneshot::channel();
         let id = {
             let mut pending = self.shared.pending.lock();
