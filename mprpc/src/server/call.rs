@@ -64,12 +64,12 @@ impl Shared {
             self.unrouted.record(status.code(), received.elapsed());
             return Err(status);
         };
-        let metrics = route.metrics(method_name);
+        let (declared, metrics) = route.lookup(method_name);
         let refuse = |status: Status| {
             metrics.record(status.code(), received.elapsed());
             Err(status)
         };
-        let health = service_name == HEALTH;
+        let health = route.health;
         if draining && !health {
             return refuse(Status::unavailable("server is shutting down"));
         }
@@ -89,7 +89,8 @@ impl Shared {
         };
         // Built only when someone listens: a disabled span still costs a few hundred
         // instructions per call, a tenth of a call's whole cost.
-        let span = if tracing::enabled!(Level::INFO) {
+        // `level_enabled!` is one atomic load; `enabled!` asks the subscriber.
+        let span = if tracing::level_enabled!(Level::INFO) && tracing::enabled!(Level::INFO) {
             let span = info_span!(
                 "rpc",
                 service = %ctx.service,
@@ -124,10 +125,13 @@ impl Shared {
                 "deadline passed before the call started",
             ));
         }
-        let method = ctx.method.clone();
-        let Some(handler) = route.service.call(method.as_str(), ctx, body) else {
+        // The declared name is `'static` and checked already; only a method the service
+        // does not list needs its name copied out of the context.
+        let undeclared = declared.is_none().then(|| ctx.method.clone());
+        let name = declared.unwrap_or_else(|| undeclared.as_ref().map_or("", |m| m.as_str()));
+        let Some(handler) = route.service.call(name, ctx, body) else {
             return refuse(Status::unimplemented(format!(
-                "unknown method {method} on service {}",
+                "unknown method {name} on service {}",
                 route.service.name()
             )));
         };

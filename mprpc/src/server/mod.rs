@@ -227,6 +227,9 @@ impl ServerBuilder {
 /// A service and the metrics of its methods.
 struct Route {
     service: Arc<dyn Service>,
+    /// Whether this is the built-in health service, answered while draining and not
+    /// intercepted.
+    health: bool,
     methods: FastMap<&'static str, Arc<MethodMetrics>>,
     other: Arc<MethodMetrics>,
 }
@@ -239,14 +242,20 @@ impl Route {
             .map(|m| (*m, Arc::new(MethodMetrics::new(name, m))))
             .collect();
         Route {
+            health: name == call::HEALTH,
             service,
             methods,
             other: Arc::new(MethodMetrics::new(name, "other")),
         }
     }
 
-    fn metrics(&self, method: &str) -> &Arc<MethodMetrics> {
-        self.methods.get(method).unwrap_or(&self.other)
+    /// The method's name as the service declared it (`None` for methods it does not list)
+    /// and its metrics.
+    fn lookup(&self, method: &str) -> (Option<&'static str>, &Arc<MethodMetrics>) {
+        match self.methods.get_key_value(method) {
+            Some((name, metrics)) => (Some(*name), metrics),
+            None => (None, &self.other),
+        }
     }
 }
 
