@@ -146,21 +146,7 @@ impl Connection {
         // there when the frame is queued. (After the wait for queue room, so that the
         // encoded frame is not part of the waiting future.)
         let frame = Deferred::new(&header, body, self.max_frame).map_err(Error::TooLarge)?;
-        let (waiter, response) = oneshot::channel();
-        let id = {
-            let mut pending = self.shared.pending.lock();
-            if self.shared.state.load(Ordering::Acquire) == CLOSED {
-                // The reader is gone and would never answer this waiter.
-                return Err(Error::Unavailable(
-                    "connection closed before the request was sent",
-                ));
-            }
-            pending.last_id += 1;
-            let id = pending.last_id;
-            pending.waiters.insert(id, waiter);
-            permit.send(Outbound::Encoded(frame.finish(id)));
-            id
-        };
+        let (id, response) = self.enqueue(permit, |id| Outbound::Encoded(frame.finish(id)))?;
         let guard = CancelOnDrop { conn: self, id };
         let result = response.await;
         guard.disarm();
@@ -174,20 +160,9 @@ impl Connection {
             .reserve()
             .await
             .map_err(|_| Error::Unavailable("connection closed"))?;
-        let (waiter, response) = oneshot::channel();
-        let id = {
-            let mut pending = self.shared.pending.lock();
-            if self.shared.state.load(Ordering::Acquire) == CLOSED {
-                return Err(Error::Unavailable("connection closed"));
-            }
-            // Pings share the id space so that a pong finds its waiter; they are not
-            // requests, so their ids need not increase on the wire.
-            pending.last_id += 1;
-            let id = pending.last_id;
-            pending.waiters.insert(id, waiter);
-            permit.send(Outbound::control(Kind::Ping, id));
-            id
-        };
+        // Pings share the id space so that a pong finds its waiter; they are not requests,
+        // so their ids need not increase on the wire.
+        let (id, response) = self.enqueue(permit, |id| Outbound::control(Kind::Ping, id))?;
         let guard = CancelOnDrop { conn: self, id };
         let result = response
             .await
@@ -195,6 +170,30 @@ impl Connection {
             .map(drop);
         guard.disarm();
         result
+    }
+
+    /// Gives the next id a waiter and queues the frame `frame(id)` builds, under the pending
+    /// lock, so that frames reach the wire in id order.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the reader is gone and would never answer the waiter.
+    fn enqueue(
+        &self,
+        permit: mpsc::Permit<'_, Outbound>,
+        frame: impl FnOnce(u64) -> Outbound,
+    ) -> Result<(u64, oneshot::Receiver<Result<Frame, Error>>), Error> {
+        let (waiter, response) = oneshot::channel();
+        let mut pending = self.shared.pending.lock();
+        if self.shared.state.load(Ordering::Acquire) == CLOSED {
+            return Err(Error::Unavailable(
+                "connection closed before the request was sent",
+            ));
+        }
+        pending.last_id += 1;
+        let id = pending.last_id;
+        pending.waiters.insert(id, waiter);
+        permit.send(frame(id));
+        Ok((id, response))
     }
 }
 

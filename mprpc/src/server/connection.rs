@@ -146,14 +146,13 @@ struct Connection {
     draining: bool,
 }
 
-/// What ends the read loop early.
+/// How the read loop ended.
 enum Close {
-    /// The peer closed or the socket failed.
-    Gone,
-    /// The peer broke the protocol; it was sent a GOAWAY saying why.
-    Violation,
-    /// Evicted, handshake timeout, or drained.
+    /// Cleanly: drained, evicted, or closed at the handshake timeout.
     Done,
+    /// With whatever is in flight abandoned: the peer left, the socket failed, or the peer
+    /// broke the protocol (and was sent a GOAWAY saying why).
+    Abandoned,
 }
 
 pub(super) async fn serve(
@@ -266,19 +265,19 @@ pub(super) async fn serve(
                     clock.frame();
                     if let Err(reason) = conn.handle(frame).await {
                         conn.violation(reason).await;
-                        break Close::Violation;
+                        break Close::Abandoned;
                     }
                 }
                 Some(Err(err)) => {
                     conn.reject(err).await;
-                    break Close::Violation;
+                    break Close::Abandoned;
                 }
-                None => break Close::Gone,
+                None => break Close::Abandoned,
             },
         }
     };
     // Calls still running here belong to a peer that left or broke the protocol.
-    if !matches!(close, Close::Done) && !conn.calls.is_empty() {
+    if matches!(close, Close::Abandoned) && !conn.calls.is_empty() {
         debug!(%peer, calls = conn.calls.len(), "closing with calls in flight abandoned");
     }
     conn.calls.abort_all();
