@@ -1,0 +1,166 @@
+//! The bus: routes, per-gateway delivery streams, pub/sub and cache, on Redis or inside this
+//! process.
+//!
+//! Each concern is a trait ([`Routes`], [`Streams`], [`PubSub`], [`Cache`]) with two
+//! implementations that pass one shared test suite: `redis` (the `redis` crate: a
+//! `ConnectionManager` for commands, dedicated connections for subscriptions and blocking
+//! stream reads) and `memory` (for `mpim` and tests without servers). [`Bus`] holds one of
+//! each.
+//!
+//! Nothing on the bus is the source of truth: routes come back with the next heartbeat or
+//! bind, the cache refills from the database, and a lost push is found by the next sync.
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+
+use crate::error::StoreError;
+use crate::proto::{Route, UserStatus};
+
+/// What bus operations return.
+pub type BusResult<T> = Result<T, StoreError>;
+
+/// Where each user's devices are connected: user → device → gateway.
+///
+/// A route lives as long as its gateway heartbeats: [`Routes::heartbeat`] refreshes every
+/// route of a gateway at once, and routes of a gateway whose heartbeat lapsed are neither
+/// returned by [`Routes::query`] nor kept by [`Routes::sweep`].
+pub trait Routes: Send + Sync + 'static {
+    /// Records `route` (replacing the device's previous one) and refreshes its gateway's
+    /// liveness for `ttl`.
+    fn bind(&self, route: Route, ttl: Duration) -> BoxFuture<'_, BusResult<()>>;
+    /// Removes the route of `user`'s `device` if `gateway` still holds it.
+    fn unbind(&self, user: u64, device: String, gateway: String) -> BoxFuture<'_, BusResult<()>>;
+    /// Keeps every route of `gateway` alive for another `ttl`.
+    fn heartbeat(&self, gateway: String, ttl: Duration) -> BoxFuture<'_, BusResult<()>>;
+    /// The live routes of `users` (users without any are absent).
+    fn query(&self, users: Vec<u64>) -> BoxFuture<'_, BusResult<Vec<Route>>>;
+    /// Whether each of `users` is online (has a live route) and when it was last seen
+    /// online (now, for an online user; 0 for never), in the order asked.
+    fn status(&self, users: Vec<u64>) -> BoxFuture<'_, BusResult<Vec<UserStatus>>>;
+    /// Removes the routes of gateways whose liveness lapsed; returns how many.
+    fn sweep(&self) -> BoxFuture<'_, BusResult<u64>>;
+}
+
+/// One entry of a delivery stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    /// The stream's id for the entry, given back to [`Streams::ack`].
+    pub id: String,
+    /// What was pushed.
+    pub payload: Bytes,
+}
+
+/// Which entries [`Streams::read`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// Entries no consumer has read yet.
+    New,
+    /// Entries this consumer read before and has not acknowledged (after a restart).
+    Pending,
+}
+
+/// One reliable delivery stream per gateway: entries stay until the consumer acknowledges
+/// them, so a gateway that restarts reads again what it had not finished.
+pub trait Streams: Send + Sync + 'static {
+    /// Appends `payload` to `stream`; returns the entry's id.
+    fn push(&self, stream: String, payload: Bytes) -> BoxFuture<'_, BusResult<String>>;
+    /// Up to `max` entries for `consumer`, waiting up to `block` for new ones.
+    fn read(
+        &self,
+        stream: String,
+        consumer: String,
+        from: ReadFrom,
+        max: usize,
+        block: Duration,
+    ) -> BoxFuture<'_, BusResult<Vec<StreamEntry>>>;
+    /// Acknowledges entries: they are not returned again.
+    fn ack(&self, stream: String, ids: Vec<String>) -> BoxFuture<'_, BusResult<()>>;
+}
+
+/// Messages published to a channel reach the subscribers of that moment, and nobody else.
+pub trait PubSub: Send + Sync + 'static {
+    /// Publishes `payload` on `channel`.
+    fn publish(&self, channel: String, payload: Bytes) -> BoxFuture<'_, BusResult<()>>;
+    /// Subscribes to `channel`; dropping the receiver ends the subscription.
+    fn subscribe(&self, channel: String) -> BoxFuture<'_, BusResult<mpsc::Receiver<Bytes>>>;
+}
+
+/// A cache of values the database owns; every write to the database deletes the keys it
+/// makes stale.
+pub trait Cache: Send + Sync + 'static {
+    /// The value of `key`, if cached.
+    fn get(&self, key: String) -> BoxFuture<'_, BusResult<Option<Bytes>>>;
+    /// Caches `value` under `key` for `ttl`.
+    fn set(&self, key: String, value: Bytes, ttl: Duration) -> BoxFuture<'_, BusResult<()>>;
+    /// Forgets `keys`.
+    fn delete(&self, keys: Vec<String>) -> BoxFuture<'_, BusResult<()>>;
+}
+
+/// One of each bus concern, shared by a process's services.
+#[derive(Clone)]
+pub struct Bus {
+    /// User → device → gateway.
+    pub routes: Arc<dyn Routes>,
+    /// Per-gateway delivery streams.
+    pub streams: Arc<dyn Streams>,
+    /// Ephemeral events.
+    pub pubsub: Arc<dyn PubSub>,
+    /// Cached profiles, friend lists, member lists.
+    pub cache: Arc<dyn Cache>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus").finish_non_exhaustive()
+    }
+}
+
+/// The delivery stream of a gateway.
+pub fn delivery_stream(gateway: &str) -> String {
+    format!("mpim:delivery:{gateway}")
+}
+
+/// Cache keys, in one place so that writers invalidate what readers fill.
+pub mod keys {
+    /// A user's profile.
+    pub fn profile(user: u64) -> String {
+        format!("mpim:cache:profile:{user}")
+    }
+    /// A user's friend ids.
+    pub fn friends(user: u64) -> String {
+        format!("mpim:cache:friends:{user}")
+    }
+    /// The ids a user blocked.
+    pub fn blocked(user: u64) -> String {
+        format!("mpim:cache:blocked:{user}")
+    }
+    /// A group's member ids with role and mute state.
+    pub fn members(group: u64) -> String {
+        format!("mpim:cache:members:{group}")
+    }
+    /// A session's revocation state.
+    pub fn session(session: &str) -> String {
+        format!("mpim:cache:session:{session}")
+    }
+}
+
+/// Pub/sub channels.
+pub mod channels {
+    /// Events for the connections of one user (kick, presence of friends, typing).
+    pub fn user(user: u64) -> String {
+        format!("mpim:events:user:{user}")
+    }
+    /// Events for the connections one gateway holds.
+    pub fn gateway(gateway: &str) -> String {
+        format!("mpim:events:gateway:{gateway}")
+    }
+    /// Events every gateway hears.
+    pub const BROADCAST: &str = "mpim:events:all";
+}

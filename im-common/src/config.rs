@@ -1,0 +1,277 @@
+//! Configuration: one TOML file per process, `MPIM_*` environment overrides, then flags.
+//!
+//! [`load`] reads the file (or nothing: every key has a default), applies each environment
+//! variable `MPIM_<KEY>` (nested keys joined by `__`: `MPIM_DATABASE__URL` sets
+//! `database.url`), then the overrides the binary's flags give, and deserializes the result.
+//! Unknown keys and wrong values are errors that name the key (`database.max_connections:
+//! invalid type: string "x", expected u32`).
+//!
+//! The sections every service shares live here: [`ServerConfig`], [`DiscoveryConfig`],
+//! [`DatabaseConfig`], [`RedisConfig`] and [`LogConfig`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What reading it returned.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not TOML, or an override is not a valid value.
+    #[error("{origin}: {message}")]
+    Syntax {
+        /// The file or environment variable.
+        origin: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key is unknown or its value is wrong.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The key, dotted (`database.url`).
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// Loads `T` from `file` (when given), the `MPIM_*` environment and `overrides` (dotted key,
+/// TOML value or bare string), in that order of increasing precedence.
+///
+/// # Errors
+/// [`ConfigError`] naming the file, variable or key at fault.
+pub fn load<T: DeserializeOwned>(
+    file: Option<&Path>,
+    overrides: &[(&str, String)],
+) -> Result<T, ConfigError> {
+    let mut root = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            text.parse::<toml::Table>()
+                .map_err(|err| ConfigError::Syntax {
+                    origin: path.display().to_string(),
+                    message: err.to_string(),
+                })?
+        }
+        None => toml::Table::new(),
+    };
+    let env: BTreeMap<String, String> = std::env::vars()
+        .filter_map(|(name, value)| {
+            let key = name.strip_prefix("MPIM_")?;
+            Some((key.to_ascii_lowercase().replace("__", "."), value))
+        })
+        .collect();
+    for (key, value) in env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .chain(overrides.iter().cloned())
+    {
+        set(&mut root, key, parse_value(&value))?;
+    }
+    let value = toml::Value::Table(root);
+    serde_path_to_error::deserialize(value).map_err(|err| ConfigError::Invalid {
+        key: err.path().to_string(),
+        message: err.inner().to_string(),
+    })
+}
+
+/// A TOML value as written (`42`, `true`, `["a", "b"]`), or else the text itself.
+fn parse_value(text: &str) -> toml::Value {
+    format!("v = {text}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut table| table.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_owned()))
+}
+
+fn set(root: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), ConfigError> {
+    let mut parts = key.split('.').peekable();
+    let mut table = root;
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            table.insert(part.to_owned(), value);
+            return Ok(());
+        }
+        let entry = table
+            .entry(part.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| ConfigError::Invalid {
+            key: key.to_owned(),
+            message: format!("{part} is not a table"),
+        })?;
+    }
+    Ok(())
+}
+
+/// Where a service listens and how it stops.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the RPC server binds. Default: the service's own port on 127.0.0.1.
+    pub listen: String,
+    /// Address other processes reach this one at, registered in discovery. Default: the
+    /// bound address (with an unspecified IP replaced by this host's outgoing one).
+    pub advertise: Option<String>,
+    /// Address of the Prometheus `/metrics` endpoint. Default: the RPC port + 1000 on the
+    /// same IP; `"off"` disables it.
+    pub metrics_listen: Option<String>,
+    /// How long calls in flight may finish after a shutdown signal, in ms. Default 10000.
+    pub grace_period_ms: u64,
+}
+
+impl ServerConfig {
+    /// The defaults for a service whose port is `port`.
+    pub fn on_port(port: u16) -> ServerConfig {
+        ServerConfig {
+            listen: format!("127.0.0.1:{port}"),
+            advertise: None,
+            metrics_listen: None,
+            grace_period_ms: 10_000,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig::on_port(0)
+    }
+}
+
+/// How services find each other.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// ZooKeeper hosts (`127.0.0.1:2181,10.0.0.2:2181`). Default: none, so the static list
+    /// below is used and nothing is registered.
+    pub zookeeper: Option<String>,
+    /// ZooKeeper root. Default `/mprpc`.
+    pub root: String,
+    /// ZooKeeper session timeout in ms. Default 10000.
+    pub session_timeout_ms: u64,
+    /// Without ZooKeeper: addresses per service (`"mpim.UserService" = ["127.0.0.1:6101"]`).
+    /// Default: each service on its default port on 127.0.0.1.
+    #[serde(rename = "static")]
+    pub fixed: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> DiscoveryConfig {
+        DiscoveryConfig {
+            zookeeper: None,
+            root: "/mprpc".to_owned(),
+            session_timeout_ms: 10_000,
+            fixed: BTreeMap::new(),
+        }
+    }
+}
+
+/// The relational database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `mysql://user:password@host:3306/db` or `sqlite://path/to/file.db`. Default
+    /// `sqlite://mpim-data/mpim.db` (created when missing).
+    pub url: String,
+    /// A read replica, for reads that tolerate lag (profiles, search, member lists); never
+    /// used for message sync. Default: none.
+    pub replica_url: Option<String>,
+    /// Connections in the pool. Default 16.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> DatabaseConfig {
+        DatabaseConfig {
+            url: "sqlite://mpim-data/mpim.db".to_owned(),
+            replica_url: None,
+            max_connections: 16,
+        }
+    }
+}
+
+/// Routes, streams, pub/sub and cache.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://127.0.0.1:6379/0`. Default: none, which keeps all of it inside this process
+    /// (only right when every service runs in one process, as in `mpim`).
+    pub url: Option<String>,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter (`info`, `im_message=debug,info`). Default `info`; `RUST_LOG`
+    /// wins when set.
+    pub level: String,
+    /// Directory for rotating log files, besides stderr. Default: none (stderr only).
+    pub dir: Option<PathBuf>,
+    /// `daily`, `hourly` or `never`. Default `daily`.
+    pub rotation: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            level: "info".to_owned(),
+            dir: None,
+            rotation: "daily".to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(default, deny_unknown_fields)]
+    struct Sample {
+        database: DatabaseConfig,
+        limit: u32,
+    }
+
+    #[test]
+    fn overrides_and_errors_name_the_key() {
+        let loaded: Sample = load(
+            None,
+            &[
+                ("database.url", "mysql://x/y".into()),
+                ("limit", "7".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(loaded.database.url, "mysql://x/y");
+        assert_eq!(loaded.database.max_connections, 16);
+        assert_eq!(loaded.limit, 7);
+
+        let err = load::<Sample>(None, &[("database.max_connections", "many".into())]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("database.max_connections: "),
+            "{err}"
+        );
+        let err = load::<Sample>(None, &[("databse.url", "x".into())]).unwrap_err();
+        assert!(err.to_string().contains("databse"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let err = load::<Sample>(Some(Path::new("/nonexistent/x.toml")), &[]).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/x.toml"), "{err}");
+    }
+}

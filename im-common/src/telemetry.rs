@@ -1,0 +1,74 @@
+//! Logging to stderr and, when configured, to rotating files; the shutdown signal.
+
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::rolling::{RollingFileAppender, Rotation};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::LogConfig;
+
+/// Installs the global subscriber for process `name`: structured lines to stderr, and to
+/// `<dir>/<name>.log.<date>` through a non-blocking writer when `config.dir` is set.
+///
+/// Keep the returned guard until the process ends: dropping it flushes the file writer.
+///
+/// # Errors
+/// When the filter does not parse, the rotation is unknown or the directory cannot be made.
+pub fn init(name: &str, config: &LogConfig) -> anyhow::Result<Option<WorkerGuard>> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(filter) if !filter.is_empty() => EnvFilter::try_new(filter)?,
+        _ => {
+            EnvFilter::try_new(&config.level).map_err(|err| anyhow::anyhow!("log.level: {err}"))?
+        }
+    };
+    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let (file, guard) = match &config.dir {
+        Some(dir) => {
+            let rotation = match config.rotation.as_str() {
+                "daily" => Rotation::DAILY,
+                "hourly" => Rotation::HOURLY,
+                "never" => Rotation::NEVER,
+                other => anyhow::bail!("log.rotation: {other:?} is not daily, hourly or never"),
+            };
+            std::fs::create_dir_all(dir)
+                .map_err(|err| anyhow::anyhow!("log.dir {}: {err}", dir.display()))?;
+            let appender = RollingFileAppender::new(rotation, dir, format!("{name}.log"));
+            let (writer, guard) = tracing_appender::non_blocking(appender);
+            let layer = tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(writer);
+            (Some(layer), Some(guard))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(file)
+        .try_init()?;
+    Ok(guard)
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,1 @@
+//! The group service (being written).

@@ -1,0 +1,3 @@
+//! The group service binary.
+
+fn main() {}

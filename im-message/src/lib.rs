@@ -1,0 +1,1 @@
+//! The message service (being written).

@@ -1,0 +1,1 @@
+//! The presence service (being written).

@@ -1,0 +1,3 @@
+//! The presence service binary.
+
+fn main() {}

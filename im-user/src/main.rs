@@ -1,0 +1,3 @@
+//! The user service binary.
+
+fn main() {}
