@@ -7,7 +7,10 @@
 //!
 //! All SQL is parameterised: values only ever travel as bind parameters.
 
+pub mod groups;
+pub mod messages;
 mod schema;
+pub mod users;
 
 use std::str::FromStr;
 use std::time::Duration;

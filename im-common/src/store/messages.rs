@@ -1,0 +1,1 @@
+//! Messages, conversations and read cursors (being written).

@@ -1,0 +1,1 @@
+//! Users, sessions, friends and blocks (being written).
