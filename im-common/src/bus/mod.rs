@@ -122,6 +122,19 @@ impl std::fmt::Debug for Bus {
     }
 }
 
+impl Bus {
+    /// Everything inside this process.
+    pub fn in_process() -> Bus {
+        let memory = Arc::new(memory::Memory::new());
+        Bus {
+            routes: memory.clone(),
+            streams: memory.clone(),
+            pubsub: memory.clone(),
+            cache: memory,
+        }
+    }
+}
+
 /// The delivery stream of a gateway.
 pub fn delivery_stream(gateway: &str) -> String {
     format!("mpim:delivery:{gateway}")
