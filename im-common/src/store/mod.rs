@@ -110,6 +110,19 @@ impl Sql {
         self.replica.as_ref().unwrap_or(&self.pool)
     }
 
+    /// Begins a write transaction on the primary that takes the write lock at once on SQLite
+    /// (`BEGIN IMMEDIATE`), so that a read-then-write transaction waits for other writers
+    /// instead of failing with "database is locked". Dropping it uncommitted rolls back.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when no connection can be had.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.dialect {
+            Dialect::MySql => self.pool.begin().await?,
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+        })
+    }
+
     /// The engine.
     pub fn dialect(&self) -> Dialect {
         self.dialect
