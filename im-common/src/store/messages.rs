@@ -1,1 +1,657 @@
-//! Messages, conversations and read cursors (being written).
+//! Messages, conversations and read cursors.
+//!
+//! Writes go through [`MessageStore::commit`], which stores a batch of messages (sends,
+//! recalls, edits) in **one** transaction: the caller batches concurrent sends so that they
+//! share one commit and one fsync. Inside the transaction, per conversation:
+//! - a resend (same sender and `client_msg_id`) is found and answered with the original;
+//! - `conversations.last_seq` is raised by the number of new messages, which locks the
+//!   conversation's row until commit: seqs are allocated where the messages are stored, so
+//!   they are gapless and never reused, whatever happens to caches or processes, and two
+//!   writers of one conversation (on two instances) take turns;
+//! - the rows are inserted with one multi-row `INSERT`.
+//!
+//! Conversations are locked in id order, so two batches never wait on each other in a cycle.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+
+use super::Sql;
+use crate::error::StoreError;
+use crate::ids::{ConversationId, now_ms};
+use crate::proto::{ChatMessage, Conversation, ConversationKind, GroupRole, MessageKind};
+
+/// One message to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Where it goes.
+    pub conversation: ConversationId,
+    /// Who sent it.
+    pub sender: u64,
+    /// The sender's id for it: a second message with the same one is a resend.
+    pub client_msg_id: String,
+    /// Text, recall or edit.
+    pub kind: MessageKind,
+    /// The text (the new text, for an edit; empty for a recall).
+    pub body: String,
+    /// The message a recall or edit is about.
+    pub ref_msg_id: u64,
+}
+
+/// What became of one [`NewMessage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored now, as this message.
+    Stored(ChatMessage),
+    /// A resend: this is the message stored the first time.
+    Duplicate(ChatMessage),
+}
+
+impl Outcome {
+    /// The stored message either way.
+    pub fn message(&self) -> &ChatMessage {
+        match self {
+            Outcome::Stored(message) | Outcome::Duplicate(message) => message,
+        }
+    }
+}
+
+/// What a user may do in a group, read with the group's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupAccess {
+    /// The user's role.
+    pub role: GroupRole,
+    /// Muted until (ms; 0 or past: not muted).
+    pub muted_until_ms: i64,
+    /// Whether only owner and admins may post.
+    pub mute_all: bool,
+}
+
+/// Messages and conversations.
+pub trait MessageStore: Send + Sync {
+    /// Stores `batch` in one transaction, giving message ids from `next_id`; one outcome per
+    /// message, in order. Nothing is stored when it fails.
+    fn commit(
+        &self,
+        batch: &[NewMessage],
+        next_id: &(dyn Fn() -> u64 + Sync),
+    ) -> impl Future<Output = Result<Vec<Outcome>, StoreError>> + Send;
+
+    /// Up to `limit` messages after `after_seq`, in seq order, whether more follow, and the
+    /// conversation's last seq. Always read from the primary.
+    fn sync(
+        &self,
+        conversation: ConversationId,
+        after_seq: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<(Vec<ChatMessage>, bool, u64), StoreError>> + Send;
+
+    /// The conversations of `user`, most recently active first, at most `limit`.
+    fn conversations(
+        &self,
+        user: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Conversation>, StoreError>> + Send;
+
+    /// Moves `user`'s read cursor in `conversation` up to `seq` (never down, never past the
+    /// last seq); returns the cursor after the call.
+    fn mark_read(
+        &self,
+        conversation: ConversationId,
+        user: u64,
+        seq: u64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// A message by id.
+    fn message(
+        &self,
+        msg_id: u64,
+    ) -> impl Future<Output = Result<Option<ChatMessage>, StoreError>> + Send;
+
+    /// The message `sender` stored with `client_msg_id`, if any.
+    fn by_client_id(
+        &self,
+        sender: u64,
+        client_msg_id: &str,
+    ) -> impl Future<Output = Result<Option<ChatMessage>, StoreError>> + Send;
+
+    /// `user`'s place in group `group`: `None` when not a member or the group is gone.
+    fn group_access(
+        &self,
+        group: u64,
+        user: u64,
+    ) -> impl Future<Output = Result<Option<GroupAccess>, StoreError>> + Send;
+
+    /// The ids of a group's members.
+    fn group_member_ids(
+        &self,
+        group: u64,
+    ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
+
+    /// Whether user `id` exists.
+    fn user_exists(&self, id: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The ids of `user`'s friends.
+    fn friend_ids(&self, user: u64) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
+
+    /// The ids `user` blocked.
+    fn blocked_ids(&self, user: u64) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
+}
+
+const COLUMNS: &str = "conv_id, seq, msg_id, sender_id, client_msg_id, kind, body, ref_msg_id, created_at, recalled, edited";
+
+fn u64_of(row: &AnyRow, column: &str) -> Result<u64, StoreError> {
+    let value: i64 = row.try_get(column)?;
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {column}")))
+}
+
+fn message_of(row: &AnyRow) -> Result<ChatMessage, StoreError> {
+    let body: Vec<u8> = row.try_get("body")?;
+    let kind: i64 = row.try_get("kind")?;
+    Ok(ChatMessage {
+        msg_id: u64_of(row, "msg_id")?,
+        conversation_id: row.try_get("conv_id")?,
+        seq: u64_of(row, "seq")?,
+        sender_id: u64_of(row, "sender_id")?,
+        client_msg_id: row.try_get("client_msg_id")?,
+        kind: i32::try_from(kind).unwrap_or_default(),
+        body: String::from_utf8(body)
+            .map_err(|_| StoreError::Corrupt("body is not UTF-8".into()))?,
+        ref_msg_id: u64_of(row, "ref_msg_id")?,
+        server_time_ms: row.try_get("created_at")?,
+        recalled: row.try_get::<i64, _>("recalled")? != 0,
+        edited: row.try_get::<i64, _>("edited")? != 0,
+    })
+}
+
+fn i64_of(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// `(?, ?, …)` repeated `rows` times, comma separated.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    vec![row; rows].join(", ")
+}
+
+impl Sql {
+    async fn commit_once(
+        &self,
+        batch: &[NewMessage],
+        next_id: &(dyn Fn() -> u64 + Sync),
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+
+        // Resends: of earlier batches (in the database), or of a message earlier in this one.
+        let existing = find_existing(&mut tx, batch).await?;
+        let mut first_in_batch: HashMap<(u64, &str), usize> = HashMap::new();
+        let mut fresh: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, message) in batch.iter().enumerate() {
+            let key = (message.sender, message.client_msg_id.as_str());
+            if let Some(original) = existing.get(&(key.0, key.1.to_owned())) {
+                outcomes[i] = Some(Outcome::Duplicate(original.clone()));
+            } else if let std::collections::hash_map::Entry::Vacant(slot) =
+                first_in_batch.entry(key)
+            {
+                slot.insert(i);
+                fresh
+                    .entry(message.conversation.to_string())
+                    .or_default()
+                    .push(i);
+            }
+            // A repeat within the batch is answered below, once the first is stored.
+        }
+
+        let now = now_ms();
+        let mut rows: Vec<ChatMessage> = Vec::new();
+        for (conv, indexes) in &fresh {
+            let count = indexes.len() as u64;
+            let last = self
+                .allocate(&mut tx, batch[indexes[0]].conversation, conv, count, now)
+                .await?;
+            for (offset, &i) in indexes.iter().enumerate() {
+                let message = &batch[i];
+                let stored = ChatMessage {
+                    msg_id: next_id(),
+                    conversation_id: conv.clone(),
+                    seq: last - count + 1 + offset as u64,
+                    sender_id: message.sender,
+                    client_msg_id: message.client_msg_id.clone(),
+                    kind: message.kind as i32,
+                    body: message.body.clone(),
+                    ref_msg_id: message.ref_msg_id,
+                    server_time_ms: now,
+                    recalled: false,
+                    edited: false,
+                };
+                outcomes[i] = Some(Outcome::Stored(stored.clone()));
+                rows.push(stored);
+            }
+        }
+        insert_rows(&mut tx, &rows).await?;
+        apply_recalls_and_edits(&mut tx, batch, &outcomes).await?;
+        advance_senders(&mut tx, &rows).await?;
+        tx.commit().await?;
+
+        // Repeats inside the batch get the first one's message.
+        for (i, message) in batch.iter().enumerate() {
+            if outcomes[i].is_none() {
+                let first = first_in_batch[&(message.sender, message.client_msg_id.as_str())];
+                let original = outcomes[first].as_ref().map(|o| o.message().clone());
+                outcomes[i] = original.map(Outcome::Duplicate);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.ok_or_else(|| StoreError::Corrupt("message without outcome".into())))
+            .collect()
+    }
+
+    /// Raises the conversation's last seq by `count` (creating it, and a direct
+    /// conversation's two members, on its first message) and returns the new last seq.
+    async fn allocate(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        conversation: ConversationId,
+        conv: &str,
+        count: u64,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE conversations SET last_seq = last_seq + ?, updated_at = ? WHERE conv_id = ?",
+        )
+        .bind(i64_of(count))
+        .bind(now)
+        .bind(conv)
+        .execute(&mut **tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            sqlx::query(
+                "INSERT INTO conversations (conv_id, last_seq, updated_at) VALUES (?, ?, ?)",
+            )
+            .bind(conv)
+            .bind(i64_of(count))
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            if let ConversationId::Direct(a, b) = conversation {
+                let insert = format!(
+                    "{} INTO conv_members (conv_id, user_id, read_seq) VALUES (?, ?, 0), (?, ?, 0)",
+                    self.dialect().insert_ignore()
+                );
+                sqlx::query(AssertSqlSafe(insert))
+                    .bind(conv)
+                    .bind(i64_of(a))
+                    .bind(conv)
+                    .bind(i64_of(b))
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        let last: i64 = sqlx::query_scalar("SELECT last_seq FROM conversations WHERE conv_id = ?")
+            .bind(conv)
+            .fetch_one(&mut **tx)
+            .await?;
+        u64::try_from(last).map_err(|_| StoreError::Corrupt("negative last_seq".into()))
+    }
+}
+
+async fn find_existing(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    batch: &[NewMessage],
+) -> Result<HashMap<(u64, String), ChatMessage>, StoreError> {
+    let mut found = HashMap::new();
+    for chunk in batch.chunks(200) {
+        let condition = vec!["(sender_id = ? AND client_msg_id = ?)"; chunk.len()].join(" OR ");
+        let select = format!("SELECT {COLUMNS} FROM messages WHERE {condition}");
+        let mut query = sqlx::query(AssertSqlSafe(select));
+        for message in chunk {
+            query = query
+                .bind(i64_of(message.sender))
+                .bind(message.client_msg_id.clone());
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            let message = message_of(&row)?;
+            found.insert((message.sender_id, message.client_msg_id.clone()), message);
+        }
+    }
+    Ok(found)
+}
+
+async fn insert_rows(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    rows: &[ChatMessage],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(500) {
+        let insert = format!(
+            "INSERT INTO messages (conv_id, seq, msg_id, sender_id, client_msg_id, kind, body, ref_msg_id, created_at) VALUES {}",
+            placeholders(chunk.len(), 9)
+        );
+        let mut query = sqlx::query(AssertSqlSafe(insert));
+        for row in chunk {
+            query = query
+                .bind(row.conversation_id.clone())
+                .bind(i64_of(row.seq))
+                .bind(i64_of(row.msg_id))
+                .bind(i64_of(row.sender_id))
+                .bind(row.client_msg_id.clone())
+                .bind(i64::from(row.kind))
+                .bind(row.body.clone().into_bytes())
+                .bind(i64_of(row.ref_msg_id))
+                .bind(row.server_time_ms);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// A stored recall empties its original; a stored edit replaces the original's text.
+async fn apply_recalls_and_edits(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    batch: &[NewMessage],
+    outcomes: &[Option<Outcome>],
+) -> Result<(), StoreError> {
+    for (message, outcome) in batch.iter().zip(outcomes) {
+        if !matches!(outcome, Some(Outcome::Stored(_))) {
+            continue;
+        }
+        let statement = match message.kind {
+            MessageKind::Recall => "UPDATE messages SET recalled = 1, body = ? WHERE msg_id = ?",
+            MessageKind::Edit => {
+                "UPDATE messages SET edited = 1, body = ? WHERE msg_id = ? AND recalled = 0"
+            }
+            _ => continue,
+        };
+        sqlx::query(statement)
+            .bind(message.body.clone().into_bytes())
+            .bind(i64_of(message.ref_msg_id))
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A sender has read their own messages: their cursor moves up to the last one they sent.
+async fn advance_senders(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    rows: &[ChatMessage],
+) -> Result<(), StoreError> {
+    let mut highest: BTreeMap<(&str, u64), u64> = BTreeMap::new();
+    for row in rows {
+        let seq = highest
+            .entry((row.conversation_id.as_str(), row.sender_id))
+            .or_default();
+        *seq = (*seq).max(row.seq);
+    }
+    for ((conv, sender), seq) in highest {
+        sqlx::query("UPDATE conv_members SET read_seq = ? WHERE conv_id = ? AND user_id = ? AND read_seq < ?")
+            .bind(i64_of(seq))
+            .bind(conv)
+            .bind(i64_of(sender))
+            .bind(i64_of(seq))
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Whether a failed commit may simply run again: a deadlock, a lock wait that timed out, or
+/// a unique key that a concurrent commit took first (its resend is then found).
+fn retryable(err: &StoreError) -> bool {
+    if err.is_unique_violation() {
+        return true;
+    }
+    match err {
+        StoreError::Database(sqlx::Error::Database(db)) => {
+            let code = db.code().unwrap_or_default();
+            // MySQL: 1213 deadlock, 1205 lock wait timeout (SQLSTATE 40001 / HY000).
+            code == "40001"
+                || db.message().contains("Deadlock")
+                || db.message().contains("Lock wait timeout")
+                || db.message().contains("database is locked")
+        }
+        _ => false,
+    }
+}
+
+impl MessageStore for Sql {
+    async fn commit(
+        &self,
+        batch: &[NewMessage],
+        next_id: &(dyn Fn() -> u64 + Sync),
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let mut attempt = 0;
+        loop {
+            match self.commit_once(batch, next_id).await {
+                Err(err) if attempt < 5 && retryable(&err) => {
+                    attempt += 1;
+                    tracing::debug!(cause = %err, attempt, "commit conflicted; retrying");
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn sync(
+        &self,
+        conversation: ConversationId,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<(Vec<ChatMessage>, bool, u64), StoreError> {
+        let conv = conversation.to_string();
+        let select = format!(
+            "SELECT {COLUMNS} FROM messages WHERE conv_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+        );
+        let rows = sqlx::query(AssertSqlSafe(select))
+            .bind(conv.clone())
+            .bind(i64_of(after_seq))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(self.pool())
+            .await?;
+        let mut messages = rows.iter().map(message_of).collect::<Result<Vec<_>, _>>()?;
+        let has_more = messages.len() > limit as usize;
+        messages.truncate(limit as usize);
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT last_seq FROM conversations WHERE conv_id = ?")
+                .bind(conv)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok((
+            messages,
+            has_more,
+            u64::try_from(last.unwrap_or(0)).unwrap_or(0),
+        ))
+    }
+
+    async fn conversations(&self, user: u64, limit: u32) -> Result<Vec<Conversation>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT m.conv_id, m.read_seq, c.last_seq FROM conv_members m \
+             JOIN conversations c ON c.conv_id = m.conv_id \
+             WHERE m.user_id = ? ORDER BY c.updated_at DESC, m.conv_id LIMIT ?",
+        )
+        .bind(i64_of(user))
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let conv: String = row.try_get("conv_id")?;
+            let id = ConversationId::parse(&conv)
+                .map_err(|_| StoreError::Corrupt(format!("conversation id {conv:?}")))?;
+            let read_seq = u64_of(&row, "read_seq")?;
+            let last_seq = u64_of(&row, "last_seq")?;
+            out.push(self.conversation(id, user, read_seq, last_seq).await?);
+        }
+        Ok(out)
+    }
+
+    async fn mark_read(
+        &self,
+        conversation: ConversationId,
+        user: u64,
+        seq: u64,
+    ) -> Result<u64, StoreError> {
+        let conv = conversation.to_string();
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT last_seq FROM conversations WHERE conv_id = ?")
+                .bind(conv.clone())
+                .fetch_optional(self.pool())
+                .await?;
+        let target = seq.min(u64::try_from(last.unwrap_or(0)).unwrap_or(0));
+        sqlx::query("UPDATE conv_members SET read_seq = ? WHERE conv_id = ? AND user_id = ? AND read_seq < ?")
+            .bind(i64_of(target))
+            .bind(conv.clone())
+            .bind(i64_of(user))
+            .bind(i64_of(target))
+            .execute(self.pool())
+            .await?;
+        let now: Option<i64> = sqlx::query_scalar(
+            "SELECT read_seq FROM conv_members WHERE conv_id = ? AND user_id = ?",
+        )
+        .bind(conv)
+        .bind(i64_of(user))
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(u64::try_from(now.unwrap_or(0)).unwrap_or(0))
+    }
+
+    async fn message(&self, msg_id: u64) -> Result<Option<ChatMessage>, StoreError> {
+        let select = format!("SELECT {COLUMNS} FROM messages WHERE msg_id = ?");
+        let row = sqlx::query(AssertSqlSafe(select))
+            .bind(i64_of(msg_id))
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(message_of).transpose()
+    }
+
+    async fn by_client_id(
+        &self,
+        sender: u64,
+        client_msg_id: &str,
+    ) -> Result<Option<ChatMessage>, StoreError> {
+        let select =
+            format!("SELECT {COLUMNS} FROM messages WHERE sender_id = ? AND client_msg_id = ?");
+        let row = sqlx::query(AssertSqlSafe(select))
+            .bind(i64_of(sender))
+            .bind(client_msg_id.to_owned())
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(message_of).transpose()
+    }
+
+    async fn group_access(&self, group: u64, user: u64) -> Result<Option<GroupAccess>, StoreError> {
+        let row = sqlx::query(
+            "SELECT m.role, m.muted_until, g.mute_all FROM group_members m \
+             JOIN chat_groups g ON g.group_id = m.group_id \
+             WHERE m.group_id = ? AND m.user_id = ? AND g.dismissed_at IS NULL",
+        )
+        .bind(i64_of(group))
+        .bind(i64_of(user))
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|row| {
+            let role: i64 = row.try_get("role")?;
+            Ok(GroupAccess {
+                role: GroupRole::try_from(i32::try_from(role).unwrap_or_default())
+                    .unwrap_or(GroupRole::Member),
+                muted_until_ms: row.try_get("muted_until")?,
+                mute_all: row.try_get::<i64, _>("mute_all")? != 0,
+            })
+        })
+        .transpose()
+    }
+
+    async fn group_member_ids(&self, group: u64) -> Result<Vec<u64>, StoreError> {
+        ids(
+            self,
+            "SELECT user_id FROM group_members WHERE group_id = ?",
+            group,
+        )
+        .await
+    }
+
+    async fn user_exists(&self, id: u64) -> Result<bool, StoreError> {
+        let found = sqlx::query("SELECT 1 FROM users WHERE user_id = ?")
+            .bind(i64_of(id))
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn friend_ids(&self, user: u64) -> Result<Vec<u64>, StoreError> {
+        ids(
+            self,
+            "SELECT friend_id FROM friends WHERE user_id = ?",
+            user,
+        )
+        .await
+    }
+
+    async fn blocked_ids(&self, user: u64) -> Result<Vec<u64>, StoreError> {
+        ids(
+            self,
+            "SELECT blocked_id FROM blocks WHERE user_id = ?",
+            user,
+        )
+        .await
+    }
+}
+
+/// The ids a one-parameter query returns.
+async fn ids(sql: &Sql, statement: &'static str, key: u64) -> Result<Vec<u64>, StoreError> {
+    let ids: Vec<i64> = sqlx::query_scalar(statement)
+        .bind(i64_of(key))
+        .fetch_all(sql.pool())
+        .await?;
+    Ok(ids
+        .into_iter()
+        .filter_map(|id| u64::try_from(id).ok())
+        .collect())
+}
+
+impl Sql {
+    async fn conversation(
+        &self,
+        id: ConversationId,
+        user: u64,
+        read_seq: u64,
+        last_seq: u64,
+    ) -> Result<Conversation, StoreError> {
+        let conv = id.to_string();
+        let select = format!("SELECT {COLUMNS} FROM messages WHERE conv_id = ? AND seq = ?");
+        let last_message = sqlx::query(AssertSqlSafe(select))
+            .bind(conv.clone())
+            .bind(i64_of(last_seq))
+            .fetch_optional(self.pool())
+            .await?
+            .as_ref()
+            .map(message_of)
+            .transpose()?;
+        let unread: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM messages WHERE conv_id = ? AND seq > ? AND sender_id <> ? AND kind = 1",
+        )
+        .bind(conv.clone())
+        .bind(i64_of(read_seq))
+        .bind(i64_of(user))
+        .fetch_one(self.pool())
+        .await?;
+        let (kind, peer_id, group_id) = match id {
+            ConversationId::Direct(..) => {
+                (ConversationKind::Direct, id.peer_of(user).unwrap_or(0), 0)
+            }
+            ConversationId::Group(group) => (ConversationKind::Group, 0, group),
+        };
+        Ok(Conversation {
+            conversation_id: conv,
+            kind: kind as i32,
+            peer_id,
+            group_id,
+            last_message,
+            last_seq,
+            read_seq,
+            unread: u64::try_from(unread).unwrap_or(0),
+        })
+    }
+}

@@ -1,0 +1,150 @@
+//! Group commit: concurrent sends share one transaction.
+//!
+//! Sends are spread over `shards` committer tasks by conversation, so one conversation's
+//! sends are serialised (by the task that owns it) while busy conversations on other shards
+//! commit in parallel. Each task takes whatever has queued up while its previous transaction
+//! ran (up to `max_batch`) and stores it with one [`MessageStore::commit`]: the more load, the
+//! bigger the batches and the fewer fsyncs per message. A send is answered only after its
+//! transaction committed; then its push is handed to the [`Pusher`].
+
+use std::sync::Arc;
+
+use im_common::ids::MsgIds;
+use im_common::store::Sql;
+use im_common::store::messages::{MessageStore, NewMessage, Outcome};
+use mprpc::Status;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+use crate::push::{Push, Pusher};
+
+/// Sends queued per shard before callers wait for room.
+const QUEUE: usize = 4096;
+
+struct Job {
+    message: NewMessage,
+    device: String,
+    reply: oneshot::Sender<Result<Outcome, Status>>,
+}
+
+/// The committer tasks and the queues into them.
+pub(crate) struct Committer {
+    shards: Vec<mpsc::Sender<Job>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Committer {
+    /// Starts `shards` committer tasks on `sql`.
+    pub(crate) fn start(
+        sql: Sql,
+        ids: Arc<MsgIds>,
+        pusher: Pusher,
+        shards: usize,
+        max_batch: usize,
+    ) -> Committer {
+        let mut queues = Vec::with_capacity(shards);
+        let mut tasks = Vec::with_capacity(shards);
+        for _ in 0..shards.max(1) {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            queues.push(tx);
+            tasks.push(tokio::spawn(run(
+                sql.clone(),
+                ids.clone(),
+                pusher.clone(),
+                rx,
+                max_batch.max(1),
+            )));
+        }
+        Committer {
+            shards: queues,
+            tasks,
+        }
+    }
+
+    /// Stores `message` (sent from `device`) and returns its outcome once committed.
+    ///
+    /// # Errors
+    /// `UNAVAILABLE` when the database failed (nothing was stored) or the service is
+    /// stopping.
+    pub(crate) async fn submit(
+        &self,
+        message: NewMessage,
+        device: String,
+    ) -> Result<Outcome, Status> {
+        let shard = shard_of(&message, self.shards.len());
+        let (reply, outcome) = oneshot::channel();
+        self.shards[shard]
+            .send(Job {
+                message,
+                device,
+                reply,
+            })
+            .await
+            .map_err(|_| Status::unavailable("message service is stopping"))?;
+        outcome
+            .await
+            .map_err(|_| Status::unavailable("message service is stopping"))?
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+pub(crate) fn shard_of(message: &NewMessage, shards: usize) -> usize {
+    conversation_shard(&message.conversation.to_string(), shards)
+}
+
+/// FNV-1a of the conversation id: stable, cheap, and spreads sequential ids.
+pub(crate) fn conversation_shard(conv: &str, shards: usize) -> usize {
+    let hash = conv.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % shards.max(1) as u64) as usize
+}
+
+async fn run(
+    sql: Sql,
+    ids: Arc<MsgIds>,
+    pusher: Pusher,
+    mut queue: mpsc::Receiver<Job>,
+    max_batch: usize,
+) {
+    let mut jobs = Vec::with_capacity(max_batch);
+    while queue.recv_many(&mut jobs, max_batch).await > 0 {
+        // A caller that gave up (deadline, disconnect) is still committed: its resend will
+        // find the message and get the same ack.
+        let batch: Vec<NewMessage> = jobs.iter().map(|job| job.message.clone()).collect();
+        metrics::histogram!("mpim_message_commit_batch_size").record(batch.len() as f64);
+        let next_id = || ids.next();
+        match sql.commit(&batch, &next_id).await {
+            Ok(outcomes) => {
+                for (job, outcome) in jobs.drain(..).zip(outcomes) {
+                    if let Outcome::Stored(message) = &outcome {
+                        metrics::counter!("mpim_messages_stored_total").increment(1);
+                        pusher.push(Push {
+                            message: message.clone(),
+                            sender_device: job.device.clone(),
+                        });
+                    } else {
+                        metrics::counter!("mpim_message_resends_total").increment(1);
+                    }
+                    let _ = job.reply.send(Ok(outcome));
+                }
+            }
+            Err(err) => {
+                warn!(cause = %err, messages = batch.len(), "commit failed; nothing stored");
+                metrics::counter!("mpim_message_commit_failures_total").increment(1);
+                let status = Status::from(err);
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(status.clone()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Fan-out: after a message is stored, one delivery-stream entry per gateway that holds a
+//! device of one of its recipients.
+//!
+//! Pushes are a fast path. The queue into each pusher task is bounded; when it is full, or
+//! Redis fails, the push is dropped and counted, and the recipients find the message at
+//! their next sync. A push never fails or delays a send. Pushes are spread over the tasks by
+//! conversation, so one conversation's pushes leave in seq order.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use im_common::bus::{Bus, delivery_stream, keys};
+use im_common::ids::ConversationId;
+use im_common::proto::{ChatMessage, Delivery, UserIds};
+use im_common::store::Sql;
+use im_common::store::messages::MessageStore;
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::commit::conversation_shard;
+
+/// How long a group's member list stays cached (writes to the group invalidate it sooner).
+const MEMBERS_TTL: Duration = Duration::from_secs(60);
+
+/// A stored message to deliver.
+#[derive(Debug, Clone)]
+pub(crate) struct Push {
+    pub(crate) message: ChatMessage,
+    /// The device it was sent from: it has the ack, so it gets no push.
+    pub(crate) sender_device: String,
+}
+
+/// The queues into the pusher tasks.
+#[derive(Clone)]
+pub(crate) struct Pusher {
+    queues: Vec<mpsc::Sender<Push>>,
+}
+
+/// The pusher tasks; aborted when dropped.
+pub(crate) struct PushTasks(Vec<JoinHandle<()>>);
+
+impl Drop for PushTasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+impl Pusher {
+    /// Starts `tasks` pushers with `queue` pushes of room each.
+    pub(crate) fn start(sql: Sql, bus: Bus, tasks: usize, queue: usize) -> (Pusher, PushTasks) {
+        let mut queues = Vec::new();
+        let mut handles = Vec::new();
+        for _ in 0..tasks.max(1) {
+            let (tx, rx) = mpsc::channel(queue.max(1));
+            queues.push(tx);
+            handles.push(tokio::spawn(run(sql.clone(), bus.clone(), rx)));
+        }
+        (Pusher { queues }, PushTasks(handles))
+    }
+
+    /// Queues `push`, or drops it when its queue is full.
+    pub(crate) fn push(&self, push: Push) {
+        let shard = conversation_shard(&push.message.conversation_id, self.queues.len());
+        if self.queues[shard].try_send(push).is_err() {
+            metrics::counter!("mpim_push_dropped_total").increment(1);
+            debug!("push queue full; recipients will sync");
+        }
+    }
+}
+
+async fn run(sql: Sql, bus: Bus, mut queue: mpsc::Receiver<Push>) {
+    while let Some(push) = queue.recv().await {
+        if let Err(err) = deliver(&sql, &bus, &push).await {
+            metrics::counter!("mpim_push_failures_total").increment(1);
+            warn!(cause = %err, msg_id = push.message.msg_id, "push failed; recipients will sync");
+        }
+    }
+}
+
+async fn deliver(sql: &Sql, bus: &Bus, push: &Push) -> anyhow::Result<()> {
+    let recipients = recipients(sql, bus, &push.message).await?;
+    let routes = bus.routes.query(recipients).await?;
+    let mut by_gateway: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for route in routes {
+        let users = by_gateway.entry(route.gateway_id).or_default();
+        if !users.contains(&route.user_id) {
+            users.push(route.user_id);
+        }
+    }
+    for (gateway, user_ids) in by_gateway {
+        let delivery = Delivery {
+            user_ids,
+            message: Some(push.message.clone()),
+            sender_id: push.message.sender_id,
+            sender_device_id: push.sender_device.clone(),
+        };
+        bus.streams
+            .push(
+                delivery_stream(&gateway),
+                Bytes::from(delivery.encode_to_vec()),
+            )
+            .await?;
+        metrics::counter!("mpim_push_entries_total").increment(1);
+    }
+    Ok(())
+}
+
+/// Everyone who should see the message: both users of a direct conversation, every member of
+/// a group (the sender included, for their other devices).
+async fn recipients(sql: &Sql, bus: &Bus, message: &ChatMessage) -> anyhow::Result<Vec<u64>> {
+    match ConversationId::parse(&message.conversation_id)? {
+        ConversationId::Direct(a, b) => Ok(vec![a, b]),
+        ConversationId::Group(group) => Ok(group_members(sql, bus, group).await?),
+    }
+}
+
+/// A group's member ids, from the cache when it has them.
+pub(crate) async fn group_members(
+    sql: &Sql,
+    bus: &Bus,
+    group: u64,
+) -> Result<Vec<u64>, im_common::StoreError> {
+    let key = keys::members(group);
+    match bus.cache.get(key.clone()).await {
+        Ok(Some(bytes)) => {
+            if let Ok(cached) = UserIds::decode(bytes) {
+                return Ok(cached.user_ids);
+            }
+        }
+        Ok(None) => {}
+        Err(err) => debug!(cause = %err, "cache unavailable; reading members from the database"),
+    }
+    let user_ids = sql.group_member_ids(group).await?;
+    let encoded = Bytes::from(
+        UserIds {
+            user_ids: user_ids.clone(),
+        }
+        .encode_to_vec(),
+    );
+    if let Err(err) = bus.cache.set(key, encoded, MEMBERS_TTL).await {
+        debug!(cause = %err, "cache unavailable");
+    }
+    Ok(user_ids)
+}
