@@ -7,7 +7,8 @@
 //! cargo run --release -p benches --bin msg-bench -- --db sqlite:///tmp/mpim-bench.db --rate 5000
 //! ```
 //!
-//! It (re)creates the database, makes `2 × --conversations` users in friend pairs, serves the
+//! It (re)creates the database, makes `2 × --conversations` users in friend pairs and their
+//! conversations, serves the
 //! message service on 127.0.0.1 (the in-process bus: pushes go to streams no gateway reads),
 //! and sends over TCP with mprpc. Closed loop: `--concurrency` callers, each sending its next
 //! message when the last one is acked. `--rate R`: sends start at fixed intervals whatever
@@ -294,6 +295,30 @@ async fn seed(sql: &Sql, pairs: u64) -> anyhow::Result<Arc<Vec<(u64, u64)>>> {
                 .bind(*b as i64)
                 .bind(*b as i64)
                 .bind(*a as i64);
+        }
+        query.execute(sql.pool()).await?;
+    }
+    // The conversations and their members exist before the first send, as in a system
+    // that has been running.
+    for chunk in list.chunks(250) {
+        let rows = vec!["(?, 0, 0)"; chunk.len()].join(", ");
+        let insert =
+            format!("INSERT INTO conversations (conv_id, last_seq, updated_at) VALUES {rows}");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(insert));
+        for (a, b) in chunk {
+            query = query.bind(format!("d:{a}:{b}"));
+        }
+        query.execute(sql.pool()).await?;
+        let rows = vec!["(?, ?, 0)"; chunk.len() * 2].join(", ");
+        let insert = format!("INSERT INTO conv_members (conv_id, user_id, read_seq) VALUES {rows}");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(insert));
+        for (a, b) in chunk {
+            let conv = format!("d:{a}:{b}");
+            query = query
+                .bind(conv.clone())
+                .bind(*a as i64)
+                .bind(conv)
+                .bind(*b as i64);
         }
         query.execute(sql.pool()).await?;
     }
