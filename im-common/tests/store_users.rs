@@ -95,7 +95,7 @@ async fn names_are_unique_and_text_round_trips(sql: Sql) {
     assert_eq!(
         sql.credentials("ada").await.unwrap(),
         Some(Credentials {
-            user_id: ada.user_id,
+            profile: ada.clone(),
             password_hash: "$argon2id$hash-of-ada".to_owned(),
         })
     );

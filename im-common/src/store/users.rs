@@ -43,11 +43,11 @@ pub struct ProfileUpdate {
     pub bio: Option<String>,
 }
 
-/// What a login checks a password against.
+/// What a login checks a password against, and the profile it then returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
-    /// The user.
-    pub user_id: u64,
+    /// The user's profile (read from the primary, like the hash).
+    pub profile: UserProfile,
     /// The stored PHC hash string.
     pub password_hash: String,
 }
@@ -122,7 +122,7 @@ pub trait UserStore: Send + Sync {
         update: ProfileUpdate,
     ) -> impl Future<Output = Result<UserProfile, StoreError>> + Send;
 
-    /// The id and password hash of the user named `name`.
+    /// The profile and password hash of the user named exactly `name`.
     fn credentials(
         &self,
         name: &str,

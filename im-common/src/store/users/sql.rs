@@ -99,13 +99,14 @@ impl UserStore for Sql {
     }
 
     async fn credentials(&self, name: &str) -> Result<Option<Credentials>, StoreError> {
-        let row = sqlx::query("SELECT user_id, password_hash FROM users WHERE name = ?")
+        let statement = format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE name = ?");
+        let row = sqlx::query(AssertSqlSafe(statement))
             .bind(name)
             .fetch_optional(self.pool())
             .await?;
         row.map(|row| {
             Ok(Credentials {
-                user_id: u64_of(&row, "user_id")?,
+                profile: profile_of(&row)?,
                 password_hash: row.try_get("password_hash")?,
             })
         })
