@@ -77,7 +77,11 @@ pub(crate) async fn login(users: &Users, req: LoginRequest) -> Result<LoginReply
     };
     let now = now_ms();
     let iat = now.div_euclid(1000);
-    let exp = iat.saturating_add(users.tokens.ttl_secs);
+    // Rounded up, so that a token lives at least the configured lifetime.
+    let exp = now
+        .saturating_add(999)
+        .div_euclid(1000)
+        .saturating_add(users.tokens.ttl_secs);
     let session_id = format!("{:032x}", rand::random::<u128>());
     users
         .sql
@@ -114,7 +118,7 @@ pub(crate) async fn verify_token(
     let claims = users.tokens.verify(&req.token, now.div_euclid(1000))?;
     let user_id = claims.user_id()?;
     let expires_at_ms = claims.exp.saturating_mul(1000);
-    if !users.cache.session_active(&claims.sid).await {
+    if !users.cache.session_active(&claims.sid, user_id).await {
         let session = users
             .sql
             .session(&claims.sid)
@@ -131,7 +135,10 @@ pub(crate) async fn verify_token(
         }
         let remaining = u64::try_from(expires_at_ms.min(session.expires_at_ms) - now)
             .map_or(Duration::ZERO, Duration::from_millis);
-        users.cache.set_session_active(&claims.sid, remaining).await;
+        users
+            .cache
+            .set_session_active(&claims.sid, user_id, remaining)
+            .await;
     }
     Ok(VerifyTokenReply {
         user_id,

@@ -54,9 +54,6 @@ impl List {
     }
 }
 
-/// What a cached session entry holds: the session is active.
-const ACTIVE: &[u8] = b"active";
-
 /// Typed access to the cache, never failing.
 #[derive(Clone)]
 pub(crate) struct Cached {
@@ -97,17 +94,20 @@ impl Cached {
         self.set(list.key(user), bytes, ttl).await;
     }
 
-    pub(crate) async fn session_active(&self, session: &str) -> bool {
+    /// Whether the cache says `session` is an active session of `user`. (The entry holds
+    /// the owner's id, so a token naming someone else's session is not taken on its word.)
+    pub(crate) async fn session_active(&self, session: &str, user: u64) -> bool {
         self.get(keys::session(session))
             .await
-            .is_some_and(|value| value == ACTIVE)
+            .is_some_and(|value| value == user.to_string().as_bytes())
     }
 
-    /// Notes that `session` is active, for at most `remaining` (until its token expires).
-    pub(crate) async fn set_session_active(&self, session: &str, remaining: Duration) {
+    /// Notes that `session` is an active session of `user`, for at most `remaining` (until
+    /// its token expires).
+    pub(crate) async fn set_session_active(&self, session: &str, user: u64, remaining: Duration) {
         let ttl = Duration::from_secs(self.settings.session_ttl_secs).min(remaining);
         if !ttl.is_zero() {
-            let value = Bytes::from_static(ACTIVE);
+            let value = Bytes::from(user.to_string());
             self.set(keys::session(session), value, ttl).await;
         }
     }
