@@ -5,9 +5,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-# Only what the tests use: today that is ZooKeeper alone. Add mariadb and/or
-# redis to this line when tests start talking to them.
-"$root/scripts/services.sh" up zookeeper
+# What the tests talk to: ZooKeeper (discovery), MariaDB (the SQL stores) and Redis
+# (the bus). Each test makes its own database or key prefix, so runs never collide.
+"$root/scripts/services.sh" up zookeeper mariadb redis
 # examples/tests/connections.rs holds 10 000 connections open (a process each side): raise
 # the soft limit on open files as far as the hard limit allows.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

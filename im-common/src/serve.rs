@@ -152,7 +152,7 @@ async fn spawn_metrics(
     let listener = TcpListener::bind(&addr)
         .await
         .with_context(|| format!("server.metrics_listen {addr}"))?;
-    info!(addr = %addr, "metrics at /metrics");
+    info!(addr = %listener.local_addr()?, "metrics at /metrics");
     Ok(Some(tokio::spawn(async move {
         let stopped = async move {
             let _ = stop.wait_for(|stopped| *stopped).await;

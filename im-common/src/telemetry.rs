@@ -22,7 +22,10 @@ pub fn init(name: &str, config: &LogConfig) -> anyhow::Result<Option<WorkerGuard
             EnvFilter::try_new(&config.level).map_err(|err| anyhow::anyhow!("log.level: {err}"))?
         }
     };
-    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, not in files, pipes or journald.
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
     let (file, guard) = match &config.dir {
         Some(dir) => {
             let rotation = match config.rotation.as_str() {

@@ -175,17 +175,49 @@ fn placeholders(rows: usize, columns: usize) -> String {
     vec![row; rows].join(", ")
 }
 
+/// Statement shapes are kept few, so that each connection's prepared-statement cache holds
+/// them all and no statement is prepared again per batch: lists are padded to a power of two
+/// by repeating their last item (harmless in `IN`, `OR` and `CASE`), inserts are cut into
+/// power-of-two chunks, and nothing is longer than this.
+const MAX_LIST: usize = 256;
+
+/// `items` (at most [`MAX_LIST`]) padded to a power of two with copies of the last one.
+fn padded<T>(items: &[T]) -> impl Iterator<Item = &T> {
+    let len = items.len();
+    (0..len.next_power_of_two()).map(move |k| &items[k.min(len - 1)])
+}
+
+/// `items` cut into chunks whose sizes are powers of two, largest first.
+fn pow2_chunks<T>(items: &[T]) -> Vec<&[T]> {
+    let mut chunks = Vec::new();
+    let mut rest = items;
+    while !rest.is_empty() {
+        let size = (1usize << rest.len().ilog2()).min(MAX_LIST);
+        let (chunk, tail) = rest.split_at(size);
+        chunks.push(chunk);
+        rest = tail;
+    }
+    chunks
+}
+
 impl Sql {
     async fn commit_once(
         &self,
         batch: &[NewMessage],
         next_id: &(dyn Fn() -> u64 + Sync),
+        look_for_resends: bool,
     ) -> Result<Vec<Outcome>, StoreError> {
         let mut tx = self.begin_write().await?;
         let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
 
         // Resends: of earlier batches (in the database), or of a message earlier in this one.
-        let existing = find_existing(&mut tx, batch).await?;
+        // The database is searched only once the unique key on (sender, client_msg_id) has
+        // refused a first attempt: resends are rare, and the search would cost every batch.
+        let existing = if look_for_resends {
+            find_existing(&mut tx, batch).await?
+        } else {
+            HashMap::new()
+        };
         let mut first_in_batch: HashMap<(u64, &str), usize> = HashMap::new();
         let mut fresh: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, message) in batch.iter().enumerate() {
@@ -205,12 +237,24 @@ impl Sql {
         }
 
         let now = now_ms();
+        let counts: Vec<(&str, ConversationId, u64)> = fresh
+            .iter()
+            .map(|(conv, indexes)| {
+                (
+                    conv.as_str(),
+                    batch[indexes[0]].conversation,
+                    indexes.len() as u64,
+                )
+            })
+            .collect();
+        let last_seqs = self.allocate(&mut tx, &counts, now).await?;
         let mut rows: Vec<ChatMessage> = Vec::new();
         for (conv, indexes) in &fresh {
             let count = indexes.len() as u64;
-            let last = self
-                .allocate(&mut tx, batch[indexes[0]].conversation, conv, count, now)
-                .await?;
+            let last = last_seqs
+                .get(conv.as_str())
+                .copied()
+                .ok_or_else(|| StoreError::Corrupt(format!("no last_seq for {conv}")))?;
             for (offset, &i) in indexes.iter().enumerate() {
                 let message = &batch[i];
                 let stored = ChatMessage {
@@ -232,7 +276,6 @@ impl Sql {
         }
         insert_rows(&mut tx, &rows).await?;
         apply_recalls_and_edits(&mut tx, batch, &outcomes).await?;
-        advance_senders(&mut tx, &rows).await?;
         tx.commit().await?;
 
         // Repeats inside the batch get the first one's message.
@@ -249,52 +292,104 @@ impl Sql {
             .collect()
     }
 
-    /// Raises the conversation's last seq by `count` (creating it, and a direct
-    /// conversation's two members, on its first message) and returns the new last seq.
+    /// Raises each conversation's last seq by its count, creating the conversations that
+    /// have no row yet (and a new direct conversation's two members); returns the new last
+    /// seqs. Usually every conversation of a batch gets one message or a few: one `UPDATE`
+    /// per distinct count (a primary-key `IN` list), one `SELECT`, and `INSERT`s only for
+    /// new conversations.
     async fn allocate(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        conversation: ConversationId,
-        conv: &str,
-        count: u64,
+        counts: &[(&str, ConversationId, u64)],
         now: i64,
-    ) -> Result<u64, StoreError> {
-        let updated = sqlx::query(
-            "UPDATE conversations SET last_seq = last_seq + ?, updated_at = ? WHERE conv_id = ?",
-        )
-        .bind(i64_of(count))
-        .bind(now)
-        .bind(conv)
-        .execute(&mut **tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            sqlx::query(
-                "INSERT INTO conversations (conv_id, last_seq, updated_at) VALUES (?, ?, ?)",
-            )
-            .bind(conv)
-            .bind(i64_of(count))
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-            if let ConversationId::Direct(a, b) = conversation {
-                let insert = format!(
-                    "{} INTO conv_members (conv_id, user_id, read_seq) VALUES (?, ?, 0), (?, ?, 0)",
-                    self.dialect().insert_ignore()
+    ) -> Result<HashMap<String, u64>, StoreError> {
+        let mut by_count: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+        for (conv, _, count) in counts {
+            by_count.entry(*count).or_default().push(conv);
+        }
+        for (count, convs) in &by_count {
+            for chunk in convs.chunks(MAX_LIST) {
+                let list = vec!["?"; chunk.len().next_power_of_two()].join(", ");
+                let update = format!(
+                    "UPDATE conversations SET last_seq = last_seq + ?, updated_at = ? WHERE conv_id IN ({list})"
                 );
-                sqlx::query(AssertSqlSafe(insert))
-                    .bind(conv)
-                    .bind(i64_of(a))
-                    .bind(conv)
-                    .bind(i64_of(b))
-                    .execute(&mut **tx)
-                    .await?;
+                let mut query = sqlx::query(AssertSqlSafe(update))
+                    .bind(i64_of(*count))
+                    .bind(now);
+                for conv in padded(chunk) {
+                    query = query.bind(conv.to_string());
+                }
+                query.execute(&mut **tx).await?;
             }
         }
-        let last: i64 = sqlx::query_scalar("SELECT last_seq FROM conversations WHERE conv_id = ?")
-            .bind(conv)
-            .fetch_one(&mut **tx)
-            .await?;
-        u64::try_from(last).map_err(|_| StoreError::Corrupt("negative last_seq".into()))
+        let mut last = HashMap::with_capacity(counts.len());
+        for chunk in counts.chunks(MAX_LIST) {
+            let list = vec!["?"; chunk.len().next_power_of_two()].join(", ");
+            let select =
+                format!("SELECT conv_id, last_seq FROM conversations WHERE conv_id IN ({list})");
+            let mut query = sqlx::query(AssertSqlSafe(select));
+            for (conv, _, _) in padded(chunk) {
+                query = query.bind(conv.to_string());
+            }
+            for row in query.fetch_all(&mut **tx).await? {
+                last.insert(
+                    row.try_get::<String, _>("conv_id")?,
+                    u64_of(&row, "last_seq")?,
+                );
+            }
+        }
+        let new: Vec<&(&str, ConversationId, u64)> = counts
+            .iter()
+            .filter(|(conv, _, _)| !last.contains_key(*conv))
+            .collect();
+        if !new.is_empty() {
+            self.create_conversations(tx, &new, now).await?;
+            last.extend(
+                new.iter()
+                    .map(|(conv, _, count)| (conv.to_string(), *count)),
+            );
+        }
+        Ok(last)
+    }
+
+    async fn create_conversations(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        new: &[&(&str, ConversationId, u64)],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        for chunk in pow2_chunks(new) {
+            let insert = format!(
+                "INSERT INTO conversations (conv_id, last_seq, updated_at) VALUES {}",
+                placeholders(chunk.len(), 3)
+            );
+            let mut query = sqlx::query(AssertSqlSafe(insert));
+            for (conv, _, count) in chunk {
+                query = query.bind(conv.to_string()).bind(i64_of(*count)).bind(now);
+            }
+            query.execute(&mut **tx).await?;
+        }
+        let members: Vec<(&str, u64)> = new
+            .iter()
+            .filter_map(|(conv, id, _)| match id {
+                ConversationId::Direct(a, b) => Some([(*conv, *a), (*conv, *b)]),
+                ConversationId::Group(_) => None,
+            })
+            .flatten()
+            .collect();
+        for chunk in members.chunks(MAX_LIST) {
+            let insert = format!(
+                "{} INTO conv_members (conv_id, user_id, read_seq) VALUES {}",
+                self.dialect().insert_ignore(),
+                placeholders(chunk.len().next_power_of_two(), 3)
+            );
+            let mut query = sqlx::query(AssertSqlSafe(insert));
+            for (conv, user) in padded(chunk) {
+                query = query.bind(conv.to_string()).bind(i64_of(*user)).bind(0_i64);
+            }
+            query.execute(&mut **tx).await?;
+        }
+        Ok(())
     }
 }
 
@@ -303,11 +398,13 @@ async fn find_existing(
     batch: &[NewMessage],
 ) -> Result<HashMap<(u64, String), ChatMessage>, StoreError> {
     let mut found = HashMap::new();
-    for chunk in batch.chunks(200) {
-        let condition = vec!["(sender_id = ? AND client_msg_id = ?)"; chunk.len()].join(" OR ");
+    for chunk in batch.chunks(MAX_LIST) {
+        let condition =
+            vec!["(sender_id = ? AND client_msg_id = ?)"; chunk.len().next_power_of_two()]
+                .join(" OR ");
         let select = format!("SELECT {COLUMNS} FROM messages WHERE {condition}");
         let mut query = sqlx::query(AssertSqlSafe(select));
-        for message in chunk {
+        for message in padded(chunk) {
             query = query
                 .bind(i64_of(message.sender))
                 .bind(message.client_msg_id.clone());
@@ -324,7 +421,7 @@ async fn insert_rows(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     rows: &[ChatMessage],
 ) -> Result<(), StoreError> {
-    for chunk in rows.chunks(500) {
+    for chunk in pow2_chunks(rows) {
         let insert = format!(
             "INSERT INTO messages (conv_id, seq, msg_id, sender_id, client_msg_id, kind, body, ref_msg_id, created_at) VALUES {}",
             placeholders(chunk.len(), 9)
@@ -373,30 +470,6 @@ async fn apply_recalls_and_edits(
     Ok(())
 }
 
-/// A sender has read their own messages: their cursor moves up to the last one they sent.
-async fn advance_senders(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    rows: &[ChatMessage],
-) -> Result<(), StoreError> {
-    let mut highest: BTreeMap<(&str, u64), u64> = BTreeMap::new();
-    for row in rows {
-        let seq = highest
-            .entry((row.conversation_id.as_str(), row.sender_id))
-            .or_default();
-        *seq = (*seq).max(row.seq);
-    }
-    for ((conv, sender), seq) in highest {
-        sqlx::query("UPDATE conv_members SET read_seq = ? WHERE conv_id = ? AND user_id = ? AND read_seq < ?")
-            .bind(i64_of(seq))
-            .bind(conv)
-            .bind(i64_of(sender))
-            .bind(i64_of(seq))
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
-}
-
 /// Whether a failed commit may simply run again: a deadlock, a lock wait that timed out, or
 /// a unique key that a concurrent commit took first (its resend is then found).
 fn retryable(err: &StoreError) -> bool {
@@ -423,10 +496,12 @@ impl MessageStore for Sql {
         next_id: &(dyn Fn() -> u64 + Sync),
     ) -> Result<Vec<Outcome>, StoreError> {
         let mut attempt = 0;
+        let mut look_for_resends = false;
         loop {
-            match self.commit_once(batch, next_id).await {
+            match self.commit_once(batch, next_id, look_for_resends).await {
                 Err(err) if attempt < 5 && retryable(&err) => {
                     attempt += 1;
+                    look_for_resends |= err.is_unique_violation();
                     tracing::debug!(cause = %err, attempt, "commit conflicted; retrying");
                 }
                 result => return result,

@@ -1,0 +1,326 @@
+//! `msg-bench`: MessageService.Send through mprpc into a real database, closed loop or at a
+//! fixed rate.
+//!
+//! ```text
+//! cargo run --release -p benches --bin msg-bench -- \
+//!     --db mysql://root@127.0.0.1:3306/mpim_bench --seconds 10 --concurrency 256
+//! cargo run --release -p benches --bin msg-bench -- --db sqlite:///tmp/mpim-bench.db --rate 5000
+//! ```
+//!
+//! It (re)creates the database, makes `2 × --conversations` users in friend pairs and their
+//! conversations, serves the
+//! message service on 127.0.0.1 (the in-process bus: pushes go to streams no gateway reads),
+//! and sends over TCP with mprpc. Closed loop: `--concurrency` callers, each sending its next
+//! message when the last one is acked. `--rate R`: sends start at fixed intervals whatever
+//! the acks do, and latency counts from the intended start, so a stall shows in the tail
+//! instead of slowing the load. Ends with one line:
+//! `RESULT sent=<n> acked=<n> failed=<n> acked_per_s=<x> p50_ms=<x> p99_ms=<x>`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use im_common::bus::Bus;
+use im_common::config::DatabaseConfig;
+use im_common::identity::{self, ServiceIdentity, User};
+use im_common::proto::{MessageServiceClient, SendRequest};
+use im_common::store::Sql;
+use im_message::{Messages, Settings};
+use mprpc::CallOptions;
+use mprpc::discovery::Static;
+use parking_lot::Mutex;
+use sqlx::{AnyConnection, Connection, Executor};
+
+#[derive(Parser)]
+#[command(about = "MessageService.Send load into a real database")]
+struct Args {
+    /// `mysql://user@host:port/dbname` or `sqlite://path`; the database is recreated.
+    #[arg(long, default_value = "sqlite://mpim-bench/bench.db")]
+    db: String,
+    /// How long to send.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Callers in flight (closed loop), or the most sends in flight (with --rate).
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Sends per second at fixed intervals instead of a closed loop.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Conversations (friend pairs) the sends are spread over.
+    #[arg(long, default_value_t = 1000)]
+    conversations: u64,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 100)]
+    body_bytes: usize,
+    /// Committer tasks (default: the service's own default for the engine).
+    #[arg(long)]
+    committers: Option<usize>,
+    /// Database connections.
+    #[arg(long, default_value_t = 32)]
+    pool: u32,
+}
+
+#[derive(Default)]
+struct Counts {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    failed: AtomicU64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    recreate(&args.db).await?;
+    let sql = Sql::connect(&DatabaseConfig {
+        url: args.db.clone(),
+        replica_url: None,
+        max_connections: args.pool,
+    })
+    .await?;
+    let users = seed(&sql, args.conversations).await?;
+    eprintln!(
+        "seeded {} users in {} friend pairs",
+        2 * users.len(),
+        users.len()
+    );
+
+    let mut settings = Settings::default();
+    if let Some(committers) = args.committers {
+        settings.committers = committers;
+    }
+    let server = im_message::server(Messages::new(sql.clone(), Bus::in_process(), settings));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let serving = server.clone();
+    tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
+    let client = mprpc::Client::builder()
+        .intercept(ServiceIdentity::new("msg-bench"))
+        .timeout(Some(Duration::from_secs(30)))
+        .discover(&Static::new([addr]), "mpim.MessageService")
+        .await?;
+    let client = MessageServiceClient::new(client);
+
+    let body = "m".repeat(args.body_bytes);
+    let counts = Arc::new(Counts::default());
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let started = Instant::now();
+    let seconds = Duration::from_secs(args.seconds);
+    match args.rate {
+        None => closed_loop(&args, &client, &users, &body, &counts, &histogram, seconds).await,
+        Some(rate) => {
+            open_loop(
+                &args, rate, &client, &users, &body, &counts, &histogram, seconds,
+            )
+            .await
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let histogram = histogram.lock();
+    let acked = counts.acked.load(Ordering::Relaxed);
+    println!(
+        "RESULT sent={} acked={} failed={} acked_per_s={:.0} p50_ms={:.2} p99_ms={:.2}",
+        counts.sent.load(Ordering::Relaxed),
+        acked,
+        counts.failed.load(Ordering::Relaxed),
+        acked as f64 / elapsed,
+        histogram.value_at_quantile(0.50) as f64 / 1000.0,
+        histogram.value_at_quantile(0.99) as f64 / 1000.0,
+    );
+    Ok(())
+}
+
+/// One send from the `n`th message's pair, alternating direction.
+async fn send_one(
+    client: &MessageServiceClient,
+    users: &[(u64, u64)],
+    n: u64,
+    body: &str,
+    counts: &Counts,
+) -> bool {
+    let (a, b) = users[(n % users.len() as u64) as usize];
+    let (from, to) = if (n / users.len() as u64) % 2 == 0 {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let request = SendRequest {
+        to_user_id: to,
+        client_msg_id: format!("b{n}"),
+        body: body.to_owned(),
+    };
+    let options = identity::for_user(CallOptions::new(), &User::new(from));
+    counts.sent.fetch_add(1, Ordering::Relaxed);
+    match client.send_with(&request, &options).await {
+        Ok(_) => {
+            counts.acked.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Err(err) => {
+            if counts.failed.fetch_add(1, Ordering::Relaxed) < 5 {
+                eprintln!("send failed: {err}");
+            }
+            false
+        }
+    }
+}
+
+async fn closed_loop(
+    args: &Args,
+    client: &MessageServiceClient,
+    users: &Arc<Vec<(u64, u64)>>,
+    body: &str,
+    counts: &Arc<Counts>,
+    histogram: &Arc<Mutex<Histogram<u64>>>,
+    seconds: Duration,
+) {
+    let next = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + seconds;
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let (client, users, body) = (client.clone(), users.clone(), body.to_owned());
+        let (counts, histogram, next) = (counts.clone(), histogram.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+            while Instant::now() < deadline {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let start = Instant::now();
+                if send_one(&client, &users, n, &body, &counts).await {
+                    let _ = local.record(start.elapsed().as_micros() as u64);
+                }
+            }
+            let _ = histogram.lock().add(&local);
+        }));
+    }
+    for worker in workers {
+        let _ = worker.await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn open_loop(
+    args: &Args,
+    rate: u64,
+    client: &MessageServiceClient,
+    users: &Arc<Vec<(u64, u64)>>,
+    body: &str,
+    counts: &Arc<Counts>,
+    histogram: &Arc<Mutex<Histogram<u64>>>,
+    seconds: Duration,
+) {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let total = rate * seconds.as_secs();
+    let start = tokio::time::Instant::now();
+    let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..total {
+        let intended = start + interval.mul_f64(n as f64);
+        tokio::time::sleep_until(intended).await;
+        // Waiting for a free slot counts in the latency: it is measured from `intended`.
+        let permit = slots.clone().acquire_owned().await.expect("never closed");
+        let (client, users, body) = (client.clone(), users.clone(), body.to_owned());
+        let (counts, histogram) = (counts.clone(), histogram.clone());
+        tasks.spawn(async move {
+            if send_one(&client, &users, n, &body, &counts).await {
+                let micros = intended.elapsed().as_micros() as u64;
+                let _ = histogram.lock().record(micros.max(1));
+            }
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Drops and creates the database the URL names (MySQL), or removes the SQLite file.
+async fn recreate(url: &str) -> anyhow::Result<()> {
+    sqlx::any::install_default_drivers();
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let path = path.split('?').next().unwrap_or(path);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{path}{suffix}"));
+        }
+        return Ok(());
+    }
+    let (server, name) = url
+        .rsplit_once('/')
+        .context("--db must end in /<database>")?;
+    anyhow::ensure!(
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "database name must be letters, digits and _"
+    );
+    let mut conn = AnyConnection::connect(server).await?;
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS `{name}`"
+    )))
+    .await?;
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+    )))
+    .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// `pairs` friend pairs of new users; returns the pairs.
+async fn seed(sql: &Sql, pairs: u64) -> anyhow::Result<Arc<Vec<(u64, u64)>>> {
+    let users = pairs * 2;
+    for chunk in (1..=users).collect::<Vec<_>>().chunks(500) {
+        let rows = vec!["(?, ?, '', ?, '', '', 0)"; chunk.len()].join(", ");
+        let insert = format!(
+            "INSERT INTO users (user_id, name, password_hash, nickname, avatar, bio, created_at) VALUES {rows}"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(insert));
+        for id in chunk {
+            let id = *id as i64;
+            query = query
+                .bind(id)
+                .bind(format!("bench{id}"))
+                .bind(format!("bench{id}"));
+        }
+        query.execute(sql.pool()).await?;
+    }
+    let list: Vec<(u64, u64)> = (0..pairs).map(|p| (2 * p + 1, 2 * p + 2)).collect();
+    for chunk in list.chunks(250) {
+        let rows = vec!["(?, ?, 0)"; chunk.len() * 2].join(", ");
+        let insert = format!("INSERT INTO friends (user_id, friend_id, created_at) VALUES {rows}");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(insert));
+        for (a, b) in chunk {
+            query = query
+                .bind(*a as i64)
+                .bind(*b as i64)
+                .bind(*b as i64)
+                .bind(*a as i64);
+        }
+        query.execute(sql.pool()).await?;
+    }
+    // The conversations and their members exist before the first send, as in a system
+    // that has been running.
+    for chunk in list.chunks(250) {
+        let rows = vec!["(?, 0, 0)"; chunk.len()].join(", ");
+        let insert =
+            format!("INSERT INTO conversations (conv_id, last_seq, updated_at) VALUES {rows}");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(insert));
+        for (a, b) in chunk {
+            query = query.bind(format!("d:{a}:{b}"));
+        }
+        query.execute(sql.pool()).await?;
+        let rows = vec!["(?, ?, 0)"; chunk.len() * 2].join(", ");
+        let insert = format!("INSERT INTO conv_members (conv_id, user_id, read_seq) VALUES {rows}");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(insert));
+        for (a, b) in chunk {
+            let conv = format!("d:{a}:{b}");
+            query = query
+                .bind(conv.clone())
+                .bind(*a as i64)
+                .bind(conv)
+                .bind(*b as i64);
+        }
+        query.execute(sql.pool()).await?;
+    }
+    Ok(Arc::new(list))
+}

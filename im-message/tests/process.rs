@@ -1,0 +1,230 @@
+//! `im-message` as its own process on MariaDB and ZooKeeper: it registers, serves
+//! `/metrics`, loses nothing acknowledged when killed with SIGKILL and started again, and on
+//! SIGTERM deregisters and exits cleanly.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use im_common::config::DiscoveryConfig;
+use im_common::proto::{MessageServiceClient, SendRequest, SyncRequest};
+use im_common::serve::Discovery;
+use im_common::store::Sql;
+use im_common::store::testing::TestDb;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A running `im-message` and the address of its `/metrics`.
+struct Process {
+    child: Child,
+    metrics: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(config: &std::path::Path) -> Process {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_im-message"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("im-message starts");
+    // Its log says where /metrics is; the rest of the log goes on to this test's stderr.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let metrics = loop {
+        let line = lines
+            .next()
+            .expect("im-message logs before exiting")
+            .unwrap();
+        eprintln!("{line}");
+        if line.contains("metrics at /metrics") {
+            let addr = line.rsplit("addr=").next().unwrap().trim().to_owned();
+            break addr;
+        }
+    };
+    std::thread::spawn(move || {
+        lines
+            .map_while(Result::ok)
+            .for_each(|line| eprintln!("{line}"))
+    });
+    Process { child, metrics }
+}
+
+async fn http_get(addr: &str, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_sigkill_and_stops_on_sigterm() {
+    let db = TestDb::mysql().await.expect("MariaDB at 127.0.0.1:3306");
+    let sql = Sql::connect(&db.config()).await.unwrap();
+    let (a, b) = (add_user(&sql, "ada").await, add_user(&sql, "bob").await);
+    befriend(&sql, a, b).await;
+
+    let root = format!("/mpim-test-{}-{}", std::process::id(), rand_suffix_u32());
+    let dir = std::env::temp_dir().join(format!("im-message-{}", root.trim_start_matches('/')));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("im-message.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ngrace_period_ms = 2000\n\
+             [discovery]\nzookeeper = \"127.0.0.1:2181\"\nroot = \"{root}\"\nsession_timeout_ms = 4000\n\
+             [database]\nurl = \"{}\"\n",
+            db.url
+        ),
+    )
+    .unwrap();
+
+    let mut first = Some(start(&config));
+    let discovery = Discovery::connect(&DiscoveryConfig {
+        zookeeper: Some("127.0.0.1:2181".into()),
+        root: root.clone(),
+        ..DiscoveryConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = MessageServiceClient::new(
+        discovery
+            .client("test", "mpim.MessageService", 0)
+            .await
+            .unwrap(),
+    );
+    wait_for("registration", async || {
+        !client.inner().instances().is_empty()
+    })
+    .await;
+
+    // Sends in flight when the process is killed: whatever was acked must survive.
+    let mut sends = Vec::new();
+    for n in 0..200 {
+        let client = client.clone();
+        sends.push(tokio::spawn(async move {
+            let request = SendRequest {
+                to_user_id: b,
+                client_msg_id: format!("k{n}"),
+                body: format!("n{n}"),
+            };
+            let options = as_user(a).timeout(Duration::from_secs(20));
+            client.send_with(&request, &options).await
+        }));
+        if n == 100 {
+            let mut killed = first.take().unwrap();
+            killed.child.kill().unwrap();
+            killed.child.wait().unwrap();
+        }
+    }
+    // Sends that failed with the process are resent (same client_msg_id) to the new one.
+    let second = start(&config);
+    let mut acked = Vec::new();
+    for (n, send) in sends.into_iter().enumerate() {
+        let ack = match send.await.unwrap() {
+            Ok(ack) => ack,
+            Err(_) => resend(&client, a, b, n).await,
+        };
+        acked.push(ack);
+    }
+    let conv = acked[0].conversation_id.clone();
+    let synced = client
+        .sync_with(
+            &SyncRequest {
+                conversation_id: conv,
+                after_seq: 0,
+                limit: 500,
+            },
+            &as_user(b),
+        )
+        .await
+        .unwrap()
+        .messages;
+    assert_eq!(synced.len(), 200, "every message stored once");
+    let seqs: Vec<u64> = synced.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    for ack in &acked {
+        assert!(
+            synced
+                .iter()
+                .any(|m| m.msg_id == ack.msg_id && m.seq == ack.seq),
+            "ack {ack:?} lost"
+        );
+    }
+
+    let metrics = http_get(&second.metrics, "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("mpim_messages_stored_total"), "{metrics}");
+
+    // SIGTERM: deregistered, then a clean exit.
+    let pid = second.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut second = second;
+    let status = second.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    // The killed process's node goes when its session expires; the stopped one's at once.
+    wait_for("deregistration", async || {
+        client.inner().instances().is_empty()
+    })
+    .await;
+    sql.close().await;
+    db.drop().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Resends message `n` until an instance takes it, as a client would: the killed process
+/// stays listed until its ZooKeeper session expires, and calls to it fail until then.
+async fn resend(
+    client: &MessageServiceClient,
+    a: u64,
+    b: u64,
+    n: usize,
+) -> im_common::proto::SendAck {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let request = SendRequest {
+            to_user_id: b,
+            client_msg_id: format!("k{n}"),
+            body: format!("n{n}"),
+        };
+        match client.send_with(&request, &as_user(a)).await {
+            Ok(ack) => return ack,
+            Err(err) if Instant::now() < deadline => {
+                eprintln!("resend of k{n} failed ({err}); trying again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("resend of k{n} failed until the deadline: {err}"),
+        }
+    }
+}
+
+fn rand_suffix_u32() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+}
