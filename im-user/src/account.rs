@@ -53,6 +53,7 @@ pub(crate) async fn register(users: &Users, req: RegisterRequest) -> Result<User
             nickname,
         })
         .await?;
+    metrics::counter!("mpim_user_registrations_total").increment(1);
     info!(user_id = profile.user_id, "user registered");
     Ok(profile)
 }
@@ -66,6 +67,7 @@ pub(crate) async fn login(users: &Users, req: LoginRequest) -> Result<LoginReply
     };
     // No stored password is this long: refused without spending a hash on it.
     if req.password.len() > 128 {
+        metrics::counter!("mpim_user_logins_total", "outcome" => "refused").increment(1);
         return Err(wrong_credentials());
     }
     let credentials = users.sql.credentials(&req.name).await?;
@@ -73,7 +75,10 @@ pub(crate) async fn login(users: &Users, req: LoginRequest) -> Result<LoginReply
     let matches = users.passwords.verify(req.password, hash).await?;
     let profile = match credentials {
         Some(credentials) if matches => credentials.profile,
-        _ => return Err(wrong_credentials()),
+        _ => {
+            metrics::counter!("mpim_user_logins_total", "outcome" => "refused").increment(1);
+            return Err(wrong_credentials());
+        }
     };
     let now = now_ms();
     let iat = now.div_euclid(1000);
@@ -101,6 +106,7 @@ pub(crate) async fn login(users: &Users, req: LoginRequest) -> Result<LoginReply
         iat,
         exp,
     })?;
+    metrics::counter!("mpim_user_logins_total", "outcome" => "ok").increment(1);
     info!(user_id = profile.user_id, session_id, "logged in");
     Ok(LoginReply {
         token,

@@ -116,6 +116,7 @@ impl Cached {
     pub(crate) async fn forget(&self, keys: Vec<String>) {
         if let Err(err) = self.cache.delete(keys.clone()).await {
             // The entries live out their TTL: as stale as the TTL allows, never longer.
+            metrics::counter!("mpim_user_cache_failures_total").increment(1);
             warn!(cause = %err, ?keys, "cache delete failed");
         }
     }
@@ -134,6 +135,7 @@ impl Cached {
         match self.cache.get(key).await {
             Ok(value) => value,
             Err(err) => {
+                metrics::counter!("mpim_user_cache_failures_total").increment(1);
                 warn!(cause = %err, "cache read failed; reading the database");
                 None
             }
@@ -142,6 +144,7 @@ impl Cached {
 
     async fn set(&self, key: String, value: Bytes, ttl: Duration) {
         if let Err(err) = self.cache.set(key, value, ttl).await {
+            metrics::counter!("mpim_user_cache_failures_total").increment(1);
             warn!(cause = %err, "cache write failed");
         }
     }
