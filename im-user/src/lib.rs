@@ -106,7 +106,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.auth.validate()?;
     let sql = Sql::connect(&config.database).await?;
-    let bus = Bus::in_process(); // BUS_CONNECT: Bus::connect(&config.redis)
+    let bus = Bus::connect(&config.redis).await?;
     let discovery = Discovery::connect(&config.discovery).await?;
     let users = Users::new(sql.clone(), bus, config.auth.clone())?.with_cache(config.cache.clone());
     discovery
