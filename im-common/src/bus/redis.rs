@@ -231,7 +231,7 @@ impl Redis {
         }
     }
 
-    async fn read(
+    async fn read_entries(
         &self,
         stream: &str,
         consumer: &str,
@@ -365,7 +365,11 @@ impl Streams for Redis {
         max: usize,
         block: Duration,
     ) -> BoxFuture<'_, BusResult<Vec<StreamEntry>>> {
-        async move { Redis::read(self, &stream, &consumer, from, max, block).await }.boxed()
+        async move {
+            self.read_entries(&stream, &consumer, from, max, block)
+                .await
+        }
+        .boxed()
     }
 
     fn ack(&self, stream: String, ids: Vec<String>) -> BoxFuture<'_, BusResult<()>> {
