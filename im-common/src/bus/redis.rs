@@ -68,7 +68,7 @@ impl Redis {
     /// Connects to the server at `url` (`redis://host:6379/0`).
     ///
     /// # Errors
-    /// [`StoreError::Redis`] when the URL is wrong or the server cannot be reached.
+    /// [`StoreError::Redis`](crate::StoreError::Redis) when the URL is wrong or the server cannot be reached.
     pub async fn connect(url: &str) -> BusResult<Redis> {
         Redis::connect_with_prefix(url, "").await
     }
@@ -78,7 +78,7 @@ impl Redis {
     /// `{`, which would move the hash tags.
     ///
     /// # Errors
-    /// [`StoreError::Redis`] when the URL is wrong or the server cannot be reached.
+    /// [`StoreError::Redis`](crate::StoreError::Redis) when the URL is wrong or the server cannot be reached.
     pub async fn connect_with_prefix(url: &str, prefix: &str) -> BusResult<Redis> {
         let client = Client::open(url)?;
         let config = ConnectionManagerConfig::new()
@@ -104,7 +104,7 @@ impl Redis {
     /// under its prefix, or every `mpim:` key when it has none. Returns how many.
     ///
     /// # Errors
-    /// [`StoreError::Redis`] when the server fails.
+    /// [`StoreError::Redis`](crate::StoreError::Redis) when the server fails.
     pub async fn clear(&self) -> BusResult<u64> {
         let pattern = if self.prefix.is_empty() {
             "mpim:*".to_owned()
