@@ -8,12 +8,13 @@
 //! ```
 //!
 //! It (re)creates the database, makes `2 × --conversations` users in friend pairs and their
-//! conversations, serves the
-//! message service on 127.0.0.1 (the in-process bus: pushes go to streams no gateway reads),
-//! and sends over TCP with mprpc. Closed loop: `--concurrency` callers, each sending its next
-//! message when the last one is acked. `--rate R`: sends start at fixed intervals whatever
-//! the acks do, and latency counts from the intended start, so a stall shows in the tail
-//! instead of slowing the load. Ends with one line:
+//! conversations, serves the message service on 127.0.0.1 (the in-process bus: pushes go to
+//! streams no gateway reads), and sends over TCP with mprpc. Closed loop: `--concurrency`
+//! callers, each sending its next message when the last one is acked. `--rate R`: sends
+//! start at fixed intervals whatever the acks do, and latency counts from the intended start,
+//! so a stall shows in the tail instead of slowing the load. The first `--warmup` seconds (2)
+//! run the same load unmeasured, until connections are open and statements prepared. Ends
+//! with one line:
 //! `RESULT sent=<n> acked=<n> failed=<n> acked_per_s=<x> p50_ms=<x> p99_ms=<x>`.
 
 use std::sync::Arc;
@@ -58,6 +59,9 @@ struct Args {
     /// Committer tasks (default: the service's own default for the engine).
     #[arg(long)]
     committers: Option<usize>,
+    /// Seconds of the same load before the measured ones (not counted).
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
     /// Database connections.
     #[arg(long, default_value_t = 32)]
     pool: u32,
@@ -104,21 +108,15 @@ async fn main() -> anyhow::Result<()> {
     let client = MessageServiceClient::new(client);
 
     let body = "m".repeat(args.body_bytes);
-    let counts = Arc::new(Counts::default());
-    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
+    // The same load, unmeasured, until connections are open and statements prepared.
+    let warmup = Phase::new(client, users, Arc::from(body), 0)?;
+    warmup.run(&args, Duration::from_secs(args.warmup)).await;
+    let phase = warmup.after()?;
     let started = Instant::now();
-    let seconds = Duration::from_secs(args.seconds);
-    match args.rate {
-        None => closed_loop(&args, &client, &users, &body, &counts, &histogram, seconds).await,
-        Some(rate) => {
-            open_loop(
-                &args, rate, &client, &users, &body, &counts, &histogram, seconds,
-            )
-            .await
-        }
-    }
+    phase.run(&args, Duration::from_secs(args.seconds)).await;
+    let Phase {
+        counts, histogram, ..
+    } = phase;
     let elapsed = started.elapsed().as_secs_f64();
     let histogram = histogram.lock();
     let acked = counts.acked.load(Ordering::Relaxed);
@@ -134,106 +132,142 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One send from the `n`th message's pair, alternating direction.
-async fn send_one(
-    client: &MessageServiceClient,
-    users: &[(u64, u64)],
-    n: u64,
-    body: &str,
-    counts: &Counts,
-) -> bool {
-    let (a, b) = users[(n % users.len() as u64) as usize];
-    let (from, to) = if (n / users.len() as u64) % 2 == 0 {
-        (a, b)
-    } else {
-        (b, a)
-    };
-    let request = SendRequest {
-        to_user_id: to,
-        client_msg_id: format!("b{n}"),
-        body: body.to_owned(),
-    };
-    let options = identity::for_user(CallOptions::new(), &User::new(from));
-    counts.sent.fetch_add(1, Ordering::Relaxed);
-    match client.send_with(&request, &options).await {
-        Ok(_) => {
-            counts.acked.fetch_add(1, Ordering::Relaxed);
-            true
-        }
-        Err(err) => {
-            if counts.failed.fetch_add(1, Ordering::Relaxed) < 5 {
-                eprintln!("send failed: {err}");
-            }
-            false
-        }
-    }
+/// One measured (or warm-up) stretch of load: what it sends and what it counted.
+struct Phase {
+    client: MessageServiceClient,
+    users: Arc<Vec<(u64, u64)>>,
+    body: Arc<str>,
+    /// The number of this phase's first message (client_msg_ids never repeat across phases).
+    first: u64,
+    next: Arc<AtomicU64>,
+    counts: Arc<Counts>,
+    histogram: Arc<Mutex<Histogram<u64>>>,
 }
 
-async fn closed_loop(
-    args: &Args,
-    client: &MessageServiceClient,
-    users: &Arc<Vec<(u64, u64)>>,
-    body: &str,
-    counts: &Arc<Counts>,
-    histogram: &Arc<Mutex<Histogram<u64>>>,
-    seconds: Duration,
-) {
-    let next = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + seconds;
-    let mut workers = Vec::new();
-    for _ in 0..args.concurrency {
-        let (client, users, body) = (client.clone(), users.clone(), body.to_owned());
-        let (counts, histogram, next) = (counts.clone(), histogram.clone(), next.clone());
-        workers.push(tokio::spawn(async move {
-            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
-            while Instant::now() < deadline {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                let start = Instant::now();
-                if send_one(&client, &users, n, &body, &counts).await {
-                    let _ = local.record(start.elapsed().as_micros() as u64);
+impl Phase {
+    fn new(
+        client: MessageServiceClient,
+        users: Arc<Vec<(u64, u64)>>,
+        body: Arc<str>,
+        first: u64,
+    ) -> anyhow::Result<Phase> {
+        Ok(Phase {
+            client,
+            users,
+            body,
+            first,
+            next: Arc::new(AtomicU64::new(first)),
+            counts: Arc::new(Counts::default()),
+            histogram: Arc::new(Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?)),
+        })
+    }
+
+    /// A fresh phase that goes on numbering after this one.
+    fn after(&self) -> anyhow::Result<Phase> {
+        let first = self.next.load(Ordering::Relaxed);
+        Phase::new(
+            self.client.clone(),
+            self.users.clone(),
+            self.body.clone(),
+            first,
+        )
+    }
+
+    async fn run(&self, args: &Args, seconds: Duration) {
+        match args.rate {
+            None => self.closed_loop(args.concurrency, seconds).await,
+            Some(rate) => self.open_loop(args.concurrency, rate, seconds).await,
+        }
+    }
+
+    /// One send of the `n`th message's pair, alternating direction; true when acked.
+    async fn send_one(&self, n: u64) -> bool {
+        let (a, b) = self.users[(n % self.users.len() as u64) as usize];
+        let (from, to) = if (n / self.users.len() as u64) % 2 == 0 {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let request = SendRequest {
+            to_user_id: to,
+            client_msg_id: format!("b{n}"),
+            body: self.body.to_string(),
+        };
+        let options = identity::for_user(CallOptions::new(), &User::new(from));
+        self.counts.sent.fetch_add(1, Ordering::Relaxed);
+        match self.client.send_with(&request, &options).await {
+            Ok(_) => {
+                self.counts.acked.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(err) => {
+                if self.counts.failed.fetch_add(1, Ordering::Relaxed) < 5 {
+                    eprintln!("send failed: {err}");
                 }
+                false
             }
-            let _ = histogram.lock().add(&local);
-        }));
+        }
     }
-    for worker in workers {
-        let _ = worker.await;
-    }
-}
 
-#[allow(clippy::too_many_arguments)]
-async fn open_loop(
-    args: &Args,
-    rate: u64,
-    client: &MessageServiceClient,
-    users: &Arc<Vec<(u64, u64)>>,
-    body: &str,
-    counts: &Arc<Counts>,
-    histogram: &Arc<Mutex<Histogram<u64>>>,
-    seconds: Duration,
-) {
-    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-    let total = rate * seconds.as_secs();
-    let start = tokio::time::Instant::now();
-    let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for n in 0..total {
-        let intended = start + interval.mul_f64(n as f64);
-        tokio::time::sleep_until(intended).await;
-        // Waiting for a free slot counts in the latency: it is measured from `intended`.
-        let permit = slots.clone().acquire_owned().await.expect("never closed");
-        let (client, users, body) = (client.clone(), users.clone(), body.to_owned());
-        let (counts, histogram) = (counts.clone(), histogram.clone());
-        tasks.spawn(async move {
-            if send_one(&client, &users, n, &body, &counts).await {
-                let micros = intended.elapsed().as_micros() as u64;
-                let _ = histogram.lock().record(micros.max(1));
-            }
-            drop(permit);
-        });
-        while tasks.try_join_next().is_some() {}
+    fn share(&self) -> Phase {
+        Phase {
+            client: self.client.clone(),
+            users: self.users.clone(),
+            body: self.body.clone(),
+            first: self.first,
+            next: self.next.clone(),
+            counts: self.counts.clone(),
+            histogram: self.histogram.clone(),
+        }
     }
-    while tasks.join_next().await.is_some() {}
+
+    async fn closed_loop(&self, concurrency: usize, seconds: Duration) {
+        let deadline = Instant::now() + seconds;
+        let mut workers = Vec::new();
+        for _ in 0..concurrency {
+            let phase = self.share();
+            workers.push(tokio::spawn(async move {
+                let mut local =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+                while Instant::now() < deadline {
+                    let n = phase.next.fetch_add(1, Ordering::Relaxed);
+                    let start = Instant::now();
+                    if phase.send_one(n).await {
+                        let _ = local.record(start.elapsed().as_micros() as u64);
+                    }
+                }
+                let _ = phase.histogram.lock().add(&local);
+            }));
+        }
+        for worker in workers {
+            let _ = worker.await;
+        }
+    }
+
+    async fn open_loop(&self, concurrency: usize, rate: u64, seconds: Duration) {
+        let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+        let total = rate * seconds.as_secs();
+        let start = tokio::time::Instant::now();
+        let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for k in 0..total {
+            let intended = start + interval.mul_f64(k as f64);
+            tokio::time::sleep_until(intended).await;
+            // Waiting for a free slot counts in the latency: it is measured from `intended`.
+            let permit = slots.clone().acquire_owned().await.expect("never closed");
+            let phase = self.share();
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            tasks.spawn(async move {
+                if phase.send_one(n).await {
+                    let micros = intended.elapsed().as_micros() as u64;
+                    let _ = phase.histogram.lock().record(micros.max(1));
+                }
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        while tasks.join_next().await.is_some() {}
+    }
 }
 
 /// Drops and creates the database the URL names (MySQL), or removes the SQLite file.
