@@ -1,28 +1,29 @@
-//! The transactions that change groups and their membership.
+//! The transactions that change who is in a group: creation, additions, join requests,
+//! leaving, removal and dismissal.
 
 use std::collections::HashSet;
 
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{CHUNK, Departure, GroupUpdate, JoinState, NewGroup, i64_of, list};
+use super::{CHUNK, Departure, JoinState, NewGroup, i64_of, list};
 use crate::error::StoreError;
 use crate::ids::{ConversationId, now_ms};
 use crate::proto::{GroupInfo, GroupRole};
 use crate::store::{Dialect, Sql};
 
-type Tx = sqlx::Transaction<'static, sqlx::Any>;
+pub(super) type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
-const OWNER: i64 = GroupRole::Owner as i64;
-const ADMIN: i64 = GroupRole::Admin as i64;
+pub(super) const OWNER: i64 = GroupRole::Owner as i64;
+pub(super) const ADMIN: i64 = GroupRole::Admin as i64;
 const MEMBER: i64 = GroupRole::Member as i64;
 
-fn conv_of(group: u64) -> String {
+pub(super) fn conv_of(group: u64) -> String {
     ConversationId::Group(group).to_string()
 }
 
 /// The suffix that locks the rows a `SELECT` reads until commit (SQLite's write
 /// transaction holds the whole database already).
-fn for_update(dialect: Dialect) -> &'static str {
+pub(super) fn for_update(dialect: Dialect) -> &'static str {
     match dialect {
         Dialect::MySql => " FOR UPDATE",
         Dialect::Sqlite => "",
@@ -31,7 +32,7 @@ fn for_update(dialect: Dialect) -> &'static str {
 
 impl Sql {
     /// Locks a live group's row for the transaction; returns its owner.
-    async fn lock_group(&self, tx: &mut Tx, group: u64) -> Result<u64, StoreError> {
+    pub(super) async fn lock_group(&self, tx: &mut Tx, group: u64) -> Result<u64, StoreError> {
         let select = format!(
             "SELECT owner_id FROM chat_groups WHERE group_id = ? AND dismissed_at IS NULL{}",
             for_update(self.dialect())
@@ -295,110 +296,6 @@ impl Sql {
         Ok(removed)
     }
 
-    pub(super) async fn update_role(
-        &self,
-        group: u64,
-        user: u64,
-        role: GroupRole,
-    ) -> Result<(), StoreError> {
-        if !matches!(role, GroupRole::Member | GroupRole::Admin) {
-            return Err(StoreError::Precondition(
-                "a role set directly is MEMBER or ADMIN".into(),
-            ));
-        }
-        let done = sqlx::query(
-            "UPDATE group_members SET role = ? WHERE group_id = ? AND user_id = ? AND role <> ?",
-        )
-        .bind(i64::from(role as i32))
-        .bind(i64_of(group))
-        .bind(i64_of(user))
-        .bind(OWNER)
-        .execute(self.pool())
-        .await?;
-        if done.rows_affected() > 0 {
-            return Ok(());
-        }
-        match member_role(self.pool(), group, user).await? {
-            None => Err(StoreError::NotFound("member")),
-            Some(_) => Err(StoreError::Precondition(
-                "the owner's role changes only by transferring ownership".into(),
-            )),
-        }
-    }
-
-    pub(super) async fn move_ownership(
-        &self,
-        group: u64,
-        from: u64,
-        to: u64,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        let owner = self.lock_group(&mut tx, group).await?;
-        if owner != from {
-            return Err(StoreError::Precondition(
-                "only the current owner transfers ownership".into(),
-            ));
-        }
-        if member_role(&mut *tx, group, to).await?.is_none() {
-            return Err(StoreError::NotFound("member"));
-        }
-        if to == from {
-            return Ok(());
-        }
-        for (user, role) in [(from, ADMIN), (to, OWNER)] {
-            sqlx::query("UPDATE group_members SET role = ? WHERE group_id = ? AND user_id = ?")
-                .bind(role)
-                .bind(i64_of(group))
-                .bind(i64_of(user))
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query("UPDATE chat_groups SET owner_id = ? WHERE group_id = ?")
-            .bind(i64_of(to))
-            .bind(i64_of(group))
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub(super) async fn update_info(
-        &self,
-        group: u64,
-        update: &GroupUpdate,
-    ) -> Result<(), StoreError> {
-        let mut sets = Vec::new();
-        if update.name.is_some() {
-            sets.push("name = ?");
-        }
-        if update.description.is_some() {
-            sets.push("description = ?");
-        }
-        if update.join_policy.is_some() {
-            sets.push("join_policy = ?");
-        }
-        if sets.is_empty() {
-            return Ok(());
-        }
-        // Only fixed fragments are joined into the statement; the values are bound.
-        let statement = format!(
-            "UPDATE chat_groups SET {} WHERE group_id = ? AND dismissed_at IS NULL",
-            sets.join(", ")
-        );
-        let mut query = sqlx::query(AssertSqlSafe(statement));
-        if let Some(name) = &update.name {
-            query = query.bind(name.clone());
-        }
-        if let Some(description) = &update.description {
-            query = query.bind(description.clone());
-        }
-        if let Some(policy) = update.join_policy {
-            query = query.bind(i64::from(policy as i32));
-        }
-        query.bind(i64_of(group)).execute(self.pool()).await?;
-        Ok(())
-    }
-
     pub(super) async fn dismiss_group(&self, group: u64) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
         match self.lock_group(&mut tx, group).await {
@@ -461,7 +358,11 @@ async fn write_members(
 }
 
 /// The role of `user` in `group`, if a member.
-async fn member_role<'c, E>(executor: E, group: u64, user: u64) -> Result<Option<i64>, StoreError>
+pub(super) async fn member_role<'c, E>(
+    executor: E,
+    group: u64,
+    user: u64,
+) -> Result<Option<i64>, StoreError>
 where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
 {
