@@ -162,3 +162,109 @@ async fn spawn_metrics(
         }
     })))
 }
+
+/// Service binaries under test: start one, find its `/metrics`, scrape it.
+pub mod testing {
+    use std::io::{BufRead, BufReader};
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A running service process; killed when dropped.
+    #[derive(Debug)]
+    pub struct ServiceProcess {
+        /// The process.
+        pub child: Child,
+        /// Where its `/metrics` listens, as it logged.
+        pub metrics: String,
+    }
+
+    impl ServiceProcess {
+        /// Starts `binary --config config` and waits until it logs its `/metrics` address
+        /// (the rest of its log goes to this process's stderr).
+        ///
+        /// # Panics
+        /// When the process cannot start or exits before serving.
+        pub fn start(binary: &str, config: &Path) -> ServiceProcess {
+            let mut child = Command::new(binary)
+                .arg("--config")
+                .arg(config)
+                .env("RUST_LOG", "info")
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("the service starts");
+            let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+            let metrics = loop {
+                let line = lines
+                    .next()
+                    .expect("the service logs before exiting")
+                    .expect("log lines are text");
+                eprintln!("{line}");
+                if line.contains("metrics at /metrics") {
+                    let addr = line.rsplit("addr=").next().unwrap_or_default().trim();
+                    break addr.to_owned();
+                }
+            };
+            std::thread::spawn(move || {
+                lines
+                    .map_while(Result::ok)
+                    .for_each(|line| eprintln!("{line}"));
+            });
+            ServiceProcess { child, metrics }
+        }
+
+        /// Sends SIGTERM and waits for the exit; returns whether it exited with 0.
+        ///
+        /// # Panics
+        /// When the signal cannot be sent.
+        pub fn terminate(mut self) -> bool {
+            let pid = self.child.id().to_string();
+            let sent = Command::new("kill").args(["-TERM", &pid]).status();
+            assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+            self.child.wait().is_ok_and(|status| status.success())
+        }
+    }
+
+    impl Drop for ServiceProcess {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// The response to `GET path` on `addr`, head and body.
+    ///
+    /// # Panics
+    /// When the connection fails.
+    pub async fn http_get(addr: &str, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response).await;
+        response
+    }
+
+    /// Polls `check` every 50 ms until it holds, for at most 30 s.
+    ///
+    /// # Panics
+    /// When it does not hold in time.
+    pub async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !check().await {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A ZooKeeper root no other test uses.
+    pub fn unique_root() -> String {
+        format!(
+            "/mpim-test-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        )
+    }
+}

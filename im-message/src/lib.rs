@@ -130,7 +130,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let sql = Sql::connect(&config.database).await?;
-    let bus = Bus::in_process(); // BUS_CONNECT: Bus::connect(&config.redis)
+    let bus = Bus::connect(&config.redis).await?;
     let discovery = Discovery::connect(&config.discovery).await?;
     let messages = Messages::new(sql.clone(), bus, config.message.clone());
     discovery

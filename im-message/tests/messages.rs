@@ -642,3 +642,40 @@ async fn a_restart_loses_nothing_acknowledged(sql: Sql) {
     assert_eq!(stored.len(), 60);
 }
 on_both!(restart, a_restart_loses_nothing_acknowledged);
+
+async fn a_flushed_redis_loses_no_seq(sql: Sql) {
+    let (a, b) = pair(&sql).await;
+    let redis = im_common::bus::testing::redis()
+        .await
+        .expect("Redis at 127.0.0.1:6379");
+    let bus = Bus::new(redis.clone());
+    let (_server, client) = service(&sql, &bus, settings());
+    let mut seqs = Vec::new();
+    for n in 0..10 {
+        seqs.push(
+            client
+                .send_with(&send(b, &format!("f{n}"), "before"), &as_user(a))
+                .await
+                .unwrap()
+                .seq,
+        );
+    }
+    // Routes, streams, cached friend lists: all gone at once.
+    redis.clear().await.unwrap();
+    for n in 10..20 {
+        seqs.push(
+            client
+                .send_with(&send(b, &format!("f{n}"), "after"), &as_user(a))
+                .await
+                .unwrap()
+                .seq,
+        );
+    }
+    assert_eq!(
+        seqs,
+        (1..=20).collect::<Vec<u64>>(),
+        "seqs continue, none reused"
+    );
+    redis.clear().await.unwrap();
+}
+on_both!(redis_flushed, a_flushed_redis_loses_no_seq);

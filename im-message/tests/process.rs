@@ -4,75 +4,18 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use im_common::config::DiscoveryConfig;
 use im_common::proto::{MessageServiceClient, SendRequest, SyncRequest};
 use im_common::serve::Discovery;
+use im_common::serve::testing::{ServiceProcess, http_get, unique_root, wait_for};
 use im_common::store::Sql;
 use im_common::store::testing::TestDb;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A running `im-message` and the address of its `/metrics`.
-struct Process {
-    child: Child,
-    metrics: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(config: &std::path::Path) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_im-message"))
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("im-message starts");
-    // Its log says where /metrics is; the rest of the log goes on to this test's stderr.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let metrics = loop {
-        let line = lines
-            .next()
-            .expect("im-message logs before exiting")
-            .unwrap();
-        eprintln!("{line}");
-        if line.contains("metrics at /metrics") {
-            let addr = line.rsplit("addr=").next().unwrap().trim().to_owned();
-            break addr;
-        }
-    };
-    std::thread::spawn(move || {
-        lines
-            .map_while(Result::ok)
-            .for_each(|line| eprintln!("{line}"))
-    });
-    Process { child, metrics }
-}
-
-async fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-}
-
-async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+fn start(config: &std::path::Path) -> ServiceProcess {
+    ServiceProcess::start(env!("CARGO_BIN_EXE_im-message"), config)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +25,7 @@ async fn survives_sigkill_and_stops_on_sigterm() {
     let (a, b) = (add_user(&sql, "ada").await, add_user(&sql, "bob").await);
     befriend(&sql, a, b).await;
 
-    let root = format!("/mpim-test-{}-{}", std::process::id(), rand_suffix_u32());
+    let root = unique_root();
     let dir = std::env::temp_dir().join(format!("im-message-{}", root.trim_start_matches('/')));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("im-message.toml");
@@ -175,17 +118,7 @@ async fn survives_sigkill_and_stops_on_sigterm() {
     assert!(metrics.contains("mpim_messages_stored_total"), "{metrics}");
 
     // SIGTERM: deregistered, then a clean exit.
-    let pid = second.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let mut second = second;
-    let status = second.child.wait().unwrap();
-    assert!(status.success(), "exit status {status}");
+    assert!(second.terminate(), "im-message exits 0 on SIGTERM");
     // The killed process's node goes when its session expires; the stopped one's at once.
     wait_for("deregistration", async || {
         client.inner().instances().is_empty()
@@ -220,11 +153,4 @@ async fn resend(
             Err(err) => panic!("resend of k{n} failed until the deadline: {err}"),
         }
     }
-}
-
-fn rand_suffix_u32() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
 }

@@ -1,1 +1,117 @@
-//! The user service (being written).
+//! MPIM's user service: accounts, logins and sessions, profiles, friends and blocks.
+//!
+//! Run it with `im-user --config im-user.toml` (every key and its default are in
+//! `im-user/im-user.toml`); it serves `mpim.UserService` on port 6101 and `/metrics` on
+//! 7101, registers in ZooKeeper when `[discovery] zookeeper` is set, and stops gracefully
+//! on SIGINT/SIGTERM. It needs a token secret shared by every instance:
+//!
+//! ```text
+//! MPIM_AUTH__JWT_SECRET="$(head -c 48 /dev/urandom | base64)" im-user --config im-user.toml
+//! ```
+//!
+//! Without one it refuses to start (naming `auth.jwt_secret`), unless `[auth] dev = true`
+//! allows the built-in development secret.
+//!
+//! What it guarantees:
+//! - passwords are stored only as argon2id hashes, computed off the async threads; a wrong
+//!   name and a wrong password get the same answer, after the same work;
+//! - a login is a session row plus an HS256 token naming it; `VerifyToken` (for the gateway)
+//!   checks signature, expiry and that the session is not revoked, and `Logout` revokes at
+//!   once (the cached session state is deleted, and a kick event goes to the user's
+//!   connections);
+//! - every call acting for a user takes the user from the call's identity metadata, never
+//!   from the request body;
+//! - profiles and friend/block lists are cached on the bus; writes delete what they make
+//!   stale, and a flushed or failing cache only costs database reads.
+//!
+//! # Layout
+//! - [`Users`] (`handler`): the `UserService` rpcs, delegating to
+//!   - `account`: Register, Login, VerifyToken, Logout;
+//!   - `profiles`: GetProfile(s), SearchUser, UpdateProfile;
+//!   - `friends`: friend requests, friends, blocks;
+//! - [`auth`]: password hashing and tokens, [`AuthSettings`];
+//! - `cache`: the typed, never-failing view of the bus cache, [`CacheSettings`];
+//! - [`Config`], [`run`], [`server`]: the process.
+
+#![warn(missing_docs)]
+
+mod account;
+pub mod auth;
+mod cache;
+mod friends;
+mod handler;
+mod profiles;
+
+use im_common::bus::Bus;
+use im_common::config::{DatabaseConfig, DiscoveryConfig, LogConfig, RedisConfig, ServerConfig};
+use im_common::serve::{Discovery, ports};
+use im_common::store::Sql;
+use serde::Deserialize;
+
+pub use auth::{AuthSettings, SettingsError};
+pub use cache::CacheSettings;
+pub use handler::Users;
+pub use profiles::MAX_BATCH;
+
+/// The process's configuration (`im-user.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listen address and shutdown; default port 6101.
+    pub server: ServerConfig,
+    /// Where to register.
+    pub discovery: DiscoveryConfig,
+    /// The user database.
+    pub database: DatabaseConfig,
+    /// Cache and pub/sub.
+    pub redis: RedisConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Passwords and tokens.
+    pub auth: AuthSettings,
+    /// Cache lifetimes.
+    pub cache: CacheSettings,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            server: ServerConfig::on_port(ports::USER),
+            discovery: DiscoveryConfig::default(),
+            database: DatabaseConfig::default(),
+            redis: RedisConfig::default(),
+            log: LogConfig::default(),
+            auth: AuthSettings::default(),
+            cache: CacheSettings::default(),
+        }
+    }
+}
+
+/// A server with the user service (and the identity check every MPIM service applies).
+pub fn server(users: Users) -> mprpc::Server {
+    mprpc::Server::builder()
+        .intercept(im_common::identity::Authenticate)
+        .add_service(im_common::proto::UserServiceServer::new(users))
+        .build()
+}
+
+/// Runs the service until `shutdown` completes.
+///
+/// # Errors
+/// When `[auth]` is unusable (checked first: see [`Users::new`]), or the database, Redis
+/// or ZooKeeper cannot be reached, or the address cannot be bound.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.auth.validate()?;
+    let sql = Sql::connect(&config.database).await?;
+    let bus = Bus::connect(&config.redis).await?;
+    let discovery = Discovery::connect(&config.discovery).await?;
+    let users = Users::new(sql.clone(), bus, config.auth.clone())?.with_cache(config.cache.clone());
+    discovery
+        .serve(server(users), &config.server, shutdown)
+        .await?;
+    sql.close().await;
+    Ok(())
+}

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
+use crate::config::RedisConfig;
 use crate::error::StoreError;
 use crate::proto::{Route, UserStatus};
 
@@ -123,14 +124,29 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
+    /// Every concern on one backend.
+    pub fn new<B: Routes + Streams + PubSub + Cache>(backend: Arc<B>) -> Bus {
+        Bus {
+            routes: backend.clone(),
+            streams: backend.clone(),
+            pubsub: backend.clone(),
+            cache: backend,
+        }
+    }
+
     /// Everything inside this process.
     pub fn in_process() -> Bus {
-        let memory = Arc::new(memory::Memory::new());
-        Bus {
-            routes: memory.clone(),
-            streams: memory.clone(),
-            pubsub: memory.clone(),
-            cache: memory,
+        Bus::new(Arc::new(memory::Memory::new()))
+    }
+
+    /// The bus `config` names: Redis at its URL, or inside this process without one.
+    ///
+    /// # Errors
+    /// [`StoreError::Redis`] when Redis cannot be reached.
+    pub async fn connect(config: &RedisConfig) -> BusResult<Bus> {
+        match &config.url {
+            Some(url) => Ok(Bus::new(Arc::new(self::redis::Redis::connect(url).await?))),
+            None => Ok(Bus::in_process()),
         }
     }
 }
@@ -161,6 +177,38 @@ pub mod keys {
     /// A session's revocation state.
     pub fn session(session: &str) -> String {
         format!("mpim:cache:session:{session}")
+    }
+}
+
+/// For tests: a Redis bus of their own on the test server.
+pub mod testing {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::BusResult;
+    use super::redis::Redis;
+
+    /// The Redis server tests use: `TEST_REDIS_URL`, default `redis://127.0.0.1:6379`.
+    pub fn redis_url() -> String {
+        std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+    }
+
+    /// A Redis bus whose keys and channels no other test shares (a unique prefix); call
+    /// [`Redis::clear`] at the end to delete what it wrote.
+    ///
+    /// # Errors
+    /// When the test server cannot be reached.
+    pub async fn redis() -> BusResult<Arc<Redis>> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!(
+            "test:{}:{}:{}:",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        );
+        Ok(Arc::new(
+            Redis::connect_with_prefix(&redis_url(), &prefix).await?,
+        ))
     }
 }
 

@@ -1,0 +1,572 @@
+//! The bus contract, one scenario at a time, run against the in-process bus and against
+//! Redis (a bus of its own per test, on the server at `TEST_REDIS_URL`, default
+//! 127.0.0.1:6379).
+//!
+//! Expiry is real time on both backends: ttls are a few hundred milliseconds and the tests
+//! poll for their effect under a deadline.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use im_common::StoreError;
+use im_common::bus::{Bus, ReadFrom, StreamEntry, delivery_stream, testing};
+use im_common::config::RedisConfig;
+use im_common::ids::now_ms;
+use im_common::proto::{DeviceKind, Route};
+use tokio::sync::mpsc;
+
+/// Long enough for any check on a loaded machine.
+const DEADLINE: Duration = Duration::from_secs(10);
+const LONG_TTL: Duration = Duration::from_secs(60);
+const SHORT_TTL: Duration = Duration::from_millis(300);
+
+/// Each scenario as two tests: `in_process::<name>` and `redis::<name>`.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod in_process {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(im_common::bus::Bus::in_process()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::on_redis(super::$name).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    bind_query_unbind,
+    heartbeat_keeps_routes,
+    lapsed_gateway_is_hidden_then_swept,
+    many_users_in_one_query,
+    streams_keep_entries_until_acked,
+    read_blocks_until_a_push,
+    streams_are_independent,
+    subscribers_get_what_follows,
+    cache_set_get_expire_delete,
+);
+
+/// Runs `scenario` on a Redis bus of its own, then deletes what it wrote.
+async fn on_redis<F, Fut>(scenario: F)
+where
+    F: FnOnce(Bus) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let redis = testing::redis().await.expect("redis at TEST_REDIS_URL");
+    scenario(Bus::new(redis.clone())).await;
+    redis.clear().await.unwrap();
+}
+
+fn route(user: u64, device: &str, kind: DeviceKind, gateway: &str) -> Route {
+    Route {
+        user_id: user,
+        device_id: device.to_owned(),
+        device_kind: kind as i32,
+        gateway_id: gateway.to_owned(),
+    }
+}
+
+async fn query(bus: &Bus, users: &[u64]) -> Vec<Route> {
+    let mut routes = bus.routes.query(users.to_vec()).await.unwrap();
+    routes.sort_by(|a, b| (a.user_id, &a.device_id).cmp(&(b.user_id, &b.device_id)));
+    routes
+}
+
+async fn online(bus: &Bus, user: u64) -> (bool, i64) {
+    let status = bus.routes.status(vec![user]).await.unwrap();
+    assert_eq!(status.len(), 1);
+    assert_eq!(status[0].user_id, user);
+    (status[0].online, status[0].last_seen_ms)
+}
+
+/// Polls `check` until it holds, failing the test after [`DEADLINE`].
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn bind_query_unbind(bus: Bus) {
+    let phone = route(1, "phone", DeviceKind::Mobile, "gw-a");
+    let laptop = route(1, "laptop", DeviceKind::Desktop, "gw-b");
+    let web = route(2, "web", DeviceKind::Web, "gw-a");
+    for r in [&phone, &laptop, &web] {
+        bus.routes.bind(r.clone(), LONG_TTL).await.unwrap();
+    }
+    assert_eq!(
+        query(&bus, &[1, 2, 3]).await,
+        vec![laptop.clone(), phone.clone(), web.clone()]
+    );
+    assert!(query(&bus, &[3]).await.is_empty());
+    assert!(query(&bus, &[]).await.is_empty());
+
+    // The phone reconnects through gw-b; gw-a's late unbind leaves it there.
+    let moved = route(1, "phone", DeviceKind::Mobile, "gw-b");
+    bus.routes.bind(moved.clone(), LONG_TTL).await.unwrap();
+    bus.routes
+        .unbind(1, "phone".into(), "gw-a".into())
+        .await
+        .unwrap();
+    assert_eq!(query(&bus, &[1]).await, vec![laptop.clone(), moved.clone()]);
+
+    bus.routes
+        .unbind(1, "phone".into(), "gw-b".into())
+        .await
+        .unwrap();
+    assert_eq!(query(&bus, &[1]).await, vec![laptop.clone()]);
+    let before = now_ms();
+    let (is_online, seen) = online(&bus, 1).await;
+    assert!(is_online);
+    assert!(
+        seen >= before,
+        "an online user is seen now: {seen} < {before}"
+    );
+    assert_eq!(online(&bus, 3).await, (false, 0), "never seen");
+
+    bus.routes
+        .unbind(1, "laptop".into(), "gw-b".into())
+        .await
+        .unwrap();
+    let (is_online, seen) = online(&bus, 1).await;
+    assert!(!is_online);
+    assert!(
+        (before..=now_ms()).contains(&seen),
+        "last seen when the last device went: {seen}"
+    );
+    assert!(online(&bus, 2).await.0, "other users untouched");
+
+    let statuses = bus.routes.status(vec![2, 1, 3]).await.unwrap();
+    let order: Vec<(u64, bool)> = statuses.iter().map(|s| (s.user_id, s.online)).collect();
+    assert_eq!(
+        order,
+        vec![(2, true), (1, false), (3, false)],
+        "in the order asked"
+    );
+}
+
+async fn heartbeat_keeps_routes(bus: Bus) {
+    let start = Instant::now();
+    let kept = route(1, "phone", DeviceKind::Mobile, "gw-beating");
+    let lapsing = route(2, "phone", DeviceKind::Mobile, "gw-silent");
+    bus.routes.bind(kept.clone(), SHORT_TTL).await.unwrap();
+    bus.routes.bind(lapsing.clone(), SHORT_TTL).await.unwrap();
+    loop {
+        bus.routes
+            .heartbeat("gw-beating".into(), SHORT_TTL)
+            .await
+            .unwrap();
+        let routes = query(&bus, &[1, 2]).await;
+        assert!(
+            routes.contains(&kept),
+            "a heartbeating gateway's route was lost"
+        );
+        if !routes.contains(&lapsing) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the silent gateway never lapsed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        start.elapsed() >= SHORT_TTL,
+        "lapsed before its ttl: {:?}",
+        start.elapsed()
+    );
+    assert!(online(&bus, 1).await.0);
+    assert!(!online(&bus, 2).await.0);
+}
+
+async fn lapsed_gateway_is_hidden_then_swept(bus: Bus) {
+    let dead_phone = route(1, "phone", DeviceKind::Mobile, "gw-dead");
+    let live_laptop = route(1, "laptop", DeviceKind::Desktop, "gw-live");
+    let dead_web = route(2, "web", DeviceKind::Web, "gw-dead");
+    bus.routes
+        .bind(dead_phone.clone(), SHORT_TTL)
+        .await
+        .unwrap();
+    bus.routes.bind(dead_web.clone(), SHORT_TTL).await.unwrap();
+    bus.routes
+        .bind(live_laptop.clone(), LONG_TTL)
+        .await
+        .unwrap();
+    assert_eq!(bus.routes.sweep().await.unwrap(), 0, "nothing lapsed yet");
+    assert_eq!(query(&bus, &[1, 2]).await.len(), 3);
+
+    until("gw-dead lapses", || async {
+        query(&bus, &[2]).await.is_empty()
+    })
+    .await;
+    assert_eq!(query(&bus, &[1, 2]).await, vec![live_laptop.clone()]);
+    assert!(!online(&bus, 2).await.0);
+    assert!(online(&bus, 1).await.0);
+
+    let before = now_ms();
+    assert_eq!(bus.routes.sweep().await.unwrap(), 2);
+    assert_eq!(bus.routes.sweep().await.unwrap(), 0, "swept once");
+    let (is_online, seen) = online(&bus, 2).await;
+    assert!(!is_online);
+    assert!(
+        (before..=now_ms()).contains(&seen),
+        "the sweep records when user 2 was last seen: {seen}"
+    );
+    assert!(online(&bus, 1).await.0, "user 1 still has gw-live");
+
+    // A swept gateway that comes back has to bind its routes again.
+    bus.routes
+        .heartbeat("gw-dead".into(), LONG_TTL)
+        .await
+        .unwrap();
+    assert_eq!(query(&bus, &[1, 2]).await, vec![live_laptop.clone()]);
+    bus.routes.bind(dead_web.clone(), LONG_TTL).await.unwrap();
+    assert_eq!(query(&bus, &[2]).await, vec![dead_web]);
+}
+
+async fn many_users_in_one_query(bus: Bus) {
+    let users: Vec<u64> = (1..=500).collect();
+    for &user in &users {
+        let gateway = format!("gw-{}", user % 7);
+        let kind = DeviceKind::Terminal;
+        bus.routes
+            .bind(route(user, "d", kind, &gateway), LONG_TTL)
+            .await
+            .unwrap();
+    }
+    let mut asked = users.clone();
+    asked.extend(1000..1500);
+    let routes = query(&bus, &asked).await;
+    assert_eq!(routes.len(), 500);
+    assert!(routes.iter().zip(&users).all(|(r, &u)| r.user_id == u));
+    let statuses = bus.routes.status(asked).await.unwrap();
+    assert_eq!(statuses.iter().filter(|s| s.online).count(), 500);
+}
+
+fn payloads(entries: &[StreamEntry]) -> Vec<&[u8]> {
+    entries.iter().map(|e| e.payload.as_ref()).collect()
+}
+
+fn ids(entries: &[StreamEntry]) -> Vec<String> {
+    entries.iter().map(|e| e.id.clone()).collect()
+}
+
+async fn read(bus: &Bus, stream: &str, from: ReadFrom, max: usize) -> Vec<StreamEntry> {
+    bus.streams
+        .read(stream.into(), "gw-1".into(), from, max, Duration::ZERO)
+        .await
+        .unwrap()
+}
+
+async fn streams_keep_entries_until_acked(bus: Bus) {
+    let stream = delivery_stream("gw-1");
+    let mut pushed = Vec::new();
+    for i in 0..5 {
+        let payload = Bytes::from(format!("m{i}\0"));
+        pushed.push(bus.streams.push(stream.clone(), payload).await.unwrap());
+    }
+    let first = read(&bus, &stream, ReadFrom::New, 3).await;
+    assert_eq!(payloads(&first), [b"m0\0", b"m1\0", b"m2\0"]);
+    assert_eq!(ids(&first), pushed[..3]);
+    let rest = read(&bus, &stream, ReadFrom::New, 10).await;
+    assert_eq!(payloads(&rest), [b"m3\0", b"m4\0"]);
+    assert!(read(&bus, &stream, ReadFrom::New, 10).await.is_empty());
+
+    bus.streams
+        .ack(stream.clone(), vec![pushed[0].clone(), pushed[3].clone()])
+        .await
+        .unwrap();
+    // As after a restart: what was read and not acknowledged comes back, in order.
+    for _ in 0..2 {
+        let pending = read(&bus, &stream, ReadFrom::Pending, 10).await;
+        assert_eq!(payloads(&pending), [b"m1\0", b"m2\0", b"m4\0"]);
+    }
+    assert_eq!(read(&bus, &stream, ReadFrom::Pending, 2).await.len(), 2);
+    assert!(read(&bus, &stream, ReadFrom::New, 10).await.is_empty());
+
+    let unacked = vec![pushed[1].clone(), pushed[2].clone(), pushed[4].clone()];
+    bus.streams.ack(stream.clone(), unacked).await.unwrap();
+    bus.streams.ack(stream.clone(), Vec::new()).await.unwrap();
+    assert!(read(&bus, &stream, ReadFrom::Pending, 10).await.is_empty());
+    assert!(read(&bus, &stream, ReadFrom::New, 10).await.is_empty());
+
+    bus.streams
+        .push(stream.clone(), Bytes::from_static(b"later"))
+        .await
+        .unwrap();
+    let later = read(&bus, &stream, ReadFrom::New, 10).await;
+    assert_eq!(
+        payloads(&later),
+        [b"later"],
+        "acknowledged entries never again"
+    );
+}
+
+async fn read_blocks_until_a_push(bus: Bus) {
+    let stream = delivery_stream("gw-blocking");
+    let start = Instant::now();
+    let nothing = bus
+        .streams
+        .read(
+            stream.clone(),
+            "gw-1".into(),
+            ReadFrom::New,
+            10,
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
+    assert!(nothing.is_empty());
+    assert!(
+        start.elapsed() >= Duration::from_millis(150),
+        "returned before its block time: {:?}",
+        start.elapsed()
+    );
+
+    let reader = tokio::spawn({
+        let bus = bus.clone();
+        let stream = stream.clone();
+        async move {
+            bus.streams
+                .read(stream, "gw-1".into(), ReadFrom::New, 10, DEADLINE * 3)
+                .await
+        }
+    });
+    bus.streams
+        .push(stream.clone(), Bytes::from_static(b"wake"))
+        .await
+        .unwrap();
+    let entries = tokio::time::timeout(DEADLINE, reader)
+        .await
+        .expect("the blocked reader saw the push")
+        .unwrap()
+        .unwrap();
+    assert_eq!(payloads(&entries), [b"wake"]);
+
+    // Other commands are not held up while a reader blocks.
+    let blocked = tokio::spawn({
+        let bus = bus.clone();
+        async move {
+            bus.streams
+                .read(stream, "gw-1".into(), ReadFrom::New, 10, DEADLINE * 3)
+                .await
+        }
+    });
+    let start = Instant::now();
+    for i in 0..20 {
+        bus.cache
+            .set(format!("k{i}"), Bytes::from_static(b"v"), LONG_TTL)
+            .await
+            .unwrap();
+    }
+    assert!(start.elapsed() < DEADLINE);
+    blocked.abort();
+}
+
+async fn streams_are_independent(bus: Bus) {
+    let a = delivery_stream("gw-a");
+    let b = delivery_stream("gw-b");
+    for payload in ["a1", "a2"] {
+        bus.streams.push(a.clone(), payload.into()).await.unwrap();
+    }
+    bus.streams.push(b.clone(), "b1".into()).await.unwrap();
+    let from_a = read(&bus, &a, ReadFrom::New, 10).await;
+    assert_eq!(payloads(&from_a), [b"a1", b"a2"]);
+    let from_b = read(&bus, &b, ReadFrom::New, 10).await;
+    assert_eq!(payloads(&from_b), [b"b1"]);
+    bus.streams.ack(a.clone(), ids(&from_a)).await.unwrap();
+    assert!(read(&bus, &a, ReadFrom::Pending, 10).await.is_empty());
+    let pending_b = read(&bus, &b, ReadFrom::Pending, 10).await;
+    assert_eq!(payloads(&pending_b), [b"b1"], "acks on a do not touch b");
+}
+
+async fn recv(rx: &mut mpsc::Receiver<Bytes>) -> Bytes {
+    tokio::time::timeout(DEADLINE, rx.recv())
+        .await
+        .expect("a published event arrives")
+        .expect("the subscription is open")
+}
+
+async fn subscribers_get_what_follows(bus: Bus) {
+    let channel = "mpim:events:test".to_owned();
+    let publish = |payload: &'static str| bus.pubsub.publish(channel.clone(), payload.into());
+    publish("before anyone listened").await.unwrap();
+
+    let mut first = bus.pubsub.subscribe(channel.clone()).await.unwrap();
+    publish("one").await.unwrap();
+    publish("two").await.unwrap();
+    assert_eq!(recv(&mut first).await, "one");
+    assert_eq!(recv(&mut first).await, "two");
+
+    let mut second = bus.pubsub.subscribe(channel.clone()).await.unwrap();
+    bus.pubsub
+        .publish("mpim:events:other".into(), "elsewhere".into())
+        .await
+        .unwrap();
+    publish("three").await.unwrap();
+    assert_eq!(recv(&mut first).await, "three");
+    assert_eq!(recv(&mut second).await, "three");
+
+    drop(first);
+    publish("four").await.unwrap();
+    assert_eq!(recv(&mut second).await, "four");
+
+    drop(second);
+    publish("to nobody").await.unwrap();
+    let mut third = bus.pubsub.subscribe(channel.clone()).await.unwrap();
+    publish("five").await.unwrap();
+    assert_eq!(
+        recv(&mut third).await,
+        "five",
+        "nothing from before it subscribed"
+    );
+}
+
+async fn cache_set_get_expire_delete(bus: Bus) {
+    let cache = &bus.cache;
+    assert_eq!(cache.get("k1".into()).await.unwrap(), None);
+    cache.set("k1".into(), "v1".into(), LONG_TTL).await.unwrap();
+    assert_eq!(cache.get("k1".into()).await.unwrap().unwrap(), "v1");
+    let binary = Bytes::from_static(b"\0\xff\x01");
+    cache
+        .set("k1".into(), binary.clone(), LONG_TTL)
+        .await
+        .unwrap();
+    assert_eq!(cache.get("k1".into()).await.unwrap(), Some(binary));
+
+    cache
+        .set("brief".into(), "x".into(), SHORT_TTL)
+        .await
+        .unwrap();
+    cache.set("k2".into(), "v2".into(), LONG_TTL).await.unwrap();
+    let start = Instant::now();
+    until("the brief value expires", || async {
+        cache.get("brief".into()).await.unwrap().is_none()
+    })
+    .await;
+    assert!(start.elapsed() < DEADLINE);
+
+    cache
+        .delete(vec!["k1".into(), "missing".into()])
+        .await
+        .unwrap();
+    cache.delete(Vec::new()).await.unwrap();
+    assert_eq!(cache.get("k1".into()).await.unwrap(), None);
+    assert_eq!(cache.get("k2".into()).await.unwrap().unwrap(), "v2");
+}
+
+#[tokio::test]
+async fn redis_buses_with_other_prefixes_never_meet() {
+    let one = testing::redis().await.unwrap();
+    let two = testing::redis().await.unwrap();
+    let (bus_one, bus_two) = (Bus::new(one.clone()), Bus::new(two.clone()));
+    bus_one
+        .cache
+        .set("k".into(), "one".into(), LONG_TTL)
+        .await
+        .unwrap();
+    bus_two
+        .cache
+        .set("k".into(), "two".into(), LONG_TTL)
+        .await
+        .unwrap();
+    let gw = route(1, "d", DeviceKind::Web, "gw");
+    bus_one.routes.bind(gw.clone(), LONG_TTL).await.unwrap();
+    bus_one.streams.push("s".into(), "x".into()).await.unwrap();
+    assert!(query(&bus_two, &[1]).await.is_empty());
+
+    // Clearing a bus is a flushed Redis, for that bus only.
+    assert!(one.clear().await.unwrap() >= 3);
+    assert_eq!(bus_one.cache.get("k".into()).await.unwrap(), None);
+    assert!(query(&bus_one, &[1]).await.is_empty());
+    assert!(read(&bus_one, "s", ReadFrom::New, 10).await.is_empty());
+    assert_eq!(bus_two.cache.get("k".into()).await.unwrap().unwrap(), "two");
+    one.clear().await.unwrap();
+    two.clear().await.unwrap();
+}
+
+/// How many connections listen on `channel` (unprefixed: the caller gives the full name).
+async fn listeners(conn: &::redis::aio::MultiplexedConnection, channel: &str) -> u64 {
+    let (_, count): (String, u64) = ::redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    count
+}
+
+#[tokio::test]
+async fn redis_subscription_ends_with_its_receivers() {
+    let redis = testing::redis().await.unwrap();
+    let bus = Bus::new(redis.clone());
+    let name = "mpim:events:ending";
+    let channel = format!("{}{name}", redis.prefix());
+    let client = ::redis::Client::open(testing::redis_url()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+
+    let first = bus.pubsub.subscribe(name.into()).await.unwrap();
+    let mut second = bus.pubsub.subscribe(name.into()).await.unwrap();
+    assert_eq!(
+        listeners(&conn, &channel).await,
+        1,
+        "one connection for both"
+    );
+    drop(first);
+    bus.pubsub.publish(name.into(), "x".into()).await.unwrap();
+    assert_eq!(recv(&mut second).await, "x");
+    assert_eq!(
+        listeners(&conn, &channel).await,
+        1,
+        "the second still listens"
+    );
+    drop(second);
+    until("the subscription ends", || async {
+        listeners(&conn, &channel).await == 0
+    })
+    .await;
+
+    // A later subscriber starts over.
+    let mut third = bus.pubsub.subscribe(name.into()).await.unwrap();
+    bus.pubsub.publish(name.into(), "y".into()).await.unwrap();
+    assert_eq!(recv(&mut third).await, "y");
+    redis.clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn connect_follows_the_config() {
+    let local = Bus::connect(&RedisConfig::default()).await.unwrap();
+    local
+        .cache
+        .set("k".into(), "v".into(), LONG_TTL)
+        .await
+        .unwrap();
+    assert!(local.cache.get("k".into()).await.unwrap().is_some());
+
+    let config = RedisConfig {
+        url: Some(testing::redis_url()),
+    };
+    let remote = Bus::connect(&config).await.unwrap();
+    let missing = remote.cache.get("mpim:cache:none-such".into()).await;
+    assert_eq!(missing.unwrap(), None);
+
+    let bad = RedisConfig {
+        url: Some("rediss-or-not://127.0.0.1".into()),
+    };
+    let err = Bus::connect(&bad).await.unwrap_err();
+    assert!(matches!(err, StoreError::Redis(_)), "{err}");
+}
