@@ -51,6 +51,7 @@ on_both!(mutes_follow_roles);
 on_both!(a_dismissed_group_is_gone);
 on_both!(a_thousand_members_are_paged_through);
 on_both!(only_existing_users_are_found);
+on_both!(concurrent_additions_stay_within_the_limit);
 
 const HOSTILE: &[&str] = &[
     "it's \"quoted\" \\ back`tick`",
@@ -541,4 +542,33 @@ async fn only_existing_users_are_found(sql: Sql) {
     assert!(sql.existing_users(&[]).await.unwrap().is_empty());
     let many: Vec<u64> = (1..=600).collect();
     assert_eq!(sql.existing_users(&many).await.unwrap(), ids);
+}
+
+async fn concurrent_additions_stay_within_the_limit(sql: Sql) {
+    let group = sql.create_group(&new_group(1, &[])).await.unwrap().group_id;
+    set_last_seq(&sql, group, 5).await;
+    let tasks: Vec<_> = (100..116)
+        .map(|user| {
+            let sql = sql.clone();
+            tokio::spawn(async move { sql.add_members(group, &[user, 1], 10).await })
+        })
+        .collect();
+    let mut added = Vec::new();
+    let mut refused = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(users) => added.extend(users),
+            Err(StoreError::Precondition(_)) => refused += 1,
+            Err(err) => panic!("unexpected failure: {err}"),
+        }
+    }
+    assert_eq!((added.len(), refused), (9, 7));
+    let members = sql.member_ids(group).await.unwrap();
+    assert_eq!(members.len(), 10);
+    let conv = conv_members(&sql, group).await;
+    assert_eq!(conv.len(), 10);
+    assert!(
+        conv.iter()
+            .all(|(user, seq)| *seq == if *user == 1 { 0 } else { 5 })
+    );
 }
