@@ -166,8 +166,10 @@ async fn heartbeat_keeps_routes(bus: Bus) {
     bus.routes.bind(kept.clone(), SHORT_TTL).await.unwrap();
     bus.routes.bind(lapsing.clone(), SHORT_TTL).await.unwrap();
     loop {
+        // A longer ttl than the bind's, so that a stalled loop on a busy machine does not
+        // lapse the gateway between two beats.
         bus.routes
-            .heartbeat("gw-beating".into(), SHORT_TTL)
+            .heartbeat("gw-beating".into(), SHORT_TTL * 4)
             .await
             .unwrap();
         let routes = query(&bus, &[1, 2]).await;
@@ -569,4 +571,70 @@ async fn connect_follows_the_config() {
     };
     let err = Bus::connect(&bad).await.unwrap_err();
     assert!(matches!(err, StoreError::Redis(_)), "{err}");
+}
+
+/// The ids of the pub/sub connections that listen on exactly `channels` channels.
+async fn pubsub_clients(conn: &::redis::aio::MultiplexedConnection, channels: usize) -> Vec<u64> {
+    let list: String = ::redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    let wanted = format!("sub={channels}");
+    list.lines()
+        .filter(|line| line.split(' ').any(|field| field == wanted))
+        .filter_map(|line| line.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn redis_subscriptions_survive_a_lost_connection() {
+    let redis = testing::redis().await.unwrap();
+    let bus = Bus::new(redis.clone());
+    let client = ::redis::Client::open(testing::redis_url()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    // Seven channels on one connection set it apart from any other test's.
+    const CHANNELS: usize = 7;
+    let before = pubsub_clients(&conn, CHANNELS).await;
+    let mut receivers = Vec::new();
+    for i in 0..CHANNELS {
+        receivers.push(bus.pubsub.subscribe(format!("ch{i}")).await.unwrap());
+    }
+    let ours: Vec<u64> = pubsub_clients(&conn, CHANNELS)
+        .await
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .collect();
+    assert_eq!(ours.len(), 1, "one connection for all channels: {ours:?}");
+    let killed: u64 = ::redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(ours[0])
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    assert_eq!(killed, 1);
+
+    // Reconnected and subscribed again: publishing (again, as events in the gap are lost)
+    // reaches every receiver.
+    for (i, rx) in receivers.iter_mut().enumerate() {
+        let start = Instant::now();
+        loop {
+            bus.pubsub
+                .publish(format!("ch{i}"), "back".into())
+                .await
+                .unwrap();
+            match tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+                Ok(Some(payload)) => {
+                    assert_eq!(payload, "back");
+                    break;
+                }
+                Ok(None) => panic!("a lost connection closed the subscription"),
+                Err(_) => assert!(start.elapsed() < DEADLINE, "never resubscribed"),
+            }
+        }
+    }
+    redis.clear().await.unwrap();
 }

@@ -100,8 +100,9 @@ pub(crate) fn shard_of(message: &NewMessage, shards: usize) -> usize {
     conversation_shard(&message.conversation.to_string(), shards)
 }
 
-/// FNV-1a of the conversation id: stable, cheap, and spreads sequential ids.
-pub(crate) fn conversation_shard(conv: &str, shards: usize) -> usize {
+/// Which of `shards` committer (and pusher) tasks owns conversation `conv`: FNV-1a of the
+/// id, stable, cheap, and spreads sequential ids.
+pub fn conversation_shard(conv: &str, shards: usize) -> usize {
     let hash = conv.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });

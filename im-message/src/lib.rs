@@ -39,6 +39,7 @@ use im_common::serve::{Discovery, ports};
 use im_common::store::Sql;
 use serde::Deserialize;
 
+pub use commit::conversation_shard;
 pub use handler::Messages;
 
 /// The process's configuration (`im-message.toml`).
