@@ -16,6 +16,7 @@ use im_common::ids::{ConversationId, now_ms};
 use im_common::proto::{GroupRole, UserIds};
 use im_common::store::Sql;
 use im_common::store::messages::{GroupAccess, MessageStore};
+use im_common::store::users::UserStore;
 use mprpc::Status;
 use prost::Message as _;
 use tracing::debug;
@@ -110,8 +111,8 @@ impl Access {
             Err(err) => debug!(cause = %err, "cache unavailable; reading the database"),
         }
         let ids = match list {
-            List::Friends => self.sql.friend_ids(user).await?,
-            List::Blocked => self.sql.blocked_ids(user).await?,
+            List::Friends => self.sql.list_friends(user).await?,
+            List::Blocked => self.sql.list_blocked(user).await?,
         };
         let encoded = Bytes::from(
             UserIds {

@@ -14,7 +14,7 @@ use im_common::bus::{Bus, delivery_stream, keys};
 use im_common::ids::ConversationId;
 use im_common::proto::{ChatMessage, Delivery, UserIds};
 use im_common::store::Sql;
-use im_common::store::messages::MessageStore;
+use im_common::store::groups::GroupStore;
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -135,7 +135,7 @@ pub(crate) async fn group_members(
         Ok(None) => {}
         Err(err) => debug!(cause = %err, "cache unavailable; reading members from the database"),
     }
-    let user_ids = sql.group_member_ids(group).await?;
+    let user_ids = sql.member_ids(group).await?;
     let encoded = Bytes::from(
         UserIds {
             user_ids: user_ids.clone(),

@@ -123,20 +123,8 @@ pub trait MessageStore: Send + Sync {
         user: u64,
     ) -> impl Future<Output = Result<Option<GroupAccess>, StoreError>> + Send;
 
-    /// The ids of a group's members.
-    fn group_member_ids(
-        &self,
-        group: u64,
-    ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
-
     /// Whether user `id` exists.
     fn user_exists(&self, id: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
-    /// The ids of `user`'s friends.
-    fn friend_ids(&self, user: u64) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
-
-    /// The ids `user` blocked.
-    fn blocked_ids(&self, user: u64) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
 }
 
 const COLUMNS: &str = "conv_id, seq, msg_id, sender_id, client_msg_id, kind, body, ref_msg_id, created_at, recalled, edited";
@@ -638,15 +626,6 @@ impl MessageStore for Sql {
         .transpose()
     }
 
-    async fn group_member_ids(&self, group: u64) -> Result<Vec<u64>, StoreError> {
-        ids(
-            self,
-            "SELECT user_id FROM group_members WHERE group_id = ?",
-            group,
-        )
-        .await
-    }
-
     async fn user_exists(&self, id: u64) -> Result<bool, StoreError> {
         let found = sqlx::query("SELECT 1 FROM users WHERE user_id = ?")
             .bind(i64_of(id))
@@ -654,36 +633,6 @@ impl MessageStore for Sql {
             .await?;
         Ok(found.is_some())
     }
-
-    async fn friend_ids(&self, user: u64) -> Result<Vec<u64>, StoreError> {
-        ids(
-            self,
-            "SELECT friend_id FROM friends WHERE user_id = ?",
-            user,
-        )
-        .await
-    }
-
-    async fn blocked_ids(&self, user: u64) -> Result<Vec<u64>, StoreError> {
-        ids(
-            self,
-            "SELECT blocked_id FROM blocks WHERE user_id = ?",
-            user,
-        )
-        .await
-    }
-}
-
-/// The ids a one-parameter query returns.
-async fn ids(sql: &Sql, statement: &'static str, key: u64) -> Result<Vec<u64>, StoreError> {
-    let ids: Vec<i64> = sqlx::query_scalar(statement)
-        .bind(i64_of(key))
-        .fetch_all(sql.pool())
-        .await?;
-    Ok(ids
-        .into_iter()
-        .filter_map(|id| u64::try_from(id).ok())
-        .collect())
 }
 
 impl Sql {
