@@ -15,6 +15,32 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+/// The command line every service binary takes (flatten it into the binary's parser).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// TOML configuration file (every key has a default).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (overrides server.listen).
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+impl Args {
+    /// The configuration these arguments name: [`load`] with `--listen` as an override.
+    ///
+    /// # Errors
+    /// As [`load`].
+    pub fn load<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        let overrides: Vec<(&str, String)> = self
+            .listen
+            .iter()
+            .map(|listen| ("server.listen", listen.clone()))
+            .collect();
+        load(self.config.as_deref(), &overrides)
+    }
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -85,7 +111,15 @@ pub fn load<T: DeserializeOwned>(
     let value = toml::Value::Table(root);
     serde_path_to_error::deserialize(value).map_err(|err| ConfigError::Invalid {
         key: err.path().to_string(),
-        message: err.inner().to_string(),
+        // The key leads the message already; the parser's own "in `table`" line would
+        // only repeat it.
+        message: err
+            .inner()
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
     })
 }
 

@@ -75,3 +75,31 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutdown signal received");
 }
+
+/// What a service's `main` returns on failure: printed as one line with its causes
+/// (`Error: server.listen 10.0.0.1:6101: Cannot assign requested address`), never a
+/// backtrace, and the process exits with 1.
+pub struct Failure(anyhow::Error);
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(err: E) -> Failure {
+        Failure(err.into())
+    }
+}
+
+impl std::fmt::Debug for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Causes in order, each once: many errors repeat their source in their own message.
+        let mut line = String::new();
+        for cause in self.0.chain() {
+            let text = cause.to_string();
+            if !line.contains(&text) {
+                if !line.is_empty() {
+                    line.push_str(": ");
+                }
+                line.push_str(&text);
+            }
+        }
+        f.write_str(&line)
+    }
+}

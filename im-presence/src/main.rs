@@ -1,29 +1,18 @@
 //! `im-presence`: the presence service as its own process.
 
-use std::path::PathBuf;
-
 use clap::Parser;
 
 #[derive(Parser)]
 #[command(about = "MPIM presence service")]
-struct Args {
-    /// TOML configuration file (every key has a default).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Address to listen on (overrides server.listen).
-    #[arg(long)]
-    listen: Option<String>,
+struct Cli {
+    #[command(flatten)]
+    args: im_common::config::Args,
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let overrides: Vec<(&str, String)> = args
-        .listen
-        .map(|listen| ("server.listen", listen))
-        .into_iter()
-        .collect();
-    let config: im_presence::Config = im_common::config::load(args.config.as_deref(), &overrides)?;
+async fn main() -> Result<(), im_common::telemetry::Failure> {
+    let config: im_presence::Config = Cli::parse().args.load()?;
     let _guard = im_common::telemetry::init("im-presence", &config.log)?;
-    im_presence::run(config, im_common::telemetry::shutdown_signal()).await
+    im_presence::run(config, im_common::telemetry::shutdown_signal()).await?;
+    Ok(())
 }

@@ -1,29 +1,18 @@
 //! `im-user`: the user service as its own process.
 
-use std::path::PathBuf;
-
 use clap::Parser;
 
 #[derive(Parser)]
 #[command(about = "MPIM user service")]
-struct Args {
-    /// TOML configuration file (every key has a default).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Address to listen on (overrides server.listen).
-    #[arg(long)]
-    listen: Option<String>,
+struct Cli {
+    #[command(flatten)]
+    args: im_common::config::Args,
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let overrides: Vec<(&str, String)> = args
-        .listen
-        .map(|l| ("server.listen", l))
-        .into_iter()
-        .collect();
-    let config: im_user::Config = im_common::config::load(args.config.as_deref(), &overrides)?;
+async fn main() -> Result<(), im_common::telemetry::Failure> {
+    let config: im_user::Config = Cli::parse().args.load()?;
     let _guard = im_common::telemetry::init("im-user", &config.log)?;
-    im_user::run(config, im_common::telemetry::shutdown_signal()).await
+    im_user::run(config, im_common::telemetry::shutdown_signal()).await?;
+    Ok(())
 }
