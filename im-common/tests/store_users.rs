@@ -4,41 +4,9 @@
 use im_common::StoreError;
 use im_common::proto::FriendRequestState;
 use im_common::store::Sql;
-use im_common::store::testing::TestDb;
 use im_common::store::users::{Credentials, Direction, NewUser, ProfileUpdate, Session, UserStore};
 
-/// Runs `scenario` on a fresh database and drops it afterwards.
-async fn with_db<F, Fut>(db: TestDb, scenario: F)
-where
-    F: FnOnce(Sql) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let sql = Sql::connect(&db.config())
-        .await
-        .expect("connect and migrate");
-    scenario(sql.clone()).await;
-    sql.close().await;
-    db.drop().await.expect("drop the test database");
-}
-
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            use im_common::store::testing::TestDb;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::with_db(TestDb::sqlite(), super::$name).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql() {
-                let db = TestDb::mysql().await.expect("MariaDB at 127.0.0.1:3306");
-                super::with_db(db, super::$name).await;
-            }
-        }
-    };
-}
+use im_common::on_both;
 
 on_both!(names_are_unique_and_text_round_trips);
 on_both!(profiles_are_read_in_batches);

@@ -4,6 +4,8 @@
 
 mod support;
 
+use im_common::on_both;
+
 use std::sync::Arc;
 use std::time::Duration;
 

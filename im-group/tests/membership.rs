@@ -3,6 +3,8 @@
 
 mod support;
 
+use im_common::on_both;
+
 use im_common::bus::Bus;
 use im_common::proto::{
     Empty, GroupId, GroupUsers, JoinPolicy, JoinRequest, MembersRequest, RespondJoinRequest,

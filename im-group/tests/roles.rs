@@ -4,6 +4,8 @@
 
 mod support;
 
+use im_common::on_both;
+
 use im_common::proto::{
     Empty, GroupId, GroupRole, GroupServiceClient, GroupUser, JoinPolicy, MembersRequest,
     MuteAllRequest, MuteRequest, SetRoleRequest, UpdateGroupRequest,

@@ -3,6 +3,8 @@
 
 mod support;
 
+use im_common::on_both;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -684,65 +686,68 @@ on_both!(redis_flushed, a_flushed_redis_loses_no_seq);
 /// owned by another committer, do not wait for them. MySQL only: SQLite has one writer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_conversations_do_not_wait_on_each_other() {
-    with_db(Engine::MySql, |sql| async move {
-        let (a, b) = pair(&sql).await;
-        // A second pair whose conversation another of the 4 committers owns.
-        let mut attempt = 0;
-        let (c, d) = loop {
-            attempt += 1;
-            let c = add_user(&sql, &format!("c{attempt}")).await;
-            let d = add_user(&sql, &format!("d{attempt}")).await;
-            let shard = |x: u64, y: u64| {
-                let conv = im_common::ids::ConversationId::direct(x, y).to_string();
-                im_message::conversation_shard(&conv, 4)
+    im_common::store::testing::with_db(
+        im_common::store::testing::Engine::MySql,
+        |sql| async move {
+            let (a, b) = pair(&sql).await;
+            // A second pair whose conversation another of the 4 committers owns.
+            let mut attempt = 0;
+            let (c, d) = loop {
+                attempt += 1;
+                let c = add_user(&sql, &format!("c{attempt}")).await;
+                let d = add_user(&sql, &format!("d{attempt}")).await;
+                let shard = |x: u64, y: u64| {
+                    let conv = im_common::ids::ConversationId::direct(x, y).to_string();
+                    im_message::conversation_shard(&conv, 4)
+                };
+                if shard(c, d) != shard(a, b) {
+                    befriend(&sql, c, d).await;
+                    break (c, d);
+                }
             };
-            if shard(c, d) != shard(a, b) {
-                befriend(&sql, c, d).await;
-                break (c, d);
-            }
-        };
-        let mut settings = settings();
-        settings.committers = 4;
-        let (_server, client) = service(&sql, &Bus::in_process(), settings);
-        let first = client
-            .send_with(&send(b, "x0", "hi"), &as_user(a))
-            .await
-            .unwrap();
-        client
-            .send_with(&send(d, "y0", "hi"), &as_user(c))
-            .await
-            .unwrap();
+            let mut settings = settings();
+            settings.committers = 4;
+            let (_server, client) = service(&sql, &Bus::in_process(), settings);
+            let first = client
+                .send_with(&send(b, "x0", "hi"), &as_user(a))
+                .await
+                .unwrap();
+            client
+                .send_with(&send(d, "y0", "hi"), &as_user(c))
+                .await
+                .unwrap();
 
-        // Someone holds conversation a–b's row: its next send waits ...
-        let mut holder = sql.pool().begin().await.unwrap();
-        sqlx::query("UPDATE conversations SET updated_at = updated_at + 1 WHERE conv_id = ?")
-            .bind(first.conversation_id.clone())
-            .execute(&mut *holder)
-            .await
-            .unwrap();
-        let waiting = {
-            let client = client.clone();
-            tokio::spawn(
-                async move { client.send_with(&send(b, "x1", "waits"), &as_user(a)).await },
-            )
-        };
-        // ... while conversation c–d goes on.
-        for n in 1..=5 {
-            let ack = tokio::time::timeout(
-                Duration::from_secs(10),
-                client.send_with(&send(d, &format!("y{n}"), "goes on"), &as_user(c)),
-            )
-            .await
-            .expect("a busy conversation held up another")
-            .unwrap();
-            assert_eq!(ack.seq, n + 1);
-        }
-        assert!(
-            !waiting.is_finished(),
-            "the held conversation's send went through the lock"
-        );
-        holder.rollback().await.unwrap();
-        assert_eq!(waiting.await.unwrap().unwrap().seq, 2);
-    })
+            // Someone holds conversation a–b's row: its next send waits ...
+            let mut holder = sql.pool().begin().await.unwrap();
+            sqlx::query("UPDATE conversations SET updated_at = updated_at + 1 WHERE conv_id = ?")
+                .bind(first.conversation_id.clone())
+                .execute(&mut *holder)
+                .await
+                .unwrap();
+            let waiting = {
+                let client = client.clone();
+                tokio::spawn(
+                    async move { client.send_with(&send(b, "x1", "waits"), &as_user(a)).await },
+                )
+            };
+            // ... while conversation c–d goes on.
+            for n in 1..=5 {
+                let ack = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    client.send_with(&send(d, &format!("y{n}"), "goes on"), &as_user(c)),
+                )
+                .await
+                .expect("a busy conversation held up another")
+                .unwrap();
+                assert_eq!(ack.seq, n + 1);
+            }
+            assert!(
+                !waiting.is_finished(),
+                "the held conversation's send went through the lock"
+            );
+            holder.rollback().await.unwrap();
+            assert_eq!(waiting.await.unwrap().unwrap().seq, 2);
+        },
+    )
     .await;
 }

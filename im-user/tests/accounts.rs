@@ -3,6 +3,8 @@
 
 mod support;
 
+use im_common::on_both;
+
 use std::time::Duration;
 
 use im_common::bus::{Bus, channels};

@@ -4,6 +4,8 @@
 
 mod support;
 
+use im_common::on_both;
+
 use im_common::bus::{Bus, keys};
 use im_common::proto::{
     Empty, FriendRequest, FriendRequestState, GetProfilesRequest, ListFriendRequestsRequest,

@@ -252,6 +252,36 @@ pub mod testing {
 
     static NEXT: AtomicU32 = AtomicU32::new(0);
 
+    /// Which engine a test scenario runs on.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Engine {
+        /// A fresh SQLite file.
+        Sqlite,
+        /// A fresh database on the MySQL test server.
+        MySql,
+    }
+
+    /// Runs `scenario` on a fresh, migrated database of `engine`, then drops the database.
+    ///
+    /// # Panics
+    /// When the database cannot be made, reached or dropped.
+    pub async fn with_db<F, Fut>(engine: Engine, scenario: F)
+    where
+        F: FnOnce(Sql) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let db = match engine {
+            Engine::Sqlite => TestDb::sqlite(),
+            Engine::MySql => TestDb::mysql().await.expect("MariaDB at 127.0.0.1:3306"),
+        };
+        let sql = Sql::connect(&db.config())
+            .await
+            .expect("connect and migrate");
+        scenario(sql.clone()).await;
+        sql.close().await;
+        db.drop().await.expect("drop the test database");
+    }
+
     fn unique(prefix: &str) -> String {
         format!(
             "{prefix}_{}_{}_{}",
@@ -326,4 +356,35 @@ pub mod testing {
             Ok(())
         }
     }
+}
+
+/// One test per engine for an `async fn scenario(sql: Sql)`: `on_both!(scenario)` makes the
+/// module `scenario` with tests `sqlite` and `mysql`; `on_both!(module, scenario)` names the
+/// module.
+#[macro_export]
+macro_rules! on_both {
+    ($name:ident) => {
+        $crate::on_both!($name, $name);
+    };
+    ($module:ident, $scenario:ident) => {
+        mod $module {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                $crate::store::testing::with_db(
+                    $crate::store::testing::Engine::Sqlite,
+                    super::$scenario,
+                )
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                $crate::store::testing::with_db(
+                    $crate::store::testing::Engine::MySql,
+                    super::$scenario,
+                )
+                .await;
+            }
+        }
+    };
 }

@@ -7,51 +7,8 @@ use im_common::bus::Bus;
 use im_common::identity::{self, ServiceIdentity, User};
 use im_common::proto::{CreateGroupRequest, GroupServiceClient, JoinPolicy};
 use im_common::store::Sql;
-use im_common::store::testing::TestDb;
 use im_group::{Groups, Settings};
 use mprpc::CallOptions;
-
-/// Which engine a scenario runs on.
-#[derive(Debug, Clone, Copy)]
-pub enum Engine {
-    Sqlite,
-    MySql,
-}
-
-/// Runs `scenario` on a fresh database of `engine` and drops the database afterwards.
-pub async fn with_db<F, Fut>(engine: Engine, scenario: F)
-where
-    F: FnOnce(Sql) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let db = match engine {
-        Engine::Sqlite => TestDb::sqlite(),
-        Engine::MySql => TestDb::mysql().await.expect("MariaDB at 127.0.0.1:3306"),
-    };
-    let sql = Sql::connect(&db.config())
-        .await
-        .expect("connect and migrate");
-    scenario(sql.clone()).await;
-    sql.close().await;
-    db.drop().await.expect("drop the test database");
-}
-
-/// The same scenario as one test per engine.
-#[macro_export]
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                $crate::support::with_db($crate::support::Engine::Sqlite, super::$name).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql() {
-                $crate::support::with_db($crate::support::Engine::MySql, super::$name).await;
-            }
-        }
-    };
-}
 
 /// `count` new users named `<prefix>-<n>`; their ids in order.
 pub async fn add_users(sql: &Sql, prefix: &str, count: usize) -> Vec<u64> {

@@ -7,7 +7,6 @@ use im_common::bus::Bus;
 use im_common::identity::{self, ServiceIdentity, User};
 use im_common::proto::{LoginReply, LoginRequest, RegisterRequest, UserServiceClient};
 use im_common::store::Sql;
-use im_common::store::testing::TestDb;
 use im_user::{AuthSettings, Users};
 use mprpc::{CallOptions, Code};
 
@@ -15,48 +14,6 @@ use mprpc::{CallOptions, Code};
 pub const SECRET: &str = "test-secret-of-at-least-thirty-two-bytes";
 /// The password every test user has.
 pub const PASSWORD: &str = "correct horse battery";
-
-/// Which engine a scenario runs on.
-#[derive(Debug, Clone, Copy)]
-pub enum Engine {
-    Sqlite,
-    MySql,
-}
-
-/// Runs `scenario` on a fresh database of `engine` and drops the database afterwards.
-pub async fn with_db<F, Fut>(engine: Engine, scenario: F)
-where
-    F: FnOnce(Sql) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let db = match engine {
-        Engine::Sqlite => TestDb::sqlite(),
-        Engine::MySql => TestDb::mysql().await.expect("MariaDB at 127.0.0.1:3306"),
-    };
-    let sql = Sql::connect(&db.config())
-        .await
-        .expect("connect and migrate");
-    scenario(sql.clone()).await;
-    sql.close().await;
-    db.drop().await.expect("drop the test database");
-}
-
-/// The same scenario as one test per engine.
-#[macro_export]
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                $crate::support::with_db($crate::support::Engine::Sqlite, super::$name).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql() {
-                $crate::support::with_db($crate::support::Engine::MySql, super::$name).await;
-            }
-        }
-    };
-}
 
 /// Auth settings with the test secret and a tiny argon2 work factor.
 pub fn auth() -> AuthSettings {
