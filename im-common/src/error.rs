@@ -2,7 +2,11 @@
 //!
 //! Handlers return [`mprpc::Status`]; a [`StoreError`] maps onto one at the boundary
 //! (`?` works through the `From` impl) without leaking SQL text or addresses to callers:
-//! backend failures are logged here and cross the wire as a bare `UNAVAILABLE`.
+//! backend failures are logged here and cross the wire as a bare `ABORTED`. Not
+//! `UNAVAILABLE`: mprpc resends that to another instance as a call that never started, and a
+//! handler whose database failed mid-call may have written part of its work (a commit whose
+//! answer was lost). The caller decides: a send, keyed by its client_msg_id, is safe to
+//! repeat.
 
 use mprpc::Status;
 
@@ -69,7 +73,7 @@ impl From<StoreError> for Status {
             StoreError::Precondition(why) => Status::failed_precondition(why),
             err @ (StoreError::Database(_) | StoreError::Redis(_)) => {
                 tracing::warn!(cause = %err, "backend unavailable");
-                Status::unavailable("storage unavailable")
+                Status::aborted("storage unavailable; try again")
             }
             StoreError::Corrupt(why) => {
                 tracing::error!(cause = %why, "corrupt data");
