@@ -142,12 +142,9 @@ async fn spawn_metrics(
         None if bound.port() == 0 => return Ok(None),
         None => SocketAddr::new(bound.ip(), bound.port().saturating_add(1000)).to_string(),
     };
-    let handle = match mprpc::metrics::install() {
-        Ok(handle) => handle,
-        Err(err) => {
-            warn!(cause = %err, "metrics recorder already installed; no /metrics here");
-            return Ok(None);
-        }
+    // Normally installed already, by `telemetry::init`, before the server was built.
+    let Some(handle) = crate::telemetry::metrics() else {
+        return Ok(None);
     };
     let listener = TcpListener::bind(&addr)
         .await
