@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`proto`]: messages, server traits and clients generated from `proto/mpim.proto`;
 //! - [`config`]: TOML + `MPIM_*` environment + flags, and the sections services share;
-//! - [`telemetry`]: logging to stderr and rotating files, the shutdown signal;
+//! - [`telemetry`]: logging to stderr and rotating files, the metrics recorder, the
+//!   shutdown signal;
 //! - [`serve`]: running a service process (listen, register, `/metrics`, graceful stop)
 //!   and clients of the other services through discovery;
 //! - [`identity`]: who a call is for, as metadata the gateway sets and services check;

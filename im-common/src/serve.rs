@@ -142,12 +142,9 @@ async fn spawn_metrics(
         None if bound.port() == 0 => return Ok(None),
         None => SocketAddr::new(bound.ip(), bound.port().saturating_add(1000)).to_string(),
     };
-    let handle = match mprpc::metrics::install() {
-        Ok(handle) => handle,
-        Err(err) => {
-            warn!(cause = %err, "metrics recorder already installed; no /metrics here");
-            return Ok(None);
-        }
+    // Normally installed already, by `telemetry::init`, before the server was built.
+    let Some(handle) = crate::telemetry::metrics() else {
+        return Ok(None);
     };
     let listener = TcpListener::bind(&addr)
         .await
@@ -166,11 +163,17 @@ async fn spawn_metrics(
 /// Service binaries under test: start one, find its `/metrics`, scrape it.
 pub mod testing {
     use std::io::{BufRead, BufReader};
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::Discovery;
+    use crate::config::DiscoveryConfig;
+
+    /// Where the tests' ZooKeeper listens.
+    pub const ZOOKEEPER: &str = "127.0.0.1:2181";
 
     /// A running service process; killed when dropped.
     #[derive(Debug)]
@@ -257,6 +260,84 @@ pub mod testing {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The `[server]` and `[discovery]` sections of a process under test: RPC and
+    /// `/metrics` on ports of the system's choosing, registered in [`ZOOKEEPER`] under
+    /// `root` (see [`unique_root`]).
+    pub fn local_config(root: &str) -> String {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+             grace_period_ms = 2000\n\
+             [discovery]\nzookeeper = \"{ZOOKEEPER}\"\nroot = \"{root}\"\n\
+             session_timeout_ms = 4000\n"
+        )
+    }
+
+    /// Discovery through [`ZOOKEEPER`] under `root`, as the processes under test use it.
+    ///
+    /// # Panics
+    /// When ZooKeeper cannot be reached.
+    pub async fn zookeeper(root: &str) -> Discovery {
+        let config = DiscoveryConfig {
+            zookeeper: Some(ZOOKEEPER.into()),
+            root: root.to_owned(),
+            ..DiscoveryConfig::default()
+        };
+        Discovery::connect(&config)
+            .await
+            .expect("ZooKeeper at 127.0.0.1:2181 (scripts/services.sh up zookeeper)")
+    }
+
+    /// A config file in a directory of its own, removed when dropped.
+    #[derive(Debug)]
+    pub struct ConfigFile {
+        /// The file.
+        pub path: PathBuf,
+    }
+
+    impl ConfigFile {
+        /// Writes `text` to `<temp dir>/<unique>/<name>`.
+        ///
+        /// # Panics
+        /// When the file cannot be written.
+        pub fn new(name: &str, text: &str) -> ConfigFile {
+            let dir = std::env::temp_dir().join(unique_root().trim_start_matches('/'));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("config written");
+            ConfigFile { path }
+        }
+    }
+
+    impl Drop for ConfigFile {
+        fn drop(&mut self) {
+            if let Some(dir) = self.path.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    /// Runs `binary --config <file with config>`, expecting it to refuse to start; returns
+    /// what it printed on stderr.
+    ///
+    /// # Panics
+    /// When it cannot run, or exits with 0.
+    pub fn refused(binary: &str, config: &str) -> String {
+        let file = ConfigFile::new("refused.toml", config);
+        let output = Command::new(binary)
+            .arg("--config")
+            .arg(&file.path)
+            // Should it start after all, whatever it creates stays in the temp dir.
+            .current_dir(file.path.parent().expect("in a dir"))
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            !output.status.success(),
+            "{binary} started with {config:?}: {stderr}"
+        );
+        stderr
     }
 
     /// A ZooKeeper root no other test uses.

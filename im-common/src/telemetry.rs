@@ -1,5 +1,9 @@
-//! Logging to stderr and, when configured, to rotating files; the shutdown signal.
+//! Logging to stderr and, when configured, to rotating files; the metrics recorder; the
+//! shutdown signal.
 
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::PrometheusHandle;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use tracing_subscriber::EnvFilter;
@@ -9,7 +13,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use crate::config::LogConfig;
 
 /// Installs the global subscriber for process `name`: structured lines to stderr, and to
-/// `<dir>/<name>.log.<date>` through a non-blocking writer when `config.dir` is set.
+/// `<dir>/<name>.log.<date>` through a non-blocking writer when `config.dir` is set; then
+/// the [`metrics`] recorder, so that the servers and clients built after it record.
 ///
 /// Keep the returned guard until the process ends: dropping it flushes the file writer.
 ///
@@ -50,7 +55,27 @@ pub fn init(name: &str, config: &LogConfig) -> anyhow::Result<Option<WorkerGuard
         .with(stderr)
         .with(file)
         .try_init()?;
+    metrics();
     Ok(guard)
+}
+
+/// The process's Prometheus recorder, installed by the first call; `None` when a recorder
+/// from elsewhere was installed first.
+///
+/// mprpc takes its per-method and connection handles when a server or client is built, and
+/// handles taken before the recorder is installed record nothing: a process calls this (or
+/// [`init`]) before building any.
+pub fn metrics() -> Option<PrometheusHandle> {
+    static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    RECORDER
+        .get_or_init(|| match mprpc::metrics::install() {
+            Ok(handle) => Some(handle),
+            Err(err) => {
+                tracing::warn!(cause = %err, "another metrics recorder is installed; no /metrics here");
+                None
+            }
+        })
+        .clone()
 }
 
 /// Completes on Ctrl-C or SIGTERM.
