@@ -14,7 +14,7 @@ use crate::config::LogConfig;
 
 /// Installs the global subscriber for process `name`: structured lines to stderr, and to
 /// `<dir>/<name>.log.<date>` through a non-blocking writer when `config.dir` is set; then
-/// the [`metrics`] recorder, so that the servers and clients built after it record.
+/// the [`metrics()`] recorder, so that the servers and clients built after it record.
 ///
 /// Keep the returned guard until the process ends: dropping it flushes the file writer.
 ///
