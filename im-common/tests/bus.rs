@@ -53,6 +53,7 @@ on_both!(
     streams_are_independent,
     subscribers_get_what_follows,
     cache_set_get_expire_delete,
+    cache_set_if_absent_keeps_what_is_there,
 );
 
 /// Runs `scenario` on a Redis bus of its own, then deletes what it wrote.
@@ -469,6 +470,39 @@ async fn cache_set_get_expire_delete(bus: Bus) {
     cache.delete(Vec::new()).await.unwrap();
     assert_eq!(cache.get("k1".into()).await.unwrap(), None);
     assert_eq!(cache.get("k2".into()).await.unwrap().unwrap(), "v2");
+}
+
+async fn cache_set_if_absent_keeps_what_is_there(bus: Bus) {
+    let cache = &bus.cache;
+    assert!(
+        cache
+            .set_if_absent("s".into(), "first".into(), LONG_TTL)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !cache
+            .set_if_absent("s".into(), "second".into(), LONG_TTL)
+            .await
+            .unwrap()
+    );
+    assert_eq!(cache.get("s".into()).await.unwrap().unwrap(), "first");
+    // An expired value is absent.
+    cache
+        .set("gone".into(), "x".into(), SHORT_TTL)
+        .await
+        .unwrap();
+    until("the brief value expires", || async {
+        cache.get("gone".into()).await.unwrap().is_none()
+    })
+    .await;
+    assert!(
+        cache
+            .set_if_absent("gone".into(), "y".into(), LONG_TTL)
+            .await
+            .unwrap()
+    );
+    cache.delete(vec!["s".into(), "gone".into()]).await.unwrap();
 }
 
 #[tokio::test]

@@ -434,6 +434,14 @@ impl Cache for Down {
     fn set(&self, _key: String, _value: Bytes, _ttl: Duration) -> BoxFuture<'_, BusResult<()>> {
         async { Err(StoreError::Precondition("cache down".into())) }.boxed()
     }
+    fn set_if_absent(
+        &self,
+        _key: String,
+        _value: Bytes,
+        _ttl: Duration,
+    ) -> BoxFuture<'_, BusResult<bool>> {
+        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
+    }
     fn delete(&self, _keys: Vec<String>) -> BoxFuture<'_, BusResult<()>> {
         async { Err(StoreError::Precondition("cache down".into())) }.boxed()
     }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use im_common::bus::{channels, keys};
+use im_common::bus::channels;
 use im_common::identity;
 use im_common::ids::now_ms;
 use im_common::proto::{
@@ -184,7 +184,7 @@ pub(crate) async fn logout(
     {
         return Err(Status::not_found("session not found"));
     }
-    users.cache.forget(vec![keys::session(&session)]).await;
+    users.cache.set_session_revoked(&session).await;
     kick(users, caller.id, &session, "logout").await;
     info!(user_id = caller.id, session_id = session, "logged out");
     Ok(Empty {})

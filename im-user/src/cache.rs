@@ -103,13 +103,27 @@ impl Cached {
     }
 
     /// Notes that `session` is an active session of `user`, for at most `remaining` (until
-    /// its token expires).
+    /// its token expires), unless the entry holds something already: a revocation written
+    /// by a Logout that ran between this caller's database read and now must not be
+    /// overwritten by the older "active".
     pub(crate) async fn set_session_active(&self, session: &str, user: u64, remaining: Duration) {
         let ttl = Duration::from_secs(self.settings.session_ttl_secs).min(remaining);
         if !ttl.is_zero() {
             let value = Bytes::from(user.to_string());
-            self.set(keys::session(session), value, ttl).await;
+            let key = keys::session(session);
+            if let Err(err) = self.cache.set_if_absent(key, value, ttl).await {
+                metrics::counter!("mpim_user_cache_failures_total").increment(1);
+                warn!(cause = %err, "cache write failed");
+            }
         }
+    }
+
+    /// Marks `session` revoked in the cache for as long as an "active" entry could live, so
+    /// that no concurrent verification can cache it as active again.
+    pub(crate) async fn set_session_revoked(&self, session: &str) {
+        let ttl = Duration::from_secs(self.settings.session_ttl_secs.max(1));
+        self.set(keys::session(session), Bytes::from_static(b"revoked"), ttl)
+            .await;
     }
 
     /// Deletes `keys`.

@@ -263,6 +263,19 @@ async fn logout_revokes_at_once(sql: Sql) {
         .unwrap();
     let revoked = (Code::Unauthenticated, "session revoked".to_owned());
     assert_eq!(failure(verify(&client, &phone.token).await), revoked);
+    // A verification that read the session just before the revocation and fills the cache
+    // just after it cannot make the session active again.
+    let late_fill = bus
+        .cache
+        .set_if_absent(
+            im_common::bus::keys::session(&phone.session_id),
+            ada.to_string().into(),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert!(!late_fill, "the revocation holds the session's cache entry");
+    assert_eq!(failure(verify(&client, &phone.token).await), revoked);
     verify(&client, &laptop.token).await.unwrap();
     let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
         .await

@@ -339,6 +339,22 @@ impl Cache for Memory {
         futures::future::ready(Ok(())).boxed()
     }
 
+    fn set_if_absent(
+        &self,
+        key: String,
+        value: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'_, BusResult<bool>> {
+        let now = Instant::now();
+        let mut cache = self.cache.lock();
+        let present = cache.get(&key).is_some_and(|(_, until)| *until > now);
+        if !present {
+            cache.insert(key, (value, now + ttl));
+        }
+        drop(cache);
+        futures::future::ready(Ok(!present)).boxed()
+    }
+
     fn delete(&self, keys: Vec<String>) -> BoxFuture<'_, BusResult<()>> {
         let mut cache = self.cache.lock();
         for key in &keys {

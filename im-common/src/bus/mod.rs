@@ -100,6 +100,15 @@ pub trait Cache: Send + Sync + 'static {
     fn get(&self, key: String) -> BoxFuture<'_, BusResult<Option<Bytes>>>;
     /// Caches `value` under `key` for `ttl`.
     fn set(&self, key: String, value: Bytes, ttl: Duration) -> BoxFuture<'_, BusResult<()>>;
+    /// Caches `value` under `key` for `ttl` unless the key holds a value; returns whether it
+    /// was set. A reader filling the cache uses it so that it never overwrites what a writer
+    /// put there meanwhile (a revocation, say).
+    fn set_if_absent(
+        &self,
+        key: String,
+        value: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'_, BusResult<bool>>;
     /// Forgets `keys`.
     fn delete(&self, keys: Vec<String>) -> BoxFuture<'_, BusResult<()>>;
 }

@@ -202,6 +202,26 @@ impl Cache for Redis {
         .boxed()
     }
 
+    fn set_if_absent(
+        &self,
+        key: String,
+        value: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'_, BusResult<bool>> {
+        async move {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(self.key(&key))
+                .arg(value.as_ref())
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms(ttl))
+                .query_async(&mut self.conn())
+                .await?;
+            Ok(set.is_some())
+        }
+        .boxed()
+    }
+
     fn delete(&self, keys: Vec<String>) -> BoxFuture<'_, BusResult<()>> {
         async move {
             if keys.is_empty() {
