@@ -27,6 +27,15 @@ pub mod ports {
     pub const GROUP: u16 = 6104;
 }
 
+/// A server hosting `service` behind the identity check every MPIM service applies
+/// ([`Authenticate`](crate::identity::Authenticate)).
+pub fn server(service: impl mprpc::Service) -> Server {
+    Server::builder()
+        .intercept(crate::identity::Authenticate)
+        .add_service(service)
+        .build()
+}
+
 /// Where the services are found: ZooKeeper, or a static list.
 #[derive(Clone)]
 pub struct Discovery {

@@ -21,29 +21,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 const LONG_TTL: Duration = Duration::from_secs(60);
 const SHORT_TTL: Duration = Duration::from_millis(300);
 
-/// Each scenario as two tests: `in_process::<name>` and `redis::<name>`.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod in_process {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(im_common::bus::Bus::in_process()).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::on_redis(super::$name).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both!(
+im_common::on_both_buses!(
     bind_query_unbind,
     heartbeat_keeps_routes,
     lapsed_gateway_is_hidden_then_swept,
@@ -55,17 +33,6 @@ on_both!(
     cache_set_get_expire_delete,
     cache_set_if_absent_keeps_what_is_there,
 );
-
-/// Runs `scenario` on a Redis bus of its own, then deletes what it wrote.
-async fn on_redis<F, Fut>(scenario: F)
-where
-    F: FnOnce(Bus) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let redis = testing::redis().await.expect("redis at TEST_REDIS_URL");
-    scenario(Bus::new(redis.clone())).await;
-    redis.clear().await.unwrap();
-}
 
 fn route(user: u64, device: &str, kind: DeviceKind, gateway: &str) -> Route {
     Route {

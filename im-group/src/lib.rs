@@ -127,10 +127,7 @@ impl Default for Settings {
 
 /// A server with the group service (and the identity check every MPIM service applies).
 pub fn server(groups: Groups) -> mprpc::Server {
-    mprpc::Server::builder()
-        .intercept(im_common::identity::Authenticate)
-        .add_service(im_common::proto::GroupServiceServer::new(groups))
-        .build()
+    im_common::serve::server(im_common::proto::GroupServiceServer::new(groups))
 }
 
 /// Runs the service until `shutdown` completes.

@@ -116,10 +116,7 @@ impl Default for Settings {
 
 /// A server with the message service (and the identity check every MPIM service applies).
 pub fn server(messages: Messages) -> mprpc::Server {
-    mprpc::Server::builder()
-        .intercept(im_common::identity::Authenticate)
-        .add_service(im_common::proto::MessageServiceServer::new(messages))
-        .build()
+    im_common::serve::server(im_common::proto::MessageServiceServer::new(messages))
 }
 
 /// Runs the service until `shutdown` completes.

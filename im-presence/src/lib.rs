@@ -73,10 +73,7 @@ impl Default for Config {
 
 /// A server with the presence service (and the identity check every MPIM service applies).
 pub fn server(presence: Presence) -> mprpc::Server {
-    mprpc::Server::builder()
-        .intercept(im_common::identity::Authenticate)
-        .add_service(im_common::proto::PresenceServiceServer::new(presence))
-        .build()
+    im_common::serve::server(im_common::proto::PresenceServiceServer::new(presence))
 }
 
 /// Runs the service, and its sweeper, until `shutdown` completes.

@@ -1,10 +1,9 @@
 //! `PresenceService` through an in-process mprpc client, on the in-process bus and on Redis
 //! (a bus of its own per test, on the server at `TEST_REDIS_URL`, default 127.0.0.1:6379).
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
-use im_common::bus::{Bus, channels, testing};
+use im_common::bus::{Bus, channels};
 use im_common::identity::{self, ServiceIdentity, User};
 use im_common::proto::{
     DeviceKind, Empty, Event, HeartbeatRequest, PresenceChanged, PresenceServiceClient, Route,
@@ -17,45 +16,13 @@ use tokio::sync::mpsc;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// Each scenario as two tests: `in_process::<name>` and `redis::<name>`.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod in_process {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(im_common::bus::Bus::in_process()).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::on_redis(super::$name).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both!(
+im_common::on_both_buses!(
     bind_heartbeat_query_status,
     presence_events_on_first_and_last_device,
     silent_gateway_routes_expire,
     internal_callers_only,
     bad_input_is_invalid_argument,
 );
-
-async fn on_redis<F, Fut>(scenario: F)
-where
-    F: FnOnce(Bus) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let redis = testing::redis().await.expect("redis at TEST_REDIS_URL");
-    scenario(Bus::new(redis.clone())).await;
-    redis.clear().await.unwrap();
-}
 
 fn settings(route_ttl_ms: u64) -> PresenceSettings {
     PresenceSettings {

@@ -89,10 +89,7 @@ impl Default for Config {
 
 /// A server with the user service (and the identity check every MPIM service applies).
 pub fn server(users: Users) -> mprpc::Server {
-    mprpc::Server::builder()
-        .intercept(im_common::identity::Authenticate)
-        .add_service(im_common::proto::UserServiceServer::new(users))
-        .build()
+    im_common::serve::server(im_common::proto::UserServiceServer::new(users))
 }
 
 /// Runs the service until `shutdown` completes.

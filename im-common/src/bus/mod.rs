@@ -219,6 +219,20 @@ pub mod testing {
             Redis::connect_with_prefix(&redis_url(), &prefix).await?,
         ))
     }
+
+    /// Runs `scenario` on a Redis bus of its own ([`redis()`]), then deletes what it wrote.
+    ///
+    /// # Panics
+    /// When the test server cannot be reached or cleared.
+    pub async fn with_redis<F, Fut>(scenario: F)
+    where
+        F: FnOnce(super::Bus) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let redis = redis().await.expect("redis at TEST_REDIS_URL");
+        scenario(super::Bus::new(redis.clone())).await;
+        redis.clear().await.expect("clear the test prefix");
+    }
 }
 
 /// Pub/sub channels.
@@ -233,4 +247,28 @@ pub mod channels {
     }
     /// Events every gateway hears.
     pub const BROADCAST: &str = "mpim:events:all";
+}
+
+/// Each `async fn scenario(bus: Bus)` as two tests: `in_process::<name>` and
+/// `redis::<name>` (on a Redis key prefix of its own).
+#[macro_export]
+macro_rules! on_both_buses {
+    ($($name:ident),* $(,)?) => {
+        mod in_process {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::bus::Bus::in_process()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    $crate::bus::testing::with_redis(super::$name).await;
+                }
+            )*
+        }
+    };
 }
