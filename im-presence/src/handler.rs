@@ -105,6 +105,8 @@ impl Presence {
                 user_id,
                 online,
                 at_ms: now_ms(),
+                // Every gateway tells its own users who have `user_id` as a friend.
+                to_user_ids: Vec::new(),
             })),
         };
         let published = self

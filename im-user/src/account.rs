@@ -4,6 +4,7 @@
 //! checks the signature and expiry, then that the session still stands (through the cache,
 //! which Logout clears, so a revocation takes effect at once).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -190,9 +191,17 @@ pub(crate) async fn logout(
     Ok(Empty {})
 }
 
-/// Tells the gateways holding the session's connections to close them. Best effort: a
+/// Tells the gateways holding the user's connections to close the session's. Best effort: a
 /// gateway that misses it still finds the session revoked at its next check.
 async fn kick(users: &Users, user: u64, session: &str, reason: &str) {
+    let routes = match users.bus.routes.query(vec![user]).await {
+        Ok(routes) => routes,
+        Err(err) => {
+            warn!(cause = %err, user_id = user, "kick not published: routes unknown");
+            return;
+        }
+    };
+    let gateways: BTreeSet<String> = routes.into_iter().map(|r| r.gateway_id).collect();
     let event = Event {
         event: Some(event::Event::Kick(Kick {
             user_id: user,
@@ -201,12 +210,10 @@ async fn kick(users: &Users, user: u64, session: &str, reason: &str) {
         })),
     };
     let payload = Bytes::from(event.encode_to_vec());
-    if let Err(err) = users
-        .bus
-        .pubsub
-        .publish(channels::user(user), payload)
-        .await
-    {
-        warn!(cause = %err, user_id = user, "kick not published");
+    for gateway in gateways {
+        let channel = channels::gateway(&gateway);
+        if let Err(err) = users.bus.pubsub.publish(channel, payload.clone()).await {
+            warn!(cause = %err, user_id = user, gateway, "kick not published");
+        }
     }
 }

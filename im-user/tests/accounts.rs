@@ -10,8 +10,9 @@ use std::time::Duration;
 use im_common::bus::{Bus, channels};
 use im_common::ids::now_ms;
 use im_common::proto::{
-    Empty, Event, GetProfilesRequest, LogoutRequest, RegisterRequest, SendFriendRequestRequest,
-    UpdateProfileRequest, UserId, UserServiceClient, VerifyTokenRequest, event,
+    Empty, Event, GetProfilesRequest, LogoutRequest, RegisterRequest, Route,
+    SendFriendRequestRequest, UpdateProfileRequest, UserId, UserServiceClient, VerifyTokenRequest,
+    event,
 };
 use im_common::store::Sql;
 use im_common::store::users::UserStore;
@@ -236,7 +237,22 @@ async fn logout_revokes_at_once(sql: Sql) {
     for token in [&phone.token, &laptop.token, &bobs.token] {
         verify(&client, token).await.unwrap();
     }
-    let mut events = bus.pubsub.subscribe(channels::user(ada)).await.unwrap();
+    // The gateway holding ada's phone hears the kick on its own channel.
+    let route = Route {
+        user_id: ada,
+        device_id: "phone".into(),
+        device_kind: 0,
+        gateway_id: "gw-1".into(),
+    };
+    bus.routes
+        .bind(route, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut events = bus
+        .pubsub
+        .subscribe(channels::gateway("gw-1"))
+        .await
+        .unwrap();
 
     // Someone else's token is not the caller's to revoke.
     let denied = failure(

@@ -237,11 +237,8 @@ pub mod testing {
 
 /// Pub/sub channels.
 pub mod channels {
-    /// Events for the connections of one user (kick, presence of friends, typing).
-    pub fn user(user: u64) -> String {
-        format!("mpim:events:user:{user}")
-    }
-    /// Events for the connections one gateway holds.
+    /// Events for the connections one gateway holds (kick, typing, read receipts): the
+    /// sender looks up the routes of the users concerned and publishes once per gateway.
     pub fn gateway(gateway: &str) -> String {
         format!("mpim:events:gateway:{gateway}")
     }
