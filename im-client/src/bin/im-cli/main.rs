@@ -1,0 +1,117 @@
+//! `im-cli`: a line-based MPIM client for a terminal. Type `/help` once it runs.
+//!
+//! ```text
+//! im-cli [--server ADDR] [--device NAME]
+//!   --server ADDR   host:port or tcp://host:port (TCP), ws://host:port/ws (WebSocket);
+//!                   default 127.0.0.1:6000
+//!   --device NAME   names this device at login (default: one is made up)
+//! ```
+
+mod app;
+mod command;
+mod view;
+
+use std::process::ExitCode;
+
+use futures::StreamExt as _;
+use im_client::{Client, Options};
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+
+use crate::app::{App, Flow};
+use crate::view::say;
+
+/// The longest input line read; longer ones are refused whole.
+const MAX_LINE: usize = 64 * 1024;
+
+const USAGE: &str = "usage: im-cli [--server ADDR] [--device NAME]
+  --server ADDR   host:port or tcp://host:port (TCP), ws://host:port/ws (WebSocket); default 127.0.0.1:6000
+  --device NAME   names this device at login";
+
+/// Reads the command line; `Err` carries the text to print and the exit status.
+fn options(args: impl IntoIterator<Item = String>) -> Result<Options, (String, u8)> {
+    let mut options = Options::new("127.0.0.1:6000");
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let mut value = |flag: &str| {
+            args.next()
+                .ok_or_else(|| (format!("{flag} needs a value\n{USAGE}"), 2))
+        };
+        match arg.as_str() {
+            "--server" | "-s" => options.address = value("--server")?,
+            "--device" | "-d" => options.device_id = value("--device")?,
+            "--help" | "-h" => return Err((USAGE.to_owned(), 0)),
+            other => return Err((format!("unknown argument {other}\n{USAGE}"), 2)),
+        }
+    }
+    Ok(options)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let options = match options(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err((text, code)) => {
+            eprintln!("{text}");
+            return ExitCode::from(code);
+        }
+    };
+    let address = options.address.clone();
+    let (client, mut events) = match Client::connect(options).await {
+        Ok(connected) => connected,
+        Err(err) => {
+            eprintln!("im-cli: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    say(&format!("-- im-cli on {address}"));
+    let mut app = App::new(client);
+    let mut lines = FramedRead::new(
+        tokio::io::stdin(),
+        LinesCodec::new_with_max_length(MAX_LINE),
+    );
+    loop {
+        tokio::select! {
+            line = lines.next() => match line {
+                None => break,
+                Some(Ok(line)) => match command::parse(&line) {
+                    Ok(input) => if let Flow::Quit = app.input(input).await { break },
+                    Err(usage) => say(&format!("error: {usage}")),
+                },
+                Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                    say(&format!("error: line longer than {MAX_LINE} bytes, not sent"));
+                }
+                Some(Err(LinesCodecError::Io(err))) => {
+                    say(&format!("error: cannot read input: {err}"));
+                    break;
+                }
+            },
+            event = events.recv() => match event {
+                Some(event) => app.show(event).await,
+                None => break,
+            },
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn flags() {
+        let parsed = options(args("--server ws://h:6080/ws --device laptop")).unwrap();
+        assert_eq!(
+            (parsed.address.as_str(), parsed.device_id.as_str()),
+            ("ws://h:6080/ws", "laptop")
+        );
+        assert_eq!(options(args("")).unwrap().address, "127.0.0.1:6000");
+        assert_eq!(options(args("--server")).unwrap_err().1, 2);
+        assert_eq!(options(args("--bogus")).unwrap_err().1, 2);
+        assert_eq!(options(args("--help")).unwrap_err().1, 0);
+    }
+}
