@@ -3,11 +3,14 @@
 
 use std::collections::HashMap;
 
-use im_client::im_proto::{ChatMessage, Conversation, FriendRequestState, GroupRole};
+use im_client::im_proto::{Conversation, FriendRequestState, GroupRole};
 use im_client::{Client, Error, Event};
 
+mod names;
+mod show;
+
 use crate::command::{HELP, Input};
-use crate::view::{Route, clock, message_line, say};
+use crate::view::{clock, say};
 
 /// Where typed text goes.
 #[derive(Debug, Clone)]
@@ -377,165 +380,8 @@ impl App {
         say(&format!("-- {label}: read up to seq {read}"));
         Ok(())
     }
-
-    /// Prints one event.
-    pub(crate) async fn show(&mut self, event: Event) {
-        match event {
-            Event::Connected => {
-                say("-- connected; /register or /login (/help lists every command)")
-            }
-            Event::Disconnected { reason } => {
-                say(&format!("-- connection lost ({reason}); reconnecting…"))
-            }
-            Event::Reconnected { resumed: true } => say("-- reconnected; catching up"),
-            Event::Reconnected { resumed: false } => say("-- reconnected"),
-            Event::Kicked { reason } => {
-                (self.me, self.current) = (None, None);
-                say(&format!("-- session ended ({reason}); /login to go on"));
-            }
-            Event::Presence(p) => {
-                let who = self.name_of(p.user_id).await;
-                let state = if p.online { "online" } else { "offline" };
-                say(&format!("{} {who} is {state}", clock(p.at_ms)));
-            }
-            Event::Typing(t) => {
-                let who = self.name_of(t.user_id).await;
-                say(&format!("{} {who} is typing…", clock(0)));
-            }
-            Event::ReadReceipt(r) if Some(r.user_id) != self.me.as_ref().map(|m| m.0) => {
-                let who = self.name_of(r.user_id).await;
-                say(&format!("{} {who} read up to seq {}", clock(0), r.read_seq));
-            }
-            other => self.show_entry(other).await,
-        }
-    }
-
-    async fn show_entry(&mut self, event: Event) {
-        let me = self.me.as_ref().map_or(0, |m| m.0);
-        match event {
-            Event::Message(message) => {
-                let (from, to) = self.ends(&message, me).await;
-                let route = Route {
-                    from: &from,
-                    to: &to,
-                };
-                say(&message_line(&message, &route, message.sender_id == me));
-            }
-            Event::Recalled(entry) => {
-                let who = self.who(entry.sender_id, me).await;
-                say(&format!(
-                    "{} {who} recalled message #{}",
-                    clock(entry.server_time_ms),
-                    entry.ref_msg_id
-                ));
-            }
-            Event::Edited(entry) => {
-                let who = self.who(entry.sender_id, me).await;
-                let time = clock(entry.server_time_ms);
-                say(&format!(
-                    "{time} {who} edited message #{}: {}",
-                    entry.ref_msg_id, entry.body
-                ));
-            }
-            _ => {}
-        }
-    }
-
-    /// Sender and receiver of a message as the line names them.
-    async fn ends(&mut self, message: &ChatMessage, me: u64) -> (String, String) {
-        let from = self.who(message.sender_id, me).await;
-        if let Some(group) = message.conversation_id.strip_prefix("g:") {
-            let id = group.parse().unwrap_or_default();
-            return (from, format!("#{}", self.group_name(id).await));
-        }
-        let peer = peer_of(&message.conversation_id, me);
-        let to = if message.sender_id == me {
-            self.name_of(peer).await
-        } else {
-            "you".into()
-        };
-        (from, to)
-    }
-
-    async fn who(&mut self, user_id: u64, me: u64) -> String {
-        if user_id == me {
-            "you".into()
-        } else {
-            self.name_of(user_id).await
-        }
-    }
-
-    /// A user's name, asked of the gateway once.
-    async fn name_of(&mut self, user_id: u64) -> String {
-        if let Some(name) = self.names.get(&user_id) {
-            return name.clone();
-        }
-        match self.client.get_profiles(vec![user_id]).await {
-            Ok(profiles) if !profiles.profiles.is_empty() => {
-                let name = profiles.profiles[0].name.clone();
-                self.learn(user_id, &name);
-                name
-            }
-            _ => format!("user {user_id}"),
-        }
-    }
-
-    async fn group_name(&mut self, group_id: u64) -> String {
-        if let Some(name) = self.groups.get(&group_id) {
-            return name.clone();
-        }
-        match self.client.group_info(group_id).await {
-            Ok(info) => {
-                self.groups.insert(group_id, info.name.clone());
-                info.name
-            }
-            Err(_) => format!("group {group_id}"),
-        }
-    }
-
-    /// A user's id by login name, asked of the gateway once.
-    async fn resolve(&mut self, name: &str) -> Result<u64, String> {
-        if let Some(&id) = self.ids.get(name) {
-            return Ok(id);
-        }
-        let found = self.client.search_user(name).await.map_err(text)?.profiles;
-        let profile = found
-            .first()
-            .ok_or_else(|| format!("no user named {name}"))?;
-        self.learn(profile.user_id, &profile.name);
-        Ok(profile.user_id)
-    }
-
-    fn learn(&mut self, user_id: u64, name: &str) {
-        self.names.insert(user_id, name.to_owned());
-        self.ids.insert(name.to_owned(), user_id);
-    }
-}
-
-/// The other user of a `d:<low>:<high>` conversation.
-fn peer_of(conversation_id: &str, me: u64) -> u64 {
-    let mut ids = conversation_id
-        .strip_prefix("d:")
-        .unwrap_or_default()
-        .split(':');
-    let low = ids.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let high = ids.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    if low == me { high } else { low }
 }
 
 fn text(err: Error) -> String {
     err.to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_peer_of_a_direct_conversation() {
-        assert_eq!(peer_of("d:3:9", 3), 9);
-        assert_eq!(peer_of("d:3:9", 9), 3);
-        assert_eq!(peer_of("g:4", 1), 0);
-        assert_eq!(peer_of("d:x", 1), 0);
-    }
 }

@@ -9,15 +9,16 @@
 
 mod app;
 mod command;
+mod input;
 mod view;
 
 use std::process::ExitCode;
 
-use futures::StreamExt as _;
 use im_client::{Client, Options};
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio::io::BufReader;
 
 use crate::app::{App, Flow};
+use crate::input::{Line, LineReader};
 use crate::view::say;
 
 /// The longest input line read; longer ones are refused whole.
@@ -65,22 +66,19 @@ async fn main() -> ExitCode {
     };
     say(&format!("-- im-cli on {address}"));
     let mut app = App::new(client);
-    let mut lines = FramedRead::new(
-        tokio::io::stdin(),
-        LinesCodec::new_with_max_length(MAX_LINE),
-    );
+    let mut lines = LineReader::new(BufReader::new(tokio::io::stdin()), MAX_LINE);
     loop {
         tokio::select! {
-            line = lines.next() => match line {
-                None => break,
-                Some(Ok(line)) => match command::parse(&line) {
+            line = lines.next_line() => match line {
+                Ok(None) => break,
+                Ok(Some(Line::Text(line))) => match command::parse(&line) {
                     Ok(input) => if let Flow::Quit = app.input(input).await { break },
                     Err(usage) => say(&format!("error: {usage}")),
                 },
-                Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                Ok(Some(Line::TooLong)) => {
                     say(&format!("error: line longer than {MAX_LINE} bytes, not sent"));
                 }
-                Some(Err(LinesCodecError::Io(err))) => {
+                Err(err) => {
                     say(&format!("error: cannot read input: {err}"));
                     break;
                 }
