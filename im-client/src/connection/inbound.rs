@@ -78,7 +78,12 @@ impl Driver {
             }
             Pending::Logout(tx) => {
                 if reply.is_ok() {
-                    self.end_session(&Error::Closed);
+                    let err = Error::Server {
+                        code: Code::Unauthenticated,
+                        message: "logged out".into(),
+                        retryable: false,
+                    };
+                    self.end_session(&err);
                 }
                 let _ = tx.send(reply);
             }
@@ -133,7 +138,12 @@ impl Driver {
             Err(err) => return Err(End::Lost(format!("resume failed: {err}"))),
             Ok(_) => return Err(End::Lost("resume got an unexpected reply".into())),
         };
-        if let Some(session) = resumed.session {
+        if let Some(mut session) = resumed.session {
+            // A resumed session may leave the token out: the one resumed with stays good.
+            if session.token.is_empty() {
+                let old = self.session.as_ref().map(|s| s.token.clone());
+                session.token = old.unwrap_or_default();
+            }
             self.set_session(Some(session));
         }
         for behind in resumed.behind {

@@ -5,6 +5,7 @@
 //! to it over a bounded channel and get their replies on oneshots.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use im_proto::ChatMessage;
 use im_proto::client::request::Command;
@@ -22,6 +23,13 @@ use crate::transport::{Address, Transport};
 use crate::{Reply, State};
 
 mod inbound;
+
+/// How long closing a lost connection may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A connection up this long resets the reconnect backoff.
+const STABLE: Duration = Duration::from_secs(10);
+/// Requests in flight at which abandoned ones are pruned.
+const PRUNE_AT: usize = 1024;
 
 /// A command from a client handle.
 #[derive(Debug)]
@@ -42,6 +50,17 @@ enum Pending {
     Resume,
     Sync(String),
     Ping,
+}
+
+impl Pending {
+    /// Whether nobody waits for the reply any more.
+    fn abandoned(&self) -> bool {
+        match self {
+            Pending::Call(tx) | Pending::Login(tx) | Pending::Logout(tx) => tx.is_closed(),
+            Pending::Baseline(tx, _) => tx.is_closed(),
+            Pending::Outbox(_) | Pending::Resume | Pending::Sync(_) | Pending::Ping => false,
+        }
+    }
 }
 
 /// Why a connection ended.
@@ -68,6 +87,9 @@ pub(crate) struct Driver {
     early: Option<Vec<ChatMessage>>,
     /// A resume is in flight: calls wait, so that none reaches the gateway before it.
     resuming: bool,
+    /// The session just ended (logout or kick) and the gateway closes the connection
+    /// next: that loss is expected, and not reported.
+    ending: bool,
 }
 
 impl Driver {
@@ -91,6 +113,7 @@ impl Driver {
             next_id: 0,
             early: None,
             resuming: false,
+            ending: false,
         }
     }
 
@@ -101,20 +124,30 @@ impl Driver {
         self.emit(Event::Connected).await;
         loop {
             self.state.send_modify(|s| s.connected = true);
+            let started = Instant::now();
             let end = self.serve(&mut transport).await;
             self.lost();
-            transport.close().await;
+            // A peer that stopped reading must not hold the task in a flush.
+            let _ = time::timeout(CLOSE_TIMEOUT, transport.close()).await;
+            // Only a connection that stayed up earns the shortest pause: a gateway that
+            // accepts and drops at once is not hammered.
+            if started.elapsed() >= STABLE {
+                backoff.reset();
+            }
             let reason = match end {
                 End::Closed => return,
                 End::Lost(reason) => reason,
             };
             tracing::debug!(%reason, "connection lost");
-            self.emit(Event::Disconnected { reason }).await;
+            let expected = std::mem::take(&mut self.ending);
+            if !expected {
+                self.emit(Event::Disconnected { reason }).await;
+            }
             match self.reconnect(&mut backoff).await {
                 Some(next) => transport = next,
                 None => return,
             }
-            if self.session.is_none() {
+            if self.session.is_none() && !expected {
                 self.emit(Event::Reconnected { resumed: false }).await;
             }
         }
@@ -133,10 +166,7 @@ impl Driver {
                 }
             }
             match Transport::connect(&self.address).await {
-                Ok(transport) => {
-                    backoff.reset();
-                    return Some(transport);
-                }
+                Ok(transport) => return Some(transport),
                 Err(err) => tracing::debug!(cause = %err, "reconnect failed"),
             }
         }
@@ -203,12 +233,22 @@ impl Driver {
     ) -> Result<(), Error> {
         self.next_id += 1;
         let id = self.next_id;
+        if self.pending.len() >= PRUNE_AT {
+            // Callers that timed out left their entries behind on a gateway that does not
+            // answer; drop those so the map stays bounded.
+            self.pending.retain(|_, p| !p.abandoned());
+        }
         self.pending.insert(id, pending);
         let request = Request {
             id,
             command: Some(command),
         };
-        transport.send(&request).await.map_err(Error::from)
+        let timeout = self.options.request_timeout;
+        match time::timeout(timeout, transport.send(&request)).await {
+            Ok(sent) => sent.map_err(Error::from),
+            // A gateway that stops reading is as good as gone.
+            Err(_) => Err(Error::Timeout(timeout)),
+        }
     }
 
     async fn on_call(&mut self, transport: &mut Transport, mut call: Call) -> Result<(), End> {
@@ -261,6 +301,7 @@ impl Driver {
     }
 
     fn end_session(&mut self, why: &Error) {
+        self.ending = true;
         self.set_session(None);
         self.order.clear();
         self.early = None;
