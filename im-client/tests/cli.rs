@@ -5,10 +5,12 @@ mod support;
 
 use std::process::Stdio;
 
-use im_client::im_proto::client::Code;
 use im_client::im_proto::client::request::Command;
 use im_client::im_proto::client::server_message::Body;
-use im_client::im_proto::{Conversation, Conversations, Profiles, SendAck, UserProfile};
+use im_client::im_proto::client::{Code, Recalled};
+use im_client::im_proto::{
+    Conversation, Conversations, GroupInfo, MessageKind, Profiles, SendAck, UserProfile,
+};
 use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
@@ -125,7 +127,8 @@ async fn a_person_logs_in_chats_and_mistypes() {
     let mut hello = entry("d:1:2", 2, 2);
     hello.body = "hello alice".into();
     conn.push(Body::Message(hello)).await;
-    cli.expect("bob → you: hello alice").await;
+    cli.expect("bob → you: hello alice  (/chat bob to answer)")
+        .await;
 
     cli.type_line("/chat bob").await;
     cli.expect("-- talking to bob").await;
@@ -143,6 +146,30 @@ async fn a_person_logs_in_chats_and_mistypes() {
     };
     conn.reply(id, Body::Ack(ack)).await;
     cli.expect("you → bob: hi bob (seq 3, #30)").await;
+
+    let mut group = entry("g:9", 1, 2);
+    group.body = "standup?".into();
+    conn.push(Body::Message(group)).await;
+    let (id, command) = conn.recv().await;
+    assert!(
+        matches!(command, Command::GroupInfo(ref g) if g.group_id == 9),
+        "{command:?}"
+    );
+    let info = GroupInfo {
+        group_id: 9,
+        name: "devs".into(),
+        ..GroupInfo::default()
+    };
+    conn.reply(id, Body::Group(info)).await;
+    cli.expect("bob → #devs: standup?  (/g 9 to answer)").await;
+    let mut recall = entry("d:1:2", 4, 2);
+    recall.set_kind(MessageKind::Recall);
+    recall.ref_msg_id = 102;
+    conn.push(Body::Recalled(Recalled {
+        event: Some(recall),
+    }))
+    .await;
+    cli.expect("bob recalled message #102").await;
 
     for (line, answer) in [
         ("", None),

@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 
-use im_client::im_proto::{Conversation, FriendRequestState, GroupRole};
+use im_client::im_proto::Conversation;
 use im_client::{Client, Error, Event};
 
+mod friends;
+mod groups;
 mod names;
 mod show;
 
@@ -63,66 +65,19 @@ impl App {
             Input::Empty | Input::Quit => {}
             Input::Help => say(HELP),
             Input::Text(text) => self.send(&text).await?,
-            Input::Register { name, password } => {
-                let profile = self.client.register(&name, &password).await.map_err(text)?;
-                self.learn(profile.user_id, &profile.name);
-                say(&format!(
-                    "-- registered {name} (id {}); now /login {name} <password>",
-                    profile.user_id
-                ));
-            }
+            Input::Register { name, password } => self.register(&name, &password).await?,
             Input::Login { name, password } => self.login(&name, &password).await?,
-            Input::Logout => {
-                self.client.logout().await.map_err(text)?;
-                (self.me, self.current) = (None, None);
-                say("-- logged out");
-            }
+            Input::Logout => self.logout().await?,
             Input::Users(name) => self.users(&name).await?,
-            Input::Add(name) => {
-                let id = self.resolve(&name).await?;
-                let request = self.client.add_friend(id, "").await.map_err(text)?;
-                say(&format!(
-                    "-- friend request #{} sent to {name}",
-                    request.request_id
-                ));
-            }
+            Input::Add(name) => self.add(&name).await?,
             Input::Requests => self.requests().await?,
-            Input::Accept(id) | Input::Reject(id) => {
-                let accept = matches!(input, Input::Accept(_));
-                let request = self.client.respond_friend(id, accept).await.map_err(text)?;
-                let from = self.name_of(request.from_user_id).await;
-                say(&if accept {
-                    format!("-- you and {from} are friends now; /chat {from} to talk")
-                } else {
-                    format!("-- rejected the request from {from}")
-                });
-            }
+            Input::Accept(id) => self.respond(id, true).await?,
+            Input::Reject(id) => self.respond(id, false).await?,
             Input::Friends => self.friends().await?,
-            Input::Block(name) => {
-                let id = self.resolve(&name).await?;
-                self.client.block(id).await.map_err(text)?;
-                say(&format!("-- blocked {name}"));
-            }
-            Input::Chat(name) => {
-                let id = self.resolve(&name).await?;
-                self.current = Some(Target::User {
-                    id,
-                    name: name.clone(),
-                });
-                say(&format!(
-                    "-- talking to {name} (what you type goes to {name})"
-                ));
-            }
+            Input::Block(name) => self.block(&name).await?,
+            Input::Chat(name) => self.chat(&name).await?,
             Input::GroupCreate { name, members } => self.create_group(&name, &members).await?,
-            Input::GroupJoin(id) => {
-                if self.client.join_group(id, "").await.map_err(text)? {
-                    self.enter_group(id).await?;
-                } else {
-                    say(&format!(
-                        "-- asked to join group {id}; an admin has to approve"
-                    ));
-                }
-            }
+            Input::GroupJoin(id) => self.join_group(id).await?,
             Input::GroupMembers => self.members().await?,
             Input::Groups => self.list_groups().await?,
             Input::Group(id) => self.enter_group(id).await?,
@@ -134,6 +89,23 @@ impl App {
                 drop(self.client.edit(msg_id, &body).await.map_err(text)?)
             }
         }
+        Ok(())
+    }
+
+    async fn register(&mut self, name: &str, password: &str) -> Result<(), String> {
+        let profile = self.client.register(name, password).await.map_err(text)?;
+        self.learn(profile.user_id, &profile.name);
+        let id = profile.user_id;
+        say(&format!(
+            "-- registered {name} (id {id}); now /login {name} <password>"
+        ));
+        Ok(())
+    }
+
+    async fn logout(&mut self) -> Result<(), String> {
+        self.client.logout().await.map_err(text)?;
+        (self.me, self.current) = (None, None);
+        say("-- logged out");
         Ok(())
     }
 
@@ -157,139 +129,8 @@ impl App {
         self.unread(false).await
     }
 
-    async fn users(&mut self, name: &str) -> Result<(), String> {
-        let found = self.client.search_user(name).await.map_err(text)?.profiles;
-        if found.is_empty() {
-            say(&format!("-- no user named {name}"));
-        }
-        for profile in found {
-            self.learn(profile.user_id, &profile.name);
-            say(&format!(
-                "  {} (id {}) {}",
-                profile.name, profile.user_id, profile.nickname
-            ));
-        }
-        Ok(())
-    }
-
-    async fn requests(&mut self) -> Result<(), String> {
-        let requests = self
-            .client
-            .list_friend_requests(false)
-            .await
-            .map_err(text)?
-            .requests;
-        let pending: Vec<_> = requests
-            .into_iter()
-            .filter(|r| r.state() == FriendRequestState::Pending)
-            .collect();
-        if pending.is_empty() {
-            say("-- no friend requests");
-        }
-        for request in pending {
-            let from = self.name_of(request.from_user_id).await;
-            let note = if request.message.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", request.message)
-            };
-            say(&format!(
-                "  #{} from {from}{note}  (/accept {0} or /reject {0})",
-                request.request_id
-            ));
-        }
-        Ok(())
-    }
-
-    async fn friends(&mut self) -> Result<(), String> {
-        let friends = self.client.list_friends().await.map_err(text)?.profiles;
-        if friends.is_empty() {
-            say("-- no friends yet: /add <name>");
-            return Ok(());
-        }
-        let ids = friends.iter().map(|p| p.user_id).collect();
-        let statuses = self
-            .client
-            .query_status(ids)
-            .await
-            .map(|s| s.statuses)
-            .unwrap_or_default();
-        for friend in friends {
-            self.learn(friend.user_id, &friend.name);
-            let online = statuses
-                .iter()
-                .any(|s| s.user_id == friend.user_id && s.online);
-            say(&format!(
-                "  {} ({})",
-                friend.name,
-                if online { "online" } else { "offline" }
-            ));
-        }
-        Ok(())
-    }
-
-    async fn create_group(&mut self, name: &str, members: &[String]) -> Result<(), String> {
-        let mut ids = Vec::with_capacity(members.len());
-        for member in members {
-            ids.push(self.resolve(member).await?);
-        }
-        let group = self.client.create_group(name, ids).await.map_err(text)?;
-        say(&format!(
-            "-- created group {} \"{name}\" with {} members",
-            group.group_id, group.member_count
-        ));
-        self.enter_group(group.group_id).await
-    }
-
-    async fn enter_group(&mut self, id: u64) -> Result<(), String> {
-        let info = self.client.group_info(id).await.map_err(text)?;
-        self.groups.insert(id, info.name.clone());
-        say(&format!(
-            "-- talking in #{} (group {id}, {} members)",
-            info.name, info.member_count
-        ));
-        self.current = Some(Target::Group {
-            id,
-            name: info.name,
-        });
-        Ok(())
-    }
-
-    async fn members(&mut self) -> Result<(), String> {
-        let Some(Target::Group { id, name }) = self.current.clone() else {
-            return Err("not in a group: /g <group id> first".into());
-        };
-        let members = self.client.members(id, 0, 1000).await.map_err(text)?;
-        say(&format!("-- members of #{name}:"));
-        for member in members.members {
-            let who = self.name_of(member.user_id).await;
-            let role = match member.role() {
-                GroupRole::Owner => " (owner)",
-                GroupRole::Admin => " (admin)",
-                _ => "",
-            };
-            say(&format!("  {who}{role}"));
-        }
-        Ok(())
-    }
-
-    async fn list_groups(&mut self) -> Result<(), String> {
-        let groups = self.client.my_groups().await.map_err(text)?.groups;
-        if groups.is_empty() {
-            say("-- no groups: /group create <name> [members...]");
-        }
-        for group in groups {
-            say(&format!(
-                "  {} #{} ({} members)  /g {0}",
-                group.group_id, group.name, group.member_count
-            ));
-            self.groups.insert(group.group_id, group.name);
-        }
-        Ok(())
-    }
-
     /// The current conversation's id, and how it is named on screen.
-    fn conversation(&self) -> Result<(String, String), String> {
+    pub(super) fn conversation(&self) -> Result<(String, String), String> {
         let me = self
             .me
             .as_ref()

@@ -48,7 +48,17 @@ impl App {
                     from: &from,
                     to: &to,
                 };
-                say(&message_line(&message, &route, message.sender_id == me));
+                let own = message.sender_id == me;
+                let mut line = message_line(&message, &route, own);
+                let current = self.conversation().ok().map(|(id, _)| id);
+                if !own && current.as_deref() != Some(message.conversation_id.as_str()) {
+                    // Not where typed lines go: say how to answer there.
+                    line.push_str(&match message.conversation_id.strip_prefix("g:") {
+                        Some(group) => format!("  (/g {group} to answer)"),
+                        None => format!("  (/chat {from} to answer)"),
+                    });
+                }
+                say(&line);
             }
             Event::Recalled(entry) => {
                 let who = self.who(entry.sender_id, me).await;
