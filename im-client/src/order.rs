@@ -340,6 +340,59 @@ mod tests {
         assert!(order.cursors().is_empty());
     }
 
+    /// One page of the conversation `all` after `from`, as the database would answer.
+    fn page(order: &mut Order, all: &[ChatMessage], from: SyncFrom, limit: usize) -> Step {
+        let after: Vec<_> = all
+            .iter()
+            .filter(|m| m.seq > from.after_seq)
+            .cloned()
+            .collect();
+        let has_more = after.len() > limit;
+        let messages = after.into_iter().take(limit).collect();
+        order.synced(&from.conversation_id, messages, has_more, all.len() as u64)
+    }
+
+    #[test]
+    fn any_mix_of_lost_repeated_and_reordered_pushes_shows_each_entry_once_in_order() {
+        use rand::rngs::StdRng;
+        use rand::seq::SliceRandom as _;
+        use rand::{Rng as _, SeedableRng as _};
+
+        let mut rng = StdRng::seed_from_u64(8);
+        for _ in 0..500 {
+            let all: Vec<_> = (1..=rng.random_range(1..60))
+                .map(|s| entry("c", s))
+                .collect();
+            let mut pushes: Vec<_> = all
+                .iter()
+                .flat_map(|m| std::iter::repeat_n(m.clone(), rng.random_range(0..=2)))
+                .collect();
+            pushes.shuffle(&mut rng);
+            let (mut order, mut shown, mut syncs) = (Order::new(), Vec::new(), Vec::new());
+            for push in pushes {
+                let step = order.accept(push);
+                shown.extend(step.deliver);
+                syncs.extend(step.sync);
+                // Replies come back at any point between pushes.
+                if rng.random_bool(0.3) && !syncs.is_empty() {
+                    let step = page(&mut order, &all, syncs.remove(0), 4);
+                    shown.extend(step.deliver);
+                    syncs.extend(step.sync);
+                }
+            }
+            // Then everything is answered, and a resume syncs the tail no push brought.
+            syncs.extend(order.start_sync("c"));
+            while let Some(from) = syncs.pop() {
+                let step = page(&mut order, &all, from, 4);
+                shown.extend(step.deliver);
+                syncs.extend(step.sync);
+            }
+            let seqs: Vec<u64> = shown.iter().map(|m| m.seq).collect();
+            let want: Vec<u64> = (1..=all.len() as u64).collect();
+            assert_eq!(seqs, want);
+        }
+    }
+
     #[test]
     fn a_failed_sync_is_asked_for_again_by_the_next_push() {
         let mut order = Order::new();
