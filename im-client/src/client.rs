@@ -75,10 +75,11 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::Address`] for an address it cannot read, [`Error::Transport`] when the
-    /// first connection fails (later ones are retried with backoff).
+    /// first connection fails or takes longer than `request_timeout` (later ones are
+    /// retried with backoff).
     pub async fn connect(options: Options) -> Result<(Client, Events), Error> {
         let address = Address::parse(&options.address)?;
-        let transport = Transport::connect(&address).await?;
+        let transport = Transport::connect(&address, options.request_timeout).await?;
         let (calls, calls_rx) = mpsc::channel(64);
         let (events_tx, events_rx) = mpsc::channel(options.event_buffer.max(1));
         let (state_tx, state) = watch::channel(State::default());

@@ -1,8 +1,9 @@
 //! The two ways to reach a gateway, behind one type: TCP (a big-endian `u32` length, then
 //! protobuf) and WebSocket (one protobuf message per binary frame).
 
-use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
+use std::{fmt, io};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -100,8 +101,21 @@ pub(crate) enum Transport {
 }
 
 impl Transport {
-    /// Connects to `address`.
-    pub(crate) async fn connect(address: &Address) -> Result<Transport, TransportError> {
+    /// Connects to `address`, giving up after `timeout` (handshake included).
+    pub(crate) async fn connect(
+        address: &Address,
+        timeout: Duration,
+    ) -> Result<Transport, TransportError> {
+        match tokio::time::timeout(timeout, Transport::open(address)).await {
+            Ok(opened) => opened,
+            Err(_) => Err(TransportError::Connect {
+                address: address.to_string(),
+                source: Arc::new(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
+            }),
+        }
+    }
+
+    async fn open(address: &Address) -> Result<Transport, TransportError> {
         let failed = |source: Arc<dyn std::error::Error + Send + Sync>| TransportError::Connect {
             address: address.to_string(),
             source,

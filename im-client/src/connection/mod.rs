@@ -165,7 +165,7 @@ impl Driver {
                     call = self.calls.recv() => self.offline_call(call?),
                 }
             }
-            match Transport::connect(&self.address).await {
+            match Transport::connect(&self.address, self.options.request_timeout).await {
                 Ok(transport) => return Some(transport),
                 Err(err) => tracing::debug!(cause = %err, "reconnect failed"),
             }
