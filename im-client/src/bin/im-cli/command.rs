@@ -288,9 +288,18 @@ mod tests {
             "/g ٣",
             "/\t",
             "/edit\t1\tx",
+            "/edit\u{3000}1\u{3000}全角",
+            "/\u{3000}",
         ] {
             let _ = parse(strange);
         }
+        assert_eq!(
+            parse("/edit\u{3000}1\u{3000}全角"),
+            Ok(Input::Edit {
+                msg_id: 1,
+                text: "全角".into()
+            })
+        );
         assert_eq!(
             parse("/edit\t1\tx"),
             Ok(Input::Edit {
