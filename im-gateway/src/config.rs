@@ -110,7 +110,8 @@ pub struct Settings {
     /// Delivery stream entries read at once. Default 256.
     pub delivery_batch: usize,
     /// Delivery stream entries read but not yet written to every socket; reading waits
-    /// beyond it. Default 4096.
+    /// beyond it. Default 100000 (their pushes are in the connections' bounded queues;
+    /// this bounds only the bookkeeping).
     pub max_pending_deliveries: usize,
     /// What GoAway tells clients, in ms: how long the gateway keeps their connections
     /// after a shutdown signal for in-flight requests and queued pushes. Default 2000.
@@ -135,7 +136,7 @@ impl Default for Settings {
             typing_interval_ms: 1_000,
             members_cache_ms: 5_000,
             delivery_batch: 256,
-            max_pending_deliveries: 4096,
+            max_pending_deliveries: 100_000,
             shutdown_grace_ms: 2_000,
         }
     }

@@ -94,6 +94,7 @@ async fn drive<T: Transport>(shared: &Shared, conn: &Arc<Conn>, io: &mut T) -> E
     let mut refused: u32 = 0;
     let mut in_flight = FuturesUnordered::new();
     let mut draining = false;
+    let mut authenticated = false;
     let timer = tokio::time::sleep(settings.auth_timeout());
     tokio::pin!(timer);
     loop {
@@ -107,7 +108,11 @@ async fn drive<T: Transport>(shared: &Shared, conn: &Arc<Conn>, io: &mut T) -> E
             biased;
             () = conn.woken() => match flush(io, conn, &mut Vec::new()).await {
                 Ok(Flow::Open) => {}
-                Ok(Flow::Drain) => draining = true,
+                Ok(Flow::Drain) => {
+                    // Kicked: the replies in flight (a Logout's) get the grace period.
+                    draining = true;
+                    timer.as_mut().reset(Instant::now() + settings.grace());
+                }
                 Ok(Flow::Dead) => return End::Dead,
                 Err(end) => return end,
             },
@@ -116,8 +121,14 @@ async fn drive<T: Transport>(shared: &Shared, conn: &Arc<Conn>, io: &mut T) -> E
                 if let Err(end) = write(io, conn, &[(form, Encoded::new(message).bytes(form))]).await {
                     return end;
                 }
+                if !authenticated && conn.session().is_some() {
+                    // From now on the idle timeout, counted from the login.
+                    authenticated = true;
+                    timer.as_mut().reset(Instant::now() + settings.idle_timeout());
+                }
                 if close {
                     draining = true;
+                    timer.as_mut().reset(Instant::now() + settings.grace());
                 }
             }
             () = shared.stop.cancelled(), if !draining => {
@@ -136,7 +147,7 @@ async fn drive<T: Transport>(shared: &Shared, conn: &Arc<Conn>, io: &mut T) -> E
                 let (form, bytes) = match read {
                     Read::Request(form, bytes) => (form, bytes),
                     Read::Control => {
-                        if conn.session().is_some() {
+                        if authenticated {
                             timer.as_mut().reset(Instant::now() + settings.idle_timeout());
                         }
                         continue;
@@ -153,7 +164,7 @@ async fn drive<T: Transport>(shared: &Shared, conn: &Arc<Conn>, io: &mut T) -> E
                     }
                 };
                 stats::frames_in(1);
-                if conn.session().is_some() {
+                if authenticated {
                     timer.as_mut().reset(Instant::now() + settings.idle_timeout());
                 }
                 if form != Form::Frame {
@@ -264,7 +275,7 @@ async fn write<T: Transport>(io: &mut T, conn: &Conn, frames: &[(Form, Bytes)]) 
     let result = loop {
         tokio::select! {
             result = &mut written => break result.map_err(|_| End::Failed),
-            () = conn.woken(), if !woken => {
+            () = conn.woken() => {
                 if conn.flow() == Flow::Dead {
                     break Err(End::Dead);
                 }

@@ -10,6 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use im_common::bus::{ReadFrom, StreamEntry, delivery_stream};
 use im_proto::client::server_message::Body;
 use im_proto::client::{Edited, Recalled};
@@ -36,8 +38,7 @@ struct Batch {
 
 /// Reads and pushes until `stop`, then acknowledges what was written.
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let depth = (shared.settings.max_pending_deliveries / shared.settings.delivery_batch).max(1);
-    let (batches, pending) = mpsc::channel(depth);
+    let (batches, pending) = mpsc::channel(4);
     let acker = acknowledge(shared.clone(), pending);
     let reader = async {
         read(&shared, ReadFrom::Pending, &batches, &stop).await;
@@ -100,12 +101,35 @@ async fn read(
     }
 }
 
-/// Acknowledges each batch once its pushes are written, in the order read.
-async fn acknowledge(shared: Arc<Shared>, mut pending: mpsc::Receiver<Batch>) {
-    while let Some(batch) = pending.recv().await {
-        // The sender side is never used: the channel closes when the last token is dropped.
-        let _ = batch.written.await;
-        shared.ack(batch.ids).await;
+/// Acknowledges each batch once its pushes are written, in whatever order that happens (a
+/// slow reader's batch holds up no other). Beyond `max_pending_deliveries` entries waiting,
+/// it takes no more batches, which stops the reader; a blocked socket gives up its
+/// tokens within the write timeout at most.
+async fn acknowledge(shared: Arc<Shared>, mut incoming: mpsc::Receiver<Batch>) {
+    let limit = shared.settings.max_pending_deliveries;
+    let mut waiting = FuturesUnordered::new();
+    let mut entries = 0;
+    let mut open = true;
+    loop {
+        tokio::select! {
+            batch = incoming.recv(), if open && entries < limit => match batch {
+                Some(Batch { ids, written }) => {
+                    entries += ids.len();
+                    // The sender is never used: the channel closes when the last token is
+                    // dropped.
+                    waiting.push(async move {
+                        let _ = written.await;
+                        ids
+                    });
+                }
+                None => open = false,
+            },
+            Some(ids) = waiting.next(), if !waiting.is_empty() => {
+                entries -= ids.len();
+                shared.ack(ids).await;
+            }
+            else => return,
+        }
     }
 }
 
