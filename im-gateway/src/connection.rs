@@ -154,7 +154,8 @@ async fn drive<T: Transport>(shared: &Shared, conn: &Arc<Conn>, io: &mut T) -> E
                     }
                     Read::TooLong(why) => {
                         let error = wire::error(Code::ResourceExhausted, why, false);
-                        let _ = reply(io, conn, io.form(), wire::failure(0, error)).await;
+                        let form = conn.push_form(io.form());
+                        let _ = reply(io, conn, form, wire::failure(0, error)).await;
                         return End::Done;
                     }
                     Read::Closed => return End::Done,
@@ -211,7 +212,8 @@ async fn drive<T: Transport>(shared: &Shared, conn: &Arc<Conn>, io: &mut T) -> E
                 } else {
                     (Code::Unauthenticated, "log in first: authentication timed out")
                 };
-                let _ = reply(io, conn, io.form(), wire::failure(0, wire::error(code, why, false))).await;
+                let form = conn.push_form(io.form());
+                let _ = reply(io, conn, form, wire::failure(0, wire::error(code, why, false))).await;
                 return End::Done;
             }
         }
