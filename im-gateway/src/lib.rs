@@ -205,13 +205,6 @@ async fn accept(
 ) {
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            permit = shared.connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
         let stream = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -222,6 +215,14 @@ async fn accept(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
+            },
+        };
+        // At the limit, this one connection waits here and the rest in the backlog.
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = shared.connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
             },
         };
         let _ = stream.set_nodelay(true);

@@ -195,6 +195,7 @@ async fn a_client_that_never_reads_is_disconnected() {
     let body = "x".repeat(60_000);
     let mut sent = 0;
     let sink_id = sink.user_id();
+    let mut held = 0;
     let closed = loop {
         let reply = sender
             .call(Command::Send(SendRequest {
@@ -205,6 +206,7 @@ async fn a_client_that_never_reads_is_disconnected() {
             .await;
         assert!(reply.error.is_none(), "{reply:?}");
         sent += 1;
+        held = held.max(unacknowledged(&cluster.bus, &gateway.id).await);
         if sent % 20 == 0 {
             pair.chat().await;
             let routes = cluster.bus.routes.query(vec![sink_id]).await.unwrap();
@@ -221,6 +223,17 @@ async fn a_client_that_never_reads_is_disconnected() {
         "the slow reader is still connected after {sent} messages"
     );
     sink.closed().await;
+    // Entries stay unacknowledged while their pushes wait for the socket, and are
+    // acknowledged once the connection is gone.
+    assert!(
+        held > 0,
+        "entries were acknowledged before they were written"
+    );
+    let deadline = Instant::now() + WAIT;
+    while unacknowledged(&cluster.bus, &gateway.id).await > 0 {
+        assert!(Instant::now() < deadline, "entries stay unacknowledged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     pair.chat().await;
     gateway.stopped().await;

@@ -81,6 +81,15 @@ async fn one_to_one(bus: Bus) {
         unreachable!()
     };
     assert_eq!(recalled.event.unwrap().ref_msg_id, ack.msg_id);
+    // Every entry of the delivery stream is acknowledged once written.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while unacknowledged(&cluster.bus, &gateway.id).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "entries stay unacknowledged"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     gateway.stopped().await;
     cluster.close().await;
 }

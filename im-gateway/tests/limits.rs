@@ -85,6 +85,38 @@ async fn wait_until_offline(cluster: &Cluster, user: u64) {
     }
 }
 
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_or_are_refused() {
+    let cluster = Cluster::start(Bus::in_process(), false).await;
+    let two = Settings {
+        max_connections: 2,
+        ..settings()
+    };
+    let gateway = cluster.gateway("gw-full", two).await;
+    let mut first = Client::tcp(gateway.tcp).await;
+    first.ok(Command::Ping(Ping {})).await;
+    let second = Client::ws(gateway.ws, false).await;
+    // WebSocket beyond the limit: refused at the upgrade.
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/ws", gateway.ws)).await;
+    let Err(tokio_tungstenite::tungstenite::Error::Http(response)) = refused else {
+        panic!("upgraded beyond the limit: {refused:?}")
+    };
+    assert_eq!(response.status(), 503);
+    // TCP beyond the limit: waits in the backlog until a connection closes.
+    let mut third = Client::tcp(gateway.tcp).await;
+    third
+        .send(&Request {
+            id: 1,
+            command: Some(Command::Ping(Ping {})),
+        })
+        .await;
+    drop(second);
+    let pong = third.next().await.unwrap();
+    assert!(matches!(pong.body, Some(Body::Pong(_))), "{pong:?}");
+    gateway.stopped().await;
+    cluster.close().await;
+}
+
 /// Connections this test holds open, logged in and idle.
 const IDLE: usize = 2000;
 

@@ -110,6 +110,7 @@ impl Cluster {
 
 /// A gateway serving on ports of the system's choosing.
 pub struct Running {
+    pub id: String,
     pub tcp: SocketAddr,
     pub ws: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -122,10 +123,12 @@ impl Running {
         let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (tcp_addr, ws_addr) = (tcp.local_addr().unwrap(), ws.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
+        let id = gateway.id().to_owned();
         let task = tokio::spawn(gateway.serve(tcp, Some(ws), async move {
             let _ = stopped.await;
         }));
         Running {
+            id,
             tcp: tcp_addr,
             ws: ws_addr,
             stop: Some(stop),
@@ -157,6 +160,21 @@ impl Drop for Running {
             task.abort();
         }
     }
+}
+
+/// The entries of `gateway`'s delivery stream it read and has not acknowledged.
+pub async fn unacknowledged(bus: &Bus, gateway: &str) -> usize {
+    bus.streams
+        .read(
+            im_common::bus::delivery_stream(gateway),
+            gateway.to_owned(),
+            im_common::bus::ReadFrom::Pending,
+            10_000,
+            Duration::ZERO,
+        )
+        .await
+        .unwrap()
+        .len()
 }
 
 /// Settings for tests: the defaults.
