@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use im_common::identity;
+use im_proto::FriendRequestState;
 use im_proto::client::request::Command;
 use im_proto::client::server_message::Body;
 use im_proto::client::{Code, Error, Pong, Request, ServerMessage};
@@ -126,12 +127,24 @@ impl Shared {
                 call!(o, user, send_friend_request_with, r, Body::FriendRequest)
             }
             Command::RespondFriend(r) => {
-                call!(o, user, respond_friend_request_with, r, Body::FriendRequest)
+                let reply = call!(o, user, respond_friend_request_with, r, Body::FriendRequest)?;
+                if let Body::FriendRequest(request) = &reply {
+                    if request.state == FriendRequestState::Accepted as i32 {
+                        self.registry
+                            .befriend(request.from_user_id, request.to_user_id);
+                    }
+                }
+                Ok(reply)
             }
             Command::ListFriendRequests(r) => {
                 call!(o, user, list_friend_requests_with, r, Body::FriendRequests)
             }
-            Command::RemoveFriend(r) => call!(o, user, remove_friend_with, r, Body::Ok),
+            Command::RemoveFriend(r) => {
+                let friend = r.user_id;
+                let reply = call!(o, user, remove_friend_with, r, Body::Ok)?;
+                self.registry.unfriend(session.user, friend);
+                Ok(reply)
+            }
             Command::ListFriends(r) => call!(o, user, list_friends_with, r, Body::Profiles),
             Command::Block(r) => call!(o, user, block_with, r, Body::Ok),
             Command::Unblock(r) => call!(o, user, unblock_with, r, Body::Ok),

@@ -28,8 +28,9 @@
 //! - routes are bound and unbound through a few ordered lanes (by user), so that the late
 //!   unbind of a device's old connection never removes the route of its new one;
 //! - a user's friend list (for presence pushes) is loaded when the user's first connection
-//!   here logs in and kept until the last one closes: friendships made meanwhile show
-//!   presence from the next login on;
+//!   here logs in and kept until the last one closes; a friendship accepted or removed
+//!   through this gateway updates it for both users if they are here, one made through
+//!   another gateway shows from the next login on;
 //! - typing and read receipts go straight to connections here, and through pub/sub to the
 //!   other gateways that hold a recipient.
 //!

@@ -288,6 +288,43 @@ impl Registry {
         }
     }
 
+    /// Records a new friendship of `a` and `b`, for whichever of them is connected here.
+    pub(crate) fn befriend(&self, a: u64, b: u64) {
+        let mut index = self.friends.lock();
+        for (user, friend) in [(a, b), (b, a)] {
+            let Some(friends) = index.of.get_mut(&user) else {
+                continue;
+            };
+            if friends.contains(&friend) {
+                continue;
+            }
+            let mut grown = std::mem::take(friends).into_vec();
+            grown.push(friend);
+            *friends = grown.into_boxed_slice();
+            index.watchers.entry(friend).or_default().push(user);
+        }
+    }
+
+    /// Forgets the friendship of `a` and `b`.
+    pub(crate) fn unfriend(&self, a: u64, b: u64) {
+        let mut index = self.friends.lock();
+        for (user, friend) in [(a, b), (b, a)] {
+            let Some(friends) = index.of.get_mut(&user) else {
+                continue;
+            };
+            if !friends.contains(&friend) {
+                continue;
+            }
+            *friends = friends.iter().copied().filter(|&f| f != friend).collect();
+            if let Some(watchers) = index.watchers.get_mut(&friend) {
+                watchers.retain(|&w| w != user);
+                if watchers.is_empty() {
+                    index.watchers.remove(&friend);
+                }
+            }
+        }
+    }
+
     /// The users here who have `user` as a friend.
     pub(crate) fn watchers(&self, user: u64) -> Vec<u64> {
         self.friends
@@ -335,6 +372,11 @@ mod tests {
         registry.forget_friends(1);
         assert_eq!(registry.watchers(2), vec![4]);
         assert!(registry.watchers(3).is_empty());
+        registry.befriend(4, 5);
+        assert_eq!(registry.watchers(5), vec![4]);
+        registry.unfriend(5, 4);
+        assert!(registry.watchers(5).is_empty());
+        assert_eq!(registry.watchers(2), vec![4]);
     }
 
     #[test]

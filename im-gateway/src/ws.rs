@@ -17,6 +17,9 @@ use crate::Shared;
 use crate::connection::{self, Read, Transport};
 use crate::wire::Form;
 
+/// Bytes a WebSocket connection's read buffer starts with.
+const READ_BUFFER: usize = 4096;
+
 /// The gateway's HTTP routes.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new().route("/ws", get(upgrade)).with_state(shared)
@@ -32,7 +35,12 @@ async fn upgrade(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -
     // Counted among the gateway's connections until it ends, so that shutdown waits for it.
     let tracked = shared.tasks.token();
     let max = shared.settings.max_frame;
+    // Small buffers: the library's defaults (128 KiB each way, the read one allocated up
+    // front) would make every idle WebSocket client cost more than a hundred KiB. The
+    // read buffer grows for a large message; each message is written as it is sent.
     upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {

@@ -66,6 +66,14 @@ async fn friends_see_each_other_come_and_go() {
     drop(again);
     let offline = |b: &Body| matches!(b, Body::Presence(p) if p.user_id == bob_id && !p.online);
     watcher.push_where(offline).await;
+
+    // A friendship made while both are connected here counts at once.
+    let mut cy = Client::tcp(gateway.tcp).await;
+    cy.register_login(&name("cy"), "d").await;
+    befriend(&mut cy, &mut watcher).await;
+    drop(cy);
+    let cy_offline = |b: &Body| matches!(b, Body::Presence(p) if !p.online && p.user_id != bob_id);
+    watcher.push_where(cy_offline).await;
     gateway.stopped().await;
     cluster.close().await;
 }
