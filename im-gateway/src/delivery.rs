@@ -159,16 +159,16 @@ impl Shared {
             };
             let push = Encoded::push(body);
             for &user in &delivery.user_ids {
-                for conn in self.registry.conns(user) {
+                self.registry.each(user, |conn| {
                     let Some(session) = conn.session() else {
-                        continue;
+                        return;
                     };
                     // The sending device has the ack; its user's other devices get the push.
                     if user == delivery.sender_id && session.device == delivery.sender_device_id {
-                        continue;
+                        return;
                     }
                     conn.push(push.clone(), Some(token.clone()), self.settings.max_queued);
-                }
+                });
             }
         }
         Batch {

@@ -124,11 +124,9 @@ impl Shared {
     /// best effort).
     pub(crate) fn push_to(&self, users: &[u64], push: &Arc<Encoded>) {
         for &user in users {
-            for conn in self.registry.conns(user) {
-                if conn.session().is_some() {
-                    conn.push(push.clone(), None, self.settings.max_queued);
-                }
-            }
+            self.registry.each(user, |conn| {
+                conn.push(push.clone(), None, self.settings.max_queued);
+            });
         }
     }
 }

@@ -251,6 +251,15 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// Calls `f` with each of the user's connections here, under the shard's lock (so `f`
+    /// must be short and must not touch the registry): a push to a big group allocates
+    /// nothing per member this way.
+    pub(crate) fn each(&self, user: u64, mut f: impl FnMut(&Arc<Conn>)) {
+        if let Some(conns) = self.shard(user).lock().get(&user) {
+            conns.iter().for_each(&mut f);
+        }
+    }
+
     /// Whether one of the user's connections here is on `device`.
     pub(crate) fn has_device(&self, user: u64, device: &str) -> bool {
         self.shard(user).lock().get(&user).is_some_and(|conns| {

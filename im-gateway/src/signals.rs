@@ -123,11 +123,11 @@ impl Shared {
         remote: impl Fn(Vec<u64>) -> event::Event,
     ) {
         for &user in &users {
-            for conn in self.registry.conns(user) {
+            self.registry.each(user, |conn| {
                 if Some(conn.id) != skip {
                     conn.push(local.clone(), None, self.settings.max_queued);
                 }
-            }
+            });
         }
         let routes = self
             .services

@@ -9,7 +9,7 @@ use im_common::bus::Bus;
 use im_gateway::Settings;
 use im_proto::client::request::Command;
 use im_proto::client::server_message::Body;
-use im_proto::client::{Code, Ping, Request, ServerMessage};
+use im_proto::client::{Code, Login, Ping, Request, ServerMessage};
 use im_proto::{SendRequest, SyncRequest};
 use support::*;
 
@@ -141,6 +141,25 @@ async fn invalid_json_unknown_commands_and_commands_before_login() {
     })
     .await;
     assert_eq!(error_of(&tcp.next().await.unwrap()).0, Code::Unimplemented);
+
+    // A second login on a logged-in connection, and a wrong password.
+    let session = tcp.register_login(&name("twice"), "d").await;
+    let reply = tcp
+        .call(Command::Login(Login {
+            token: session.token,
+            ..Login::default()
+        }))
+        .await;
+    assert_eq!(error_of(&reply).0, Code::FailedPrecondition);
+    let mut wrong = Client::tcp(gateway.tcp).await;
+    let reply = wrong
+        .call(Command::Login(Login {
+            name: session.profile.unwrap().name,
+            password: "not the password".to_owned(),
+            ..Login::default()
+        }))
+        .await;
+    assert_eq!(error_of(&reply).0, Code::Unauthenticated, "{reply:?}");
 
     pair.chat().await;
     gateway.stopped().await;

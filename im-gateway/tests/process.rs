@@ -43,8 +43,11 @@ async fn serves_both_transports_and_stops_on_sigterm() {
         Body::Pong(_)
     ));
     let metrics = http_get(&process.metrics, "/metrics").await;
-    assert!(metrics.contains("gateway_connections"), "{metrics}");
-    assert!(metrics.contains("gateway_frames_in_total"), "{metrics}");
+    assert!(metrics.contains("mpim_gateway_connections"), "{metrics}");
+    assert!(
+        metrics.contains("mpim_gateway_frames_in_total"),
+        "{metrics}"
+    );
 
     assert!(process.terminate(), "exit status 0 after SIGTERM");
     for client in [&mut binary, &mut json] {
