@@ -169,7 +169,7 @@ async fn invalid_json_unknown_commands_and_commands_before_login() {
 #[tokio::test]
 async fn a_flood_is_limited_then_closed() {
     let limited = Settings {
-        rate_per_sec: 20,
+        rate_per_sec: 5,
         rate_burst: 10,
         max_rate_limited: 50,
         ..settings()
@@ -187,7 +187,8 @@ async fn a_flood_is_limited_then_closed() {
     let seen = flood.closed().await;
     let pongs = seen.iter().filter(|m| m.error.is_none()).count();
     let limited: Vec<_> = seen.iter().filter(|m| m.error.is_some()).collect();
-    assert!((10..30).contains(&pongs), "{pongs} pongs");
+    // The burst, and what the rate refills while the flood is read (well under a second).
+    assert!((10..20).contains(&pongs), "{pongs} pongs");
     assert!(limited.len() > 50, "{} refused", limited.len());
     let (code, message) = error_of(limited[0]);
     assert_eq!(code, Code::ResourceExhausted);

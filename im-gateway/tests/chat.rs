@@ -139,7 +139,65 @@ async fn group_fan_out(bus: Bus) {
     cluster.close().await;
 }
 
-im_common::on_both_buses!(one_to_one, group_fan_out);
+/// Entries an earlier run of a gateway read and did not acknowledge (it died) are taken
+/// again by the next run with the same id, and acknowledged once handled.
+async fn a_restarted_gateway_finishes_what_it_had_read(bus: Bus) {
+    let cluster = Cluster::start(bus, false).await;
+    let id = name("gw-restart-");
+    let stream = im_common::bus::delivery_stream(&id);
+    let delivery = im_proto::Delivery {
+        user_ids: vec![1],
+        message: Some(im_proto::ChatMessage {
+            msg_id: 1,
+            conversation_id: "d:1:2".to_owned(),
+            seq: 1,
+            sender_id: 2,
+            body: "left over".to_owned(),
+            ..im_proto::ChatMessage::default()
+        }),
+        sender_id: 2,
+        sender_device_id: "d".to_owned(),
+    };
+    let payload = prost::Message::encode_to_vec(&delivery);
+    cluster
+        .bus
+        .streams
+        .push(stream.clone(), payload.into())
+        .await
+        .unwrap();
+    let read = cluster
+        .bus
+        .streams
+        .read(
+            stream,
+            id.clone(),
+            im_common::bus::ReadFrom::New,
+            10,
+            std::time::Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(unacknowledged(&cluster.bus, &id).await, 1);
+
+    let gateway = cluster.gateway(&id, settings()).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while unacknowledged(&cluster.bus, &id).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the entry stays unacknowledged"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    gateway.stopped().await;
+    cluster.close().await;
+}
+
+im_common::on_both_buses!(
+    one_to_one,
+    group_fan_out,
+    a_restarted_gateway_finishes_what_it_had_read
+);
 
 #[tokio::test]
 async fn json_text_frames_get_json_replies() {
