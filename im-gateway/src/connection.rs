@@ -2,21 +2,19 @@
 //! (several at once, polled in this task), write replies and queued pushes, enforce the
 //! timeouts and the rate limit, and close.
 //!
-//! An idle connection holds no read buffer (it waits for readability, see [`Tcp`]), no
+//! An idle connection holds no read buffer (it waits for readability, see `tcp`), no
 //! write buffer, one timer and an empty queue, which keeps it to a few KiB.
 
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::FutureExt as _;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use im_proto::client::server_message::Body;
-use im_proto::client::{Code, GoAway, ServerMessage};
-use tokio::io::AsyncWriteExt as _;
-use tokio::net::TcpStream;
+use im_proto::client::{Code, GoAway, Request};
 use tokio::time::Instant;
 
 use crate::Shared;
@@ -87,136 +85,213 @@ pub(crate) async fn serve<T: Transport>(shared: Arc<Shared>, mut io: T) {
     stats::connections(T::NAME, -1.0);
 }
 
+/// What the loop does after an event.
+enum Step {
+    Continue,
+    /// A frame arrived from an authenticated client, or it just authenticated: the idle
+    /// timeout starts again.
+    Alive,
+    /// Read nothing more; finish what is in flight within the grace period, then close.
+    Drain,
+    End(End),
+}
+
+/// A connection's state besides its requests in flight.
+struct Driver<'a, T> {
+    shared: &'a Shared,
+    conn: &'a Arc<Conn>,
+    io: &'a mut T,
+    bucket: Bucket,
+    /// Requests refused by the rate limit in a row.
+    refused: u32,
+    authenticated: bool,
+    draining: bool,
+}
+
 /// The connection's loop; returns how it ended.
 async fn drive<T: Transport>(shared: &Shared, conn: &Arc<Conn>, io: &mut T) -> End {
     let settings = &shared.settings;
-    let mut bucket = Bucket::new(settings.rate_per_sec, settings.rate_burst);
-    let mut refused: u32 = 0;
+    let mut driver = Driver {
+        shared,
+        conn,
+        io,
+        bucket: Bucket::new(settings.rate_per_sec, settings.rate_burst),
+        refused: 0,
+        authenticated: false,
+        draining: false,
+    };
     let mut in_flight = FuturesUnordered::new();
-    let mut draining = false;
-    let mut authenticated = false;
     let timer = tokio::time::sleep(settings.auth_timeout());
     tokio::pin!(timer);
     loop {
-        if draining && in_flight.is_empty() {
-            return match flush(io, conn, &mut Vec::new()).await {
+        if driver.draining && in_flight.is_empty() {
+            return match flush(driver.io, conn, &mut Vec::new()).await {
                 Ok(_) => End::Done,
                 Err(end) => end,
             };
         }
-        tokio::select! {
+        let step = tokio::select! {
             biased;
-            () = conn.woken() => match flush(io, conn, &mut Vec::new()).await {
-                Ok(Flow::Open) => {}
-                Ok(Flow::Drain) => {
-                    // Kicked: the replies in flight (a Logout's) get the grace period.
-                    draining = true;
-                    timer.as_mut().reset(Instant::now() + settings.grace());
-                }
-                Ok(Flow::Dead) => return End::Dead,
-                Err(end) => return end,
-            },
+            () = conn.woken() => driver.on_wake().await,
             Some((form, reply)) = in_flight.next(), if !in_flight.is_empty() => {
-                let Reply { message, close } = reply;
-                if let Err(end) = write(io, conn, &[(form, Encoded::new(message).bytes(form))]).await {
-                    return end;
-                }
-                if !authenticated && conn.session().is_some() {
-                    // From now on the idle timeout, counted from the login.
-                    authenticated = true;
-                    timer.as_mut().reset(Instant::now() + settings.idle_timeout());
-                }
-                if close {
-                    draining = true;
-                    timer.as_mut().reset(Instant::now() + settings.grace());
+                driver.on_reply(form, reply).await
+            }
+            () = shared.stop.cancelled(), if !driver.draining => driver.go_away().await,
+            read = driver.io.read(), if !driver.draining && in_flight.len() < settings.max_in_flight => {
+                match driver.on_read(read).await {
+                    Ok(Some((form, request))) => {
+                        in_flight.push(shared.handle(conn, request).map(move |reply| (form, reply)));
+                        driver.alive()
+                    }
+                    Ok(None) => driver.alive(),
+                    Err(end) => Step::End(end),
                 }
             }
-            () = shared.stop.cancelled(), if !draining => {
-                draining = true;
+            () = &mut timer => driver.on_timer().await,
+        };
+        match step {
+            Step::Continue => {}
+            Step::Alive => timer
+                .as_mut()
+                .reset(Instant::now() + settings.idle_timeout()),
+            Step::Drain => {
+                driver.draining = true;
                 timer.as_mut().reset(Instant::now() + settings.grace());
-                let go_away = Encoded::push(Body::GoAway(GoAway {
-                    reason: "the gateway is shutting down; reconnect and resume".to_owned(),
-                    close_after_ms: settings.shutdown_grace_ms,
-                }));
-                let form = conn.push_form(io.form());
-                if let Err(end) = write(io, conn, &[(form, go_away.bytes(form))]).await {
-                    return end;
-                }
             }
-            read = io.read(), if !draining && in_flight.len() < settings.max_in_flight => {
-                let (form, bytes) = match read {
-                    Read::Request(form, bytes) => (form, bytes),
-                    Read::Control => {
-                        if authenticated {
-                            timer.as_mut().reset(Instant::now() + settings.idle_timeout());
-                        }
-                        continue;
-                    }
-                    Read::TooLong(why) => {
-                        let error = wire::error(Code::ResourceExhausted, why, false);
-                        let form = conn.push_form(io.form());
-                        let _ = reply(io, conn, form, wire::failure(0, error)).await;
-                        return End::Done;
-                    }
-                    Read::Closed => return End::Done,
-                    Read::Failed(why) => {
-                        tracing::debug!(conn = conn.id, why, "connection failed");
-                        return End::Failed;
-                    }
-                };
-                stats::frames_in(1);
-                if authenticated {
-                    timer.as_mut().reset(Instant::now() + settings.idle_timeout());
-                }
-                if form != Form::Frame {
-                    conn.set_json(form == Form::Json);
-                }
-                let request = match wire::decode(form, &bytes) {
-                    Ok(request) => request,
-                    Err(err) => {
-                        let error = wire::error(Code::InvalidArgument, err.to_string(), false);
-                        if let Err(end) = reply(io, conn, form, wire::failure(0, error)).await {
-                            return end;
-                        }
-                        continue;
-                    }
-                };
-                if !bucket.take() {
-                    stats::rate_limited();
-                    refused += 1;
-                    let error = wire::error(
-                        Code::ResourceExhausted,
-                        format!(
-                            "rate limit: at most {} requests per second; slow down",
-                            settings.rate_per_sec
-                        ),
-                        true,
-                    );
-                    if let Err(end) = reply(io, conn, form, wire::failure(request.id, error)).await {
-                        return end;
-                    }
-                    if refused > settings.max_rate_limited {
-                        return End::Done;
-                    }
-                    continue;
-                }
-                refused = 0;
-                in_flight.push(shared.handle(conn, request).map(move |reply| (form, reply)));
-            }
-            () = &mut timer => {
-                if draining {
-                    return End::Done;
-                }
-                let (code, why) = if conn.session().is_some() {
-                    (Code::DeadlineExceeded, "idle: no frame within the idle timeout")
-                } else {
-                    (Code::Unauthenticated, "log in first: authentication timed out")
-                };
-                let form = conn.push_form(io.form());
-                let _ = reply(io, conn, form, wire::failure(0, wire::error(code, why, false))).await;
-                return End::Done;
-            }
+            Step::End(end) => return end,
         }
+    }
+}
+
+impl<T: Transport> Driver<'_, T> {
+    /// Restarts the idle timeout if the client is authenticated (before, the
+    /// authentication timeout runs from the connect, whatever the client sends).
+    fn alive(&self) -> Step {
+        if self.authenticated {
+            Step::Alive
+        } else {
+            Step::Continue
+        }
+    }
+
+    /// Pushes were queued, or the queue's flow changed.
+    async fn on_wake(&mut self) -> Step {
+        match flush(self.io, self.conn, &mut Vec::new()).await {
+            Ok(Flow::Open) => Step::Continue,
+            // Kicked: the replies in flight (a Logout's) get the grace period.
+            Ok(Flow::Drain) => Step::Drain,
+            Ok(Flow::Dead) => Step::End(End::Dead),
+            Err(end) => Step::End(end),
+        }
+    }
+
+    async fn on_reply(&mut self, form: Form, reply: Reply) -> Step {
+        let Reply { message, close } = reply;
+        let bytes = Encoded::new(message).bytes(form);
+        if let Err(end) = write(self.io, self.conn, &[(form, bytes)]).await {
+            return Step::End(end);
+        }
+        if close {
+            return Step::Drain;
+        }
+        if !self.authenticated && self.conn.session().is_some() {
+            // From now on the idle timeout, counted from the login.
+            self.authenticated = true;
+            return Step::Alive;
+        }
+        Step::Continue
+    }
+
+    /// The gateway is shutting down.
+    async fn go_away(&mut self) -> Step {
+        let settings = &self.shared.settings;
+        let go_away = Encoded::push(Body::GoAway(GoAway {
+            reason: "the gateway is shutting down; reconnect and resume".to_owned(),
+            close_after_ms: settings.shutdown_grace_ms,
+        }));
+        let form = self.conn.push_form(self.io.form());
+        match write(self.io, self.conn, &[(form, go_away.bytes(form))]).await {
+            Ok(()) => Step::Drain,
+            Err(end) => Step::End(end),
+        }
+    }
+
+    /// A request to dispatch, or None when the frame was answered here (or was not a
+    /// request).
+    async fn on_read(&mut self, read: Read) -> Result<Option<(Form, Request)>, End> {
+        let (form, bytes) = match read {
+            Read::Request(form, bytes) => (form, bytes),
+            Read::Control => return Ok(None),
+            Read::TooLong(why) => {
+                let error = wire::error(Code::ResourceExhausted, why, false);
+                let _ = self.fail(0, error).await;
+                return Err(End::Done);
+            }
+            Read::Closed => return Err(End::Done),
+            Read::Failed(why) => {
+                tracing::debug!(conn = self.conn.id, why, "connection failed");
+                return Err(End::Failed);
+            }
+        };
+        stats::frames_in(1);
+        if form != Form::Frame {
+            self.conn.set_json(form == Form::Json);
+        }
+        let request = match wire::decode(form, &bytes) {
+            Ok(request) => request,
+            Err(err) => {
+                let error = wire::error(Code::InvalidArgument, err.to_string(), false);
+                self.fail(0, error).await?;
+                return Ok(None);
+            }
+        };
+        if self.bucket.take() {
+            self.refused = 0;
+            return Ok(Some((form, request)));
+        }
+        stats::rate_limited();
+        self.refused += 1;
+        let error = wire::error(
+            Code::ResourceExhausted,
+            format!(
+                "rate limit: at most {} requests per second; slow down",
+                self.shared.settings.rate_per_sec
+            ),
+            true,
+        );
+        self.fail(request.id, error).await?;
+        if self.refused > self.shared.settings.max_rate_limited {
+            return Err(End::Done);
+        }
+        Ok(None)
+    }
+
+    /// The authentication or idle timeout, or the end of the grace period.
+    async fn on_timer(&mut self) -> Step {
+        if self.draining {
+            return Step::End(End::Done);
+        }
+        let (code, why) = if self.authenticated {
+            (
+                Code::DeadlineExceeded,
+                "idle: no frame within the idle timeout",
+            )
+        } else {
+            (
+                Code::Unauthenticated,
+                "log in first: authentication timed out",
+            )
+        };
+        let _ = self.fail(0, wire::error(code, why, false)).await;
+        Step::End(End::Done)
+    }
+
+    /// Writes an error reply to request `id` (0: not tied to a request), in the form the
+    /// connection speaks.
+    async fn fail(&mut self, id: u64, error: im_proto::client::Error) -> Result<(), End> {
+        let form = self.conn.push_form(self.io.form());
+        let bytes = Encoded::new(wire::failure(id, error)).bytes(form);
+        write(self.io, self.conn, &[(form, bytes)]).await
     }
 }
 
@@ -255,15 +330,6 @@ async fn flush<T: Transport>(
     }
 }
 
-async fn reply<T: Transport>(
-    io: &mut T,
-    conn: &Conn,
-    form: Form,
-    message: ServerMessage,
-) -> Result<(), End> {
-    write(io, conn, &[(form, Encoded::new(message).bytes(form))]).await
-}
-
 /// Writes `frames`, giving up when the connection is condemned meanwhile or the write
 /// blocks too long. A wake-up for more pushes is taken here, so the caller looks at the
 /// queue again afterwards (the main loop does, through [`flush`] after any write).
@@ -294,118 +360,4 @@ async fn write<T: Transport>(io: &mut T, conn: &Conn, frames: &[(Form, Bytes)]) 
         stats::frames_out(n);
     }
     result
-}
-
-/// A client on TCP: length-prefixed protobuf frames.
-pub(crate) struct Tcp {
-    stream: TcpStream,
-    /// Bytes of a frame not complete yet; empty (no allocation) while the socket is dry.
-    buf: BytesMut,
-    max: usize,
-}
-
-/// Bytes taken off the socket per read while the connection waits without a buffer.
-const CHUNK: usize = 4096;
-
-impl Tcp {
-    pub(crate) fn new(stream: TcpStream, max: usize) -> Tcp {
-        Tcp {
-            stream,
-            buf: BytesMut::new(),
-            max,
-        }
-    }
-
-    /// Moves what the socket has into the buffer, through a stack chunk so that nothing
-    /// is allocated for a connection that has nothing to say; Ok(0) at the end of the
-    /// stream.
-    fn fill(&mut self) -> io::Result<usize> {
-        let mut chunk = [0u8; CHUNK];
-        let mut total = 0;
-        loop {
-            match self.stream.try_read(&mut chunk) {
-                Ok(0) => return Ok(total),
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    total += n;
-                    if n < CHUNK || self.buf.len() > self.max + im_proto::codec::PREFIX {
-                        return Ok(total);
-                    }
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock && total > 0 => {
-                    return Ok(total);
-                }
-                Err(err) => return Err(err),
-            }
-        }
-    }
-}
-
-impl Transport for Tcp {
-    const NAME: &'static str = "tcp";
-
-    fn form(&self) -> Form {
-        Form::Frame
-    }
-
-    async fn read(&mut self) -> Read {
-        loop {
-            match im_proto::codec::read_frame(&mut self.buf, self.max) {
-                Ok(Some(frame)) => {
-                    if self.buf.is_empty() {
-                        // Let the allocation go with the frame.
-                        self.buf = BytesMut::new();
-                    }
-                    return Read::Request(Form::Frame, frame);
-                }
-                Ok(None) => {}
-                Err(err) => return Read::TooLong(err.to_string()),
-            }
-            if let Err(err) = self.stream.readable().await {
-                return Read::Failed(err.to_string());
-            }
-            match self.fill() {
-                Ok(0) if self.buf.is_empty() => return Read::Closed,
-                Ok(0) => return Read::Failed("connection closed inside a frame".to_owned()),
-                Ok(_) => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Read::Failed(err.to_string()),
-            }
-        }
-    }
-
-    async fn write(&mut self, frames: &[(Form, Bytes)]) -> io::Result<()> {
-        if let [(_, frame)] = frames {
-            return self.stream.write_all(frame).await;
-        }
-        let len = frames.iter().map(|(_, f)| f.len()).sum();
-        let mut buf = BytesMut::with_capacity(len);
-        for (_, frame) in frames {
-            buf.extend_from_slice(frame);
-        }
-        self.stream.write_all(&buf).await
-    }
-
-    async fn close(&mut self) {
-        // Send what was written, then read what the client still sends for a moment:
-        // closing with unread bytes would reset the connection and could lose the last
-        // frame (an error saying why it closes) on its way.
-        let _ = self.stream.shutdown().await;
-        let mut chunk = [0u8; 1024];
-        let drain = async {
-            let mut left = 256 * 1024usize;
-            while left > 0 {
-                if self.stream.readable().await.is_err() {
-                    return;
-                }
-                match self.stream.try_read(&mut chunk) {
-                    Ok(0) => return,
-                    Ok(n) => left = left.saturating_sub(n),
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
-    }
 }

@@ -41,7 +41,8 @@
 //! - `session`: Login, Resume, Logout;
 //! - `signals`: Typing and read receipts;
 //! - `wire`: the three encodings and client-facing errors;
-//! - `connection`: the per-connection task, generic over the transports, and TCP;
+//! - `connection`: the per-connection task, generic over the transports;
+//! - `tcp`: the TCP transport;
 //! - `ws`: the HTTP router and the WebSocket transport;
 //! - `registry`: user → connections, their queues, the friends index;
 //! - `delivery`: the delivery stream and its acknowledgements;
@@ -64,6 +65,7 @@ pub mod services;
 mod session;
 mod signals;
 mod stats;
+mod tcp;
 mod wire;
 mod ws;
 
@@ -227,7 +229,7 @@ async fn accept(
             },
         };
         let _ = stream.set_nodelay(true);
-        let transport = connection::Tcp::new(stream, shared.settings.max_frame);
+        let transport = tcp::Tcp::new(stream, shared.settings.max_frame);
         let shared_conn = shared.clone();
         shared.tasks.spawn(async move {
             connection::serve(shared_conn, transport).await;
