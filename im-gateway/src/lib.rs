@@ -152,7 +152,8 @@ impl Gateway {
     /// connection GoAway, gives them the grace period, unbinds their routes and returns.
     ///
     /// # Errors
-    /// When the bus refuses the event subscriptions.
+    /// When `settings` do not pass [`Settings::validate`] or the bus refuses the event
+    /// subscriptions.
     pub async fn serve(
         self,
         tcp: TcpListener,
@@ -160,10 +161,13 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let shared = self.shared;
+        shared.settings.validate()?;
         match nofile::raise() {
             Ok(limit) => info!(
                 open_files = limit,
-                connections = shared.settings.max_connections.min(limit as usize),
+                connections = shared.settings.max_connections.min(
+                    usize::try_from(limit.saturating_sub(nofile::RESERVED)).unwrap_or(usize::MAX)
+                ),
                 "open-file limit raised to the hard limit; each connection takes one"
             ),
             Err(err) => warn!(cause = %err, "open-file limit not raised"),

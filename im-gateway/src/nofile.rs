@@ -2,6 +2,10 @@
 
 use std::io;
 
+/// Descriptors kept for other uses than client connections: listeners, service and bus
+/// connections, log files.
+pub(crate) const RESERVED: u64 = 64;
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the limit now in force.
 ///
 /// # Errors
