@@ -125,7 +125,9 @@ impl Gateway {
     /// A gateway named `id` (its routes and its delivery stream; `settings.id` is not
     /// read) that calls `services` and listens on `bus`.
     pub fn new(id: impl Into<String>, services: Services, bus: Bus, settings: Settings) -> Gateway {
-        let connections = Arc::new(Semaphore::new(settings.max_connections));
+        // Beyond the semaphore's own maximum is as good as unlimited.
+        let permits = settings.max_connections.min(Semaphore::MAX_PERMITS);
+        let connections = Arc::new(Semaphore::new(permits));
         Gateway {
             shared: Arc::new(Shared {
                 id: id.into(),
