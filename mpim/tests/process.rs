@@ -1,0 +1,227 @@
+//! The `mpim` binary as a person runs it: it says where to connect, serves a chat, stops
+//! gracefully, and keeps users, tokens and messages across a restart.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use im_proto::client::{
+    Login, Request, ServerMessage, Session, request::Command as Cmd, server_message::Body,
+};
+use im_proto::codec::Codec;
+use im_proto::{
+    ListFriendRequestsRequest, RegisterRequest, RespondFriendRequestRequest,
+    SendFriendRequestRequest, SendRequest, SyncRequest,
+};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_mpim");
+
+/// A running `mpim` and the client address it logged.
+struct Mpim {
+    child: Child,
+    tcp: String,
+}
+
+impl Mpim {
+    fn start(data: &Path) -> Mpim {
+        let mut child = Command::new(BINARY)
+            .args(["--data", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(["--ws-listen", "127.0.0.1:0"])
+            .env("MPIM_SERVER__METRICS_LISTEN", "off")
+            .env("MPIM_AUTH__ARGON2_MEMORY_KIB", "1024")
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mpim starts");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let tcp = loop {
+            let line = lines.next().expect("mpim logs before exiting").unwrap();
+            eprintln!("{line}");
+            if line.contains("mpim ready") {
+                assert!(line.contains("im-cli -- --server"), "{line}");
+                let tcp = line.split("tcp=").nth(1).unwrap().split_whitespace().next();
+                break tcp.unwrap().to_owned();
+            }
+        };
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("{l}")));
+        Mpim { child, tcp }
+    }
+
+    fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        self.child.wait().unwrap().success()
+    }
+}
+
+impl Drop for Mpim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Client {
+    framed: Framed<TcpStream, Codec<ServerMessage>>,
+    next_id: u64,
+}
+
+impl Client {
+    async fn connect(addr: &str) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        Client {
+            framed: Framed::new(stream, Codec::default()),
+            next_id: 1,
+        }
+    }
+
+    /// The reply to `command` (pushes before it are skipped).
+    async fn call(&mut self, command: Cmd) -> Body {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = Request {
+            id,
+            command: Some(command),
+        };
+        self.framed.send(&request).await.unwrap();
+        loop {
+            let message = self.recv().await.expect("a reply");
+            if message.id == id {
+                assert!(message.error.is_none(), "{:?}", message.error);
+                return message.body.unwrap();
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> Option<ServerMessage> {
+        let next = tokio::time::timeout(Duration::from_secs(20), self.framed.next()).await;
+        next.expect("a message within 20 s").map(|m| m.unwrap())
+    }
+
+    async fn login(&mut self, name: &str) -> Session {
+        let login = Login {
+            name: name.into(),
+            password: "correct horse".into(),
+            device_id: "laptop".into(),
+            ..Login::default()
+        };
+        match self.call(Cmd::Login(login)).await {
+            Body::Session(session) => session,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mpim_serves_a_chat_and_keeps_it_across_a_restart() {
+    let data = std::env::temp_dir().join(format!("mpim-process-{}", rand_suffix()));
+    let mpim = Mpim::start(&data);
+    let mut ada = Client::connect(&mpim.tcp).await;
+    let mut bob = Client::connect(&mpim.tcp).await;
+    for (client, name) in [(&mut ada, "ada"), (&mut bob, "bob")] {
+        let register = RegisterRequest {
+            name: name.into(),
+            password: "correct horse".into(),
+            nickname: String::new(),
+        };
+        client.call(Cmd::Register(register)).await;
+    }
+    let ada_session = ada.login("ada").await;
+    let bob_session = bob.login("bob").await;
+    let add = SendFriendRequestRequest {
+        to_user_id: bob_session.user_id,
+        message: "hi".into(),
+    };
+    ada.call(Cmd::AddFriend(add)).await;
+    let Body::FriendRequests(requests) = bob
+        .call(Cmd::ListFriendRequests(ListFriendRequestsRequest {
+            outgoing: false,
+        }))
+        .await
+    else {
+        panic!("friend requests")
+    };
+    let respond = RespondFriendRequestRequest {
+        request_id: requests.requests[0].request_id,
+        accept: true,
+    };
+    bob.call(Cmd::RespondFriend(respond)).await;
+    let send = SendRequest {
+        to_user_id: bob_session.user_id,
+        client_msg_id: "m-1".into(),
+        body: "hello, bob".into(),
+    };
+    let Body::Ack(ack) = ada.call(Cmd::Send(send)).await else {
+        panic!("ack")
+    };
+    let pushed = loop {
+        if let Some(Body::Message(message)) = bob.recv().await.unwrap().body {
+            break message;
+        }
+    };
+    assert_eq!(
+        (pushed.msg_id, pushed.body.as_str()),
+        (ack.msg_id, "hello, bob")
+    );
+
+    // A graceful stop tells connected clients to go elsewhere.
+    let stopping = tokio::task::spawn_blocking(move || mpim.terminate());
+    let go_away = loop {
+        match bob.recv().await {
+            Some(ServerMessage {
+                body: Some(Body::GoAway(go_away)),
+                ..
+            }) => break go_away,
+            Some(_) => continue,
+            None => panic!("closed without GoAway"),
+        }
+    };
+    assert!(go_away.close_after_ms > 0);
+    assert!(stopping.await.unwrap(), "mpim exits 0 on SIGTERM");
+
+    // Restarted on the same data: the token still works and the history is there.
+    let mpim = Mpim::start(&data);
+    let mut bob = Client::connect(&mpim.tcp).await;
+    let login = Login {
+        token: bob_session.token.clone(),
+        ..Login::default()
+    };
+    let Body::Session(again) = bob.call(Cmd::Login(login)).await else {
+        panic!("session")
+    };
+    assert_eq!(again.user_id, bob_session.user_id);
+    let sync = SyncRequest {
+        conversation_id: ack.conversation_id.clone(),
+        after_seq: 0,
+        limit: 50,
+    };
+    let Body::Synced(synced) = bob.call(Cmd::Sync(sync)).await else {
+        panic!("synced")
+    };
+    let bodies: Vec<&str> = synced.messages.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["hello, bob"]);
+    assert_eq!(synced.messages[0].sender_id, ada_session.user_id);
+    assert!(mpim.terminate());
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
+fn rand_suffix() -> String {
+    format!(
+        "{}-{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
