@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod mpim;
+
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
