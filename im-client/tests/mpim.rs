@@ -31,7 +31,8 @@ async fn next_body(events: &mut im_client::Events) -> (u64, String) {
 async fn users_chat_through_mpim_and_its_restart_loses_nothing() {
     let mut mpim = Mpim::start();
     let (alice, mut alice_events) = Client::connect(options(&mpim.address, "a1")).await.unwrap();
-    let (bob, mut bob_events) = Client::connect(options(&mpim.address, "b1")).await.unwrap();
+    // Bob over WebSocket: both transports meet in one conversation.
+    let (bob, mut bob_events) = Client::connect(options(&mpim.ws, "b1")).await.unwrap();
     alice.register("alice", "secret-alice").await.unwrap();
     bob.register("bob", "secret-bob").await.unwrap();
     alice.login("alice", "secret-alice").await.unwrap();

@@ -33,8 +33,10 @@ impl Drop for TempDir {
 
 pub struct Mpim {
     child: Child,
-    /// Where clients connect (TCP), as `host:port`.
+    /// Where clients connect over TCP, as `host:port`.
     pub address: String,
+    /// Where clients connect over WebSocket, as `ws://host:port/ws`.
+    pub ws: String,
     data: TempDir,
 }
 
@@ -42,10 +44,11 @@ impl Mpim {
     /// Starts mpim on a fresh data directory and a free port.
     pub fn start() -> Mpim {
         let data = TempDir::new("mpim-test");
-        let (child, address) = spawn(&data.0, "127.0.0.1:0");
+        let (child, (address, ws)) = spawn(&data.0, "127.0.0.1:0", "127.0.0.1:0");
         Mpim {
             child,
             address,
+            ws,
             data,
         }
     }
@@ -54,8 +57,9 @@ impl Mpim {
     /// and address.
     pub fn restart(&mut self) {
         self.kill();
-        let (child, address) = spawn(&self.data.0, &self.address);
-        assert_eq!(address, self.address);
+        let ws = self.ws.trim_start_matches("ws://").trim_end_matches("/ws");
+        let (child, addresses) = spawn(&self.data.0, &self.address, ws);
+        assert_eq!(addresses, (self.address.clone(), self.ws.clone()));
         self.child = child;
     }
 
@@ -71,12 +75,12 @@ impl Drop for Mpim {
     }
 }
 
-/// Runs mpim and waits for the log line naming its address.
-fn spawn(data: &Path, listen: &str) -> (Child, String) {
+/// Runs mpim and waits for the log line naming its addresses (TCP, WebSocket URL).
+fn spawn(data: &Path, listen: &str, ws_listen: &str) -> (Child, (String, String)) {
     let mut child = Command::new(binary())
         .arg("--data")
         .arg(data)
-        .args(["--listen", listen, "--ws-listen", "off"])
+        .args(["--listen", listen, "--ws-listen", ws_listen])
         // Metrics would take the TCP port + 1000, which a restart cannot count on.
         .env("MPIM_SERVER__METRICS_LISTEN", "off")
         .env("MPIM_AUTH__ARGON2_MEMORY_KIB", "1024")
@@ -95,13 +99,13 @@ fn spawn(data: &Path, listen: &str) -> (Child, String) {
             if !line.contains("mpim ready") {
                 continue;
             }
-            if let Some(address) = listening_on(&line) {
-                let _ = tx.send(address);
+            if let Some(addresses) = listening_on(&line) {
+                let _ = tx.send(addresses);
             }
         }
     });
     match rx.recv_timeout(READY) {
-        Ok(address) => (child, address),
+        Ok(addresses) => (child, addresses),
         Err(_) => {
             let _ = child.kill();
             panic!("mpim did not log where it listens within {READY:?}");
@@ -109,13 +113,17 @@ fn spawn(data: &Path, listen: &str) -> (Child, String) {
     }
 }
 
-/// The address in mpim's "mpim ready: chat with `… im-cli -- --server ADDR`" line.
-fn listening_on(line: &str) -> Option<String> {
-    let rest = &line[line.find("--server ")? + "--server ".len()..];
-    let end = rest
-        .find(|c: char| c == '`' || c == ',' || c.is_whitespace())
-        .unwrap_or(rest.len());
-    Some(rest[..end].to_owned())
+/// The addresses in mpim's ready line: `websocket=ws://ADDR/ws … --server ADDR`.
+fn listening_on(line: &str) -> Option<(String, String)> {
+    let after = |marker: &str| {
+        let rest = &line[line.find(marker)? + marker.len()..];
+        let end = rest
+            .find(|c: char| c == '`' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        // The log quotes string fields.
+        Some(rest[..end].trim_matches('"').to_owned())
+    };
+    Some((after("--server ")?, after("websocket=")?))
 }
 
 /// The `mpim` binary of this build (`MPIM_BIN` overrides), built when missing.
