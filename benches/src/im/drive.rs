@@ -132,8 +132,10 @@ pub enum Schedule {
         /// Most messages to send.
         quota: u64,
     },
-    /// `quota` messages, with at most `window` unacknowledged at a time.
+    /// `quota` messages from `first`, with at most `window` unacknowledged at a time.
     Window {
+        /// When to start.
+        first: Instant,
         /// Messages to send.
         quota: u64,
         /// Most in flight.
@@ -187,6 +189,10 @@ pub async fn run(
     shared: &Shared,
     mut stop: watch::Receiver<bool>,
 ) -> Seen {
+    if let Schedule::Window { first, .. } = plan.schedule {
+        // Nothing is pushed before anyone sends, so there is nothing to read meanwhile.
+        tokio::time::sleep_until(first.into()).await;
+    }
     let mut conn = Conn {
         seen: Seen::default(),
         in_flight: HashMap::new(),
@@ -211,7 +217,7 @@ pub async fn run(
             until,
             quota,
         } => (Some(first), period, Some(until), quota, usize::MAX),
-        Schedule::Window { quota, window } => (None, PING_EVERY, None, quota, window),
+        Schedule::Window { quota, window, .. } => (None, PING_EVERY, None, quota, window),
     };
     let mut sending = quota > 0;
     let mut sent = 0u64;

@@ -162,6 +162,7 @@ pub async fn group(load: &Load, run: GroupRun) -> anyhow::Result<Report> {
                     }
                 }
                 None => Schedule::Window {
+                    first: start,
                     quota,
                     window: run.window.max(1),
                 },
