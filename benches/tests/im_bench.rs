@@ -33,6 +33,8 @@ struct Faults {
     dup_every: Option<u64>,
     /// Leave out every nth push.
     drop_every: Option<u64>,
+    /// Refuse every nth send as over the rate limit.
+    refuse_every: Option<u64>,
 }
 
 #[derive(Default)]
@@ -43,6 +45,7 @@ struct State {
     groups: HashMap<u64, Vec<u64>>,
     next_id: u64,
     pushes: u64,
+    sends: u64,
 }
 
 struct Gateway {
@@ -128,6 +131,28 @@ impl Gateway {
             error: None,
             body: Some(body),
         };
+        let send = matches!(
+            request.command,
+            Some(Command::Send(_) | Command::SendGroup(_))
+        );
+        state.sends += u64::from(send);
+        if send
+            && self
+                .faults
+                .refuse_every
+                .is_some_and(|every| state.sends % every == 0)
+        {
+            let _ = tx.send(ServerMessage {
+                id: request.id,
+                error: Some(Error {
+                    code: Code::ResourceExhausted.into(),
+                    message: "rate limit".into(),
+                    retryable: true,
+                }),
+                body: None,
+            });
+            return;
+        }
         let message = match request.command.clone().unwrap() {
             Command::Register(register) => {
                 if state.names.contains_key(&register.name) {
@@ -355,6 +380,27 @@ async fn a_group_over_websocket_delivers_every_message_to_every_other_member() {
     assert_eq!(report.sent, 40, "{report}");
     assert_eq!(report.acked, 40, "{report}");
     assert_eq!(report.delivered, 40 * 6, "{report}");
+    assert!(report.passed(), "{report}");
+}
+
+#[tokio::test]
+async fn sends_over_the_rate_limit_go_again_and_arrive() {
+    let (tcp, _) = Gateway::start(Faults {
+        refuse_every: Some(5),
+        ..Faults::default()
+    })
+    .await;
+    let run = GroupRun {
+        members: 3,
+        messages: 50,
+        rate: None,
+        senders: 1,
+        window: 8,
+    };
+    let report = modes::group(&load(tcp, None), run).await.unwrap();
+    assert_eq!((report.acked, report.delivered), (50, 100), "{report}");
+    assert!(report.to_string().contains("failed=0 retried="), "{report}");
+    assert!(!report.to_string().contains("retried=0"), "{report}");
     assert!(report.passed(), "{report}");
 }
 

@@ -52,10 +52,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Mode::Idle { connections, .. } => connections,
     };
     let sources = args.sources(connections);
-    let addr = args
-        .gateway
+    let connect_to = args.connect_to();
+    let addr = connect_to
         .to_socket_addrs()
-        .with_context(|| format!("resolving {}", args.gateway))?
+        .with_context(|| format!("resolving {connect_to}"))?
         .next()
         .context("the gateway address resolves to nothing")?;
     let setup = Setup {

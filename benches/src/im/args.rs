@@ -128,6 +128,22 @@ impl Args {
         }))
     }
 
+    /// The `host:port` to open the socket to: the gateway's, or the WebSocket URL's.
+    pub fn connect_to(&self) -> String {
+        match self.ws_url() {
+            None => self.gateway.clone(),
+            Some(url) => {
+                let rest = url.strip_prefix("ws://").unwrap_or(&url);
+                let authority = rest.split('/').next().unwrap_or(rest);
+                if authority.contains(':') {
+                    authority.to_string()
+                } else {
+                    format!("{authority}:80")
+                }
+            }
+        }
+    }
+
     /// The source addresses for `connections`: those given, or when one address would run
     /// out of ports, 127.0.0.2 and up.
     pub fn sources(&self, connections: usize) -> Vec<IpAddr> {
@@ -232,6 +248,10 @@ mod tests {
             }
         ));
         assert_eq!(args.ws_url().as_deref(), Some("ws://127.0.0.1:6080/ws"));
+        assert_eq!(args.connect_to(), "127.0.0.1:6080");
+        let args = parse("im-bench --ws --ws-url ws://localhost/ws pairs");
+        assert_eq!(args.connect_to(), "localhost:80");
+        assert_eq!(parse("im-bench pairs").connect_to(), "127.0.0.1:6000");
     }
 
     #[test]

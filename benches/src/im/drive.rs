@@ -23,6 +23,9 @@ pub const PING_EVERY: Duration = Duration::from_secs(30);
 /// Latency samples a task keeps before adding them to the shared histogram.
 const SAMPLES: usize = 128;
 
+/// How long a send refused as retryable (over the rate limit) waits before it goes again.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
+
 /// Counters every connection adds to; read by the progress line and the report.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -30,8 +33,10 @@ pub struct Counters {
     pub sent: AtomicU64,
     /// Sends acknowledged, whole run.
     pub acked: AtomicU64,
-    /// Sends refused (or whose connection failed), whole run.
+    /// Sends refused for good (or whose connection failed), whole run.
     pub failed: AtomicU64,
+    /// Sends refused as retryable (over the rate limit) and sent again.
+    pub retried: AtomicU64,
     /// Pushes owed: each ack times the recipients of its message.
     pub owed: AtomicU64,
     /// Pushes that were the first of their seq on their connection, whole run.
@@ -196,6 +201,8 @@ pub async fn run(
     let mut conn = Conn {
         seen: Seen::default(),
         in_flight: HashMap::new(),
+        retry: Vec::new(),
+        retry_at: Instant::now(),
         latency: Samples {
             into: &shared.latency,
             buffer: Vec::new(),
@@ -232,9 +239,9 @@ pub async fn run(
     );
     loop {
         if sending && first.is_none() {
-            while conn.in_flight.len() < window && sent < quota {
+            while conn.in_flight.len() + conn.retry.len() < window && sent < quota {
                 let stamp = shared.now_ns();
-                conn.send(&mut session, &mut out, sent, stamp);
+                conn.send(&mut session, &mut out, (sent, stamp), true);
                 sent += 1;
             }
         }
@@ -261,8 +268,13 @@ pub async fn run(
                     continue;
                 }
                 let stamp = due.saturating_duration_since(shared.epoch).as_nanos() as u64;
-                conn.send(&mut session, &mut out, sent, stamp);
+                conn.send(&mut session, &mut out, (sent, stamp), true);
                 sent += 1;
+            }
+            _ = tokio::time::sleep_until(conn.retry_at.into()), if !conn.retry.is_empty() => {
+                for again in std::mem::take(&mut conn.retry) {
+                    conn.send(&mut session, &mut out, again, false);
+                }
             }
             _ = ping.tick() => {
                 let id = session.next_id();
@@ -274,7 +286,7 @@ pub async fn run(
     if sending {
         shared.counters.senders.fetch_sub(1, Ordering::Relaxed);
     }
-    let unanswered = conn.in_flight.len() as u64;
+    let unanswered = (conn.in_flight.len() + conn.retry.len()) as u64;
     shared
         .counters
         .failed
@@ -287,8 +299,11 @@ pub async fn run(
 /// One connection's state during the load.
 struct Conn<'a> {
     seen: Seen,
-    /// Request id → the stamp of the send awaiting its ack.
-    in_flight: HashMap<u64, u64>,
+    /// Request id → the number and stamp of the send awaiting its ack.
+    in_flight: HashMap<u64, (u64, u64)>,
+    /// Sends to make again (number, stamp), at `retry_at`.
+    retry: Vec<(u64, u64)>,
+    retry_at: Instant,
     latency: Samples<'a>,
     ack_latency: Samples<'a>,
     user_id: u64,
@@ -297,11 +312,22 @@ struct Conn<'a> {
 }
 
 impl Conn<'_> {
-    fn send(&mut self, session: &mut Session, out: &mut Outgoing, n: u64, stamp_ns: u64) {
+    /// Sends message `n` stamped `stamp_ns`; `fresh` unless it is a retry (same
+    /// client_msg_id, same stamp, so the wait shows in its latency).
+    fn send(
+        &mut self,
+        session: &mut Session,
+        out: &mut Outgoing,
+        (n, stamp_ns): (u64, u64),
+        fresh: bool,
+    ) {
         let id = session.next_id();
         let request = out.next(id, &self.shared.run, self.plan.index, n, stamp_ns);
         session.link.queue(request);
-        self.in_flight.insert(id, stamp_ns);
+        self.in_flight.insert(id, (n, stamp_ns));
+        if !fresh {
+            return;
+        }
         let counters = &self.shared.counters;
         counters.sent.fetch_add(1, Ordering::Relaxed);
         if self.shared.measured(stamp_ns) {
@@ -330,7 +356,7 @@ impl Conn<'_> {
     }
 
     fn acked(&mut self, id: u64, seq: u64) {
-        let Some(stamp) = self.in_flight.remove(&id) else {
+        let Some((_, stamp)) = self.in_flight.remove(&id) else {
             return;
         };
         let counters = &self.shared.counters;
@@ -347,17 +373,26 @@ impl Conn<'_> {
     }
 
     fn failed(&mut self, id: u64, frame: &[u8]) {
-        if self.in_flight.remove(&id).is_none() {
+        let Some(send) = self.in_flight.remove(&id) else {
+            return;
+        };
+        let error = ServerMessage::decode(frame)
+            .ok()
+            .and_then(|reply| reply.error);
+        let counters = &self.shared.counters;
+        if error.as_ref().is_some_and(|error| error.retryable) {
+            if self.retry.is_empty() {
+                self.retry_at = Instant::now() + RETRY_AFTER;
+            }
+            self.retry.push(send);
+            counters.retried.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.shared.counters.failed.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .note_error(|| match ServerMessage::decode(frame) {
-                Ok(ServerMessage {
-                    error: Some(error), ..
-                }) => format!("send refused: {} {}", error.code, error.message),
-                _ => "send refused".into(),
-            });
+        counters.failed.fetch_add(1, Ordering::Relaxed);
+        self.shared.note_error(|| match error {
+            Some(error) => format!("send refused: {} {}", error.code, error.message),
+            None => "send refused".into(),
+        });
     }
 
     fn pushed(&mut self, seq: u64, sender_id: u64, body: &[u8]) {

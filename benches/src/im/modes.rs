@@ -292,11 +292,12 @@ impl Progress {
         self.next += Duration::from_secs(1);
         let c = &shared.counters;
         eprintln!(
-            "{:>4.0}s sent={} acked={} failed={} pushed={}/{} broken={}",
+            "{:>4.0}s sent={} acked={} failed={} retried={} pushed={}/{} broken={}",
             self.started.elapsed().as_secs_f64(),
             c.sent.load(Ordering::Relaxed),
             c.acked.load(Ordering::Relaxed),
             c.failed.load(Ordering::Relaxed),
+            c.retried.load(Ordering::Relaxed),
             c.pushed.load(Ordering::Relaxed),
             c.owed.load(Ordering::Relaxed),
             c.broken.load(Ordering::Relaxed),
@@ -332,6 +333,7 @@ fn report(shared: &Shared, seen: &[Seen], members: &[Vec<usize>], msgs_per_s: f6
             format!("{:.2}", ms(ack_latency.value_at_quantile(0.99))),
         ),
         ("failed", c.failed.load(Ordering::Relaxed).to_string()),
+        ("retried", c.retried.load(Ordering::Relaxed).to_string()),
         ("broken", c.broken.load(Ordering::Relaxed).to_string()),
     ]);
     if let Some(error) = shared.first_error.lock().as_ref() {
