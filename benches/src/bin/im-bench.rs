@@ -9,7 +9,7 @@
 //!     idle --connections 19000 --gateway-pid $(pgrep -x mpim)
 //! ```
 //!
-//! `--ws` speaks WebSocket to ws://<host>:6080/ws instead. Setup (registration, login,
+//! `--ws` speaks WebSocket to `ws://<host>:6080/ws` instead. Setup (registration, login,
 //! friends, the group) is timed but not measured. Progress goes to stderr each second; the
 //! last line on stdout is
 //! `RESULT connections=<n> sent=<n> acked=<n> delivered=<n> lost=<n> dup=<n> p50_ms=<x>

@@ -25,7 +25,7 @@ pub struct Args {
     /// Speak WebSocket (binary frames) instead of TCP.
     #[arg(long, global = true)]
     pub ws: bool,
-    /// The WebSocket URL (default: ws://<gateway host>:6080/ws).
+    /// The WebSocket URL (default: `ws://<gateway host>:6080/ws`).
     #[arg(long, global = true)]
     pub ws_url: Option<String>,
     /// Start of every user name (default: a new one per run, so runs never collide).
