@@ -44,6 +44,7 @@ pub async fn pairs(load: &Load, users: usize, rate: u64, seconds: u64) -> anyhow
     let started = Instant::now();
     let mut sessions = load.setup.open_users(users).await?;
     setup::befriend_pairs(&mut sessions, load.setup.concurrency).await?;
+    setup::keepalive(&mut sessions, load.setup.concurrency).await?;
     let setup_time = started.elapsed();
     eprintln!("setup: {users} users logged in and paired in {setup_time:.1?}");
 
@@ -132,6 +133,7 @@ pub async fn group(load: &Load, run: GroupRun) -> anyhow::Result<Report> {
     let ids = sessions[1..].iter().map(|s| s.user_id).collect::<Vec<_>>();
     let name = format!("{}-group", load.setup.prefix);
     let group_id = setup::create_group(&mut sessions[0], &name, &ids).await?;
+    setup::keepalive(&mut sessions, load.setup.concurrency).await?;
     let setup_time = started.elapsed();
     eprintln!(
         "setup: {} members logged in, group {group_id} in {setup_time:.1?}",

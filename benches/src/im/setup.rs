@@ -3,13 +3,13 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures::{StreamExt as _, TryStreamExt as _, stream};
 use im_proto::client::request::Command;
 use im_proto::client::server_message::Body;
-use im_proto::client::{Code, Login, Request};
+use im_proto::client::{Code, Login, Ping, Request};
 use im_proto::{
     CreateGroupRequest, DeviceKind, GroupUsers, JoinPolicy, RegisterRequest,
     SendFriendRequestRequest,
@@ -19,6 +19,10 @@ use super::link::{Endpoint, Link};
 
 /// How long any one setup request may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often connections waiting for the rest of setup ping (the gateway closes a
+/// connection idle for 90 s, and registering thousands of users takes minutes).
+const KEEPALIVE: Duration = Duration::from_secs(20);
 
 /// Members named in one CreateGroup or Invite request.
 const MEMBERS_PER_REQUEST: usize = 500;
@@ -176,17 +180,44 @@ impl Setup {
     }
 
     /// Opens `count` connections, one new user each, at most [`Setup::concurrency`] at once;
-    /// in index order.
+    /// in index order. Those already open ping while the others are set up.
     ///
     /// # Errors
     /// The first connection that fails.
     pub async fn open_users(&self, count: usize) -> anyhow::Result<Vec<Session>> {
-        stream::iter(0..count)
-            .map(|index| self.open(index, Auth::New(index)))
-            .buffered(self.concurrency.max(1))
-            .try_collect()
-            .await
+        let concurrency = self.concurrency.max(1);
+        let batch = concurrency * 8;
+        let mut sessions = Vec::with_capacity(count);
+        let mut pinged = Instant::now();
+        for first in (0..count).step_by(batch) {
+            let opened: Vec<Session> = stream::iter(first..count.min(first + batch))
+                .map(|index| self.open(index, Auth::New(index)))
+                .buffered(concurrency)
+                .try_collect()
+                .await?;
+            sessions.extend(opened);
+            if pinged.elapsed() >= KEEPALIVE {
+                keepalive(&mut sessions, concurrency).await?;
+                pinged = Instant::now();
+            }
+            if count > batch {
+                eprintln!("setup: {}/{count} logged in", sessions.len());
+            }
+        }
+        Ok(sessions)
     }
+}
+
+/// Pings every session once, so that none is idle long enough to be closed.
+///
+/// # Errors
+/// The first ping that fails.
+pub async fn keepalive(sessions: &mut [Session], concurrency: usize) -> anyhow::Result<()> {
+    stream::iter(sessions.iter_mut())
+        .map(|session| session.request(Command::Ping(Ping {})))
+        .buffer_unordered(concurrency.max(1))
+        .try_for_each(|_| async { Ok(()) })
+        .await
 }
 
 /// Makes each pair `(sessions[2i], sessions[2i + 1])` friends: each asks the other, and the
