@@ -412,3 +412,89 @@ async fn idle_connections_log_in_with_a_token_after_the_first_and_stay_open() {
     assert_eq!((held.opened, held.failed), (10, 0));
     assert_eq!(held.release().await, 10);
 }
+
+/// Runs the im-bench binary; its exit status and last stdout line.
+async fn im_bench(args: &[&str]) -> (bool, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_im-bench"))
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let last = stdout.lines().last().unwrap_or_default().to_string();
+    (output.status.success(), last)
+}
+
+#[tokio::test]
+async fn the_binary_ends_with_the_result_line_and_fails_on_a_dup() {
+    let (tcp, _) = Gateway::start(Faults::default()).await;
+    let gateway = tcp.to_string();
+    let args = [
+        "--gateway",
+        &gateway,
+        "--warmup-seconds",
+        "0",
+        "pairs",
+        "--users",
+        "4",
+    ];
+    let (passed, last) =
+        im_bench(&[&args[..], &["--rate", "100", "--seconds", "1"]].concat()).await;
+    assert!(passed, "{last}");
+    assert!(
+        last.starts_with(
+            "RESULT connections=4 sent=100 acked=100 delivered=100 lost=0 dup=0 p50_ms="
+        ),
+        "{last}"
+    );
+
+    let (tcp, _) = Gateway::start(Faults {
+        dup_every: Some(3),
+        ..Faults::default()
+    })
+    .await;
+    let gateway = tcp.to_string();
+    let args = [
+        "--gateway",
+        &gateway,
+        "group",
+        "--members",
+        "3",
+        "--messages",
+        "10",
+    ];
+    let (passed, last) = im_bench(&args).await;
+    assert!(!passed, "{last}");
+    assert!(last.contains(" lost=0 dup="), "{last}");
+}
+
+#[tokio::test]
+async fn idle_spreads_over_worker_processes_and_reports_memory_per_connection() {
+    let (tcp, _) = Gateway::start(Faults::default()).await;
+    let gateway = tcp.to_string();
+    let pid = std::process::id().to_string();
+    let (passed, last) = im_bench(&[
+        "--gateway",
+        &gateway,
+        "idle",
+        "--connections",
+        "30",
+        "--processes",
+        "2",
+        "--devices-per-user",
+        "4",
+        "--hold-seconds",
+        "1",
+        "--gateway-pid",
+        &pid,
+    ])
+    .await;
+    assert!(passed, "{last}");
+    assert!(last.starts_with("RESULT connections=30 sent=0"), "{last}");
+    assert!(
+        last.contains("opened=30 failed=0 rss_before_kib="),
+        "{last}"
+    );
+    assert!(last.contains("bytes_per_conn="), "{last}");
+}
