@@ -244,6 +244,10 @@ pub struct RedisConfig {
     /// `redis://127.0.0.1:6379/0`. Default: none, which keeps all of it inside this process
     /// (only right when every service runs in one process, as in `mpim`).
     pub url: Option<String>,
+    /// Put before every key and channel, so that deployments sharing one Redis never see
+    /// each other's data; every process of a deployment must use the same. Must not
+    /// contain `{`. Default: empty.
+    pub prefix: String,
 }
 
 /// Logging.

@@ -139,8 +139,13 @@ impl Discovery {
     }
 }
 
-/// Starts the `/metrics` endpoint unless it is off.
-async fn spawn_metrics(
+/// Starts the `/metrics` endpoint of a process listening on `bound`, unless
+/// `config.metrics_listen` turns it off (or `bound` is an ephemeral port and no address is
+/// configured); it serves until `stop` turns true.
+///
+/// # Errors
+/// When the metrics address cannot be bound.
+pub async fn spawn_metrics(
     config: &ServerConfig,
     bound: SocketAddr,
     mut stop: tokio::sync::watch::Receiver<bool>,

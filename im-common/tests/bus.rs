@@ -560,15 +560,31 @@ async fn connect_follows_the_config() {
         .unwrap();
     assert!(local.cache.get("k".into()).await.unwrap().is_some());
 
-    let config = RedisConfig {
+    let config = |prefix: &str| RedisConfig {
         url: Some(testing::redis_url()),
+        prefix: prefix.to_owned(),
     };
-    let remote = Bus::connect(&config).await.unwrap();
+    let remote = Bus::connect(&config("")).await.unwrap();
     let missing = remote.cache.get("mpim:cache:none-such".into()).await;
     assert_eq!(missing.unwrap(), None);
+    // Deployments with their own prefixes share a server without meeting.
+    let run = format!("test:{}:{}:", std::process::id(), rand::random::<u32>());
+    let one = Bus::connect(&config(&format!("{run}one:"))).await.unwrap();
+    let two = Bus::connect(&config(&format!("{run}two:"))).await.unwrap();
+    one.cache
+        .set("k".into(), "1".into(), LONG_TTL)
+        .await
+        .unwrap();
+    assert_eq!(two.cache.get("k".into()).await.unwrap(), None);
+    assert_eq!(
+        one.cache.get("k".into()).await.unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+    one.cache.delete(vec!["k".into()]).await.unwrap();
 
     let bad = RedisConfig {
         url: Some("rediss-or-not://127.0.0.1".into()),
+        prefix: String::new(),
     };
     let err = Bus::connect(&bad).await.unwrap_err();
     assert!(matches!(err, StoreError::Redis(_)), "{err}");

@@ -154,7 +154,9 @@ impl Bus {
     /// [`StoreError::Redis`] when Redis cannot be reached.
     pub async fn connect(config: &RedisConfig) -> BusResult<Bus> {
         match &config.url {
-            Some(url) => Ok(Bus::new(Arc::new(self::redis::Redis::connect(url).await?))),
+            Some(url) => Ok(Bus::new(Arc::new(
+                self::redis::Redis::connect_with_prefix(url, &config.prefix).await?,
+            ))),
             None => Ok(Bus::in_process()),
         }
     }

@@ -1,0 +1,193 @@
+//! This gateway's delivery stream: chat messages for its users' devices, acknowledged only
+//! once every push of an entry is written to its socket (or its connection is gone).
+//!
+//! A reader takes entries (first those an earlier run read and did not acknowledge, then
+//! new ones), queues their pushes with a [`Token`] per batch, and hands the batch to an
+//! acknowledger, which waits for the batch's tokens to be dropped and acknowledges it.
+//! Reads are never cancelled midway (an entry read and not seen would wait for the next
+//! restart): the reader stops only between reads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use im_common::bus::{ReadFrom, StreamEntry, delivery_stream};
+use im_proto::client::server_message::Body;
+use im_proto::client::{Edited, Recalled};
+use im_proto::{Delivery, MessageKind};
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::Shared;
+use crate::registry::Token;
+use crate::wire::Encoded;
+
+/// How long one read waits for new entries.
+const BLOCK: Duration = Duration::from_millis(500);
+/// Pause after a failed bus call.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// A batch read and pushed, waiting to be written everywhere.
+struct Batch {
+    ids: Vec<String>,
+    written: oneshot::Receiver<()>,
+}
+
+/// Reads and pushes until `stop`, then acknowledges what was written.
+pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let (batches, pending) = mpsc::channel(4);
+    let acker = acknowledge(shared.clone(), pending);
+    let reader = async {
+        read(&shared, ReadFrom::Pending, &batches, &stop).await;
+        read(&shared, ReadFrom::New, &batches, &stop).await;
+        drop(batches);
+    };
+    futures::future::join(reader, acker).await;
+}
+
+/// Reads entries `from` until there are none (Pending) or until `stop` (New).
+async fn read(
+    shared: &Shared,
+    from: ReadFrom,
+    batches: &mpsc::Sender<Batch>,
+    stop: &CancellationToken,
+) {
+    let stream = delivery_stream(&shared.id);
+    let block = if from == ReadFrom::Pending {
+        Duration::ZERO
+    } else {
+        BLOCK
+    };
+    while !stop.is_cancelled() {
+        let read = shared
+            .bus
+            .streams
+            .read(
+                stream.clone(),
+                shared.id.clone(),
+                from,
+                shared.settings.delivery_batch,
+                block,
+            )
+            .await;
+        let entries = match read {
+            Ok(entries) => entries,
+            Err(err) => {
+                warn!(cause = %err, "delivery stream not read");
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY) => continue,
+                    () = stop.cancelled() => return,
+                }
+            }
+        };
+        if entries.is_empty() {
+            if from == ReadFrom::Pending {
+                return;
+            }
+            continue;
+        }
+        let batch = shared.deliver(&entries);
+        if from == ReadFrom::Pending {
+            // Pending entries are returned until acknowledged: finish these before
+            // asking again.
+            let _ = batch.written.await;
+            shared.ack(batch.ids).await;
+        } else if batches.send(batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Acknowledges each batch once its pushes are written, in whatever order that happens (a
+/// slow reader's batch holds up no other). Beyond `max_pending_deliveries` entries waiting,
+/// it takes no more batches, which stops the reader; a blocked socket gives up its
+/// tokens within the write timeout at most.
+async fn acknowledge(shared: Arc<Shared>, mut incoming: mpsc::Receiver<Batch>) {
+    let limit = shared.settings.max_pending_deliveries;
+    let mut waiting = FuturesUnordered::new();
+    let mut entries = 0;
+    let mut open = true;
+    loop {
+        tokio::select! {
+            batch = incoming.recv(), if open && entries < limit => match batch {
+                Some(Batch { ids, written }) => {
+                    entries += ids.len();
+                    // The sender is never used: the channel closes when the last token is
+                    // dropped.
+                    waiting.push(async move {
+                        let _ = written.await;
+                        ids
+                    });
+                }
+                None => open = false,
+            },
+            Some(ids) = waiting.next(), if !waiting.is_empty() => {
+                entries -= ids.len();
+                shared.ack(ids).await;
+            }
+            else => return,
+        }
+    }
+}
+
+impl Shared {
+    /// Queues the pushes of `entries` on the connections of their users here.
+    fn deliver(&self, entries: &[StreamEntry]) -> Batch {
+        let (token, written) = Token::new();
+        for entry in entries {
+            let delivery = match Delivery::decode(entry.payload.clone()) {
+                Ok(delivery) => delivery,
+                Err(err) => {
+                    warn!(cause = %err, id = entry.id, "undecodable delivery skipped");
+                    continue;
+                }
+            };
+            let Some(message) = delivery.message else {
+                continue;
+            };
+            let body = match MessageKind::try_from(message.kind) {
+                Ok(MessageKind::Recall) => Body::Recalled(Recalled {
+                    event: Some(message),
+                }),
+                Ok(MessageKind::Edit) => Body::Edited(Edited {
+                    event: Some(message),
+                }),
+                _ => Body::Message(message),
+            };
+            let push = Encoded::push(body);
+            for &user in &delivery.user_ids {
+                self.registry.each(user, |conn| {
+                    let Some(session) = conn.session() else {
+                        return;
+                    };
+                    // The sending device has the ack; its user's other devices get the push.
+                    if user == delivery.sender_id && session.device == delivery.sender_device_id {
+                        return;
+                    }
+                    conn.push(push.clone(), Some(token.clone()), self.settings.max_queued);
+                });
+            }
+        }
+        Batch {
+            ids: entries.iter().map(|e| e.id.clone()).collect(),
+            written,
+        }
+    }
+
+    async fn ack(&self, ids: Vec<String>) {
+        let stream = delivery_stream(&self.id);
+        for attempt in 0..3 {
+            match self.bus.streams.ack(stream.clone(), ids.clone()).await {
+                Ok(()) => return,
+                Err(err) if attempt == 2 => {
+                    // Read again after a restart: clients drop the duplicate by msg_id.
+                    warn!(cause = %err, "delivery entries not acknowledged");
+                }
+                Err(_) => tokio::time::sleep(RETRY).await,
+            }
+        }
+    }
+}

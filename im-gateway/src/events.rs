@@ -1,0 +1,132 @@
+//! Ephemeral events from pub/sub: this gateway's channel (kicks, typing, read receipts for
+//! its users) and the broadcast channel (presence changes).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use im_common::bus::channels;
+use im_proto::client::server_message::Body;
+use im_proto::client::{Kicked, ReadReceipt, TypingNotice};
+use im_proto::{Event, PresenceChanged, event};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::Shared;
+use crate::wire::Encoded;
+
+/// Subscribes to both channels.
+///
+/// # Errors
+/// When the bus refuses a subscription.
+pub(crate) async fn subscribe(
+    shared: &Shared,
+) -> Result<(mpsc::Receiver<Bytes>, mpsc::Receiver<Bytes>), im_common::StoreError> {
+    let own = shared
+        .bus
+        .pubsub
+        .subscribe(channels::gateway(&shared.id))
+        .await?;
+    let all = shared
+        .bus
+        .pubsub
+        .subscribe(channels::BROADCAST.to_owned())
+        .await?;
+    Ok((own, all))
+}
+
+/// Handles events until `stop`, subscribing again when a subscription ends.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut subscriptions: (mpsc::Receiver<Bytes>, mpsc::Receiver<Bytes>),
+    stop: CancellationToken,
+) {
+    loop {
+        let (own, all) = &mut subscriptions;
+        let payload = tokio::select! {
+            () = stop.cancelled() => return,
+            payload = own.recv() => payload,
+            payload = all.recv() => payload,
+        };
+        match payload {
+            Some(payload) => shared.on_event(&payload),
+            None => loop {
+                warn!("event subscription ended; subscribing again");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                match subscribe(&shared).await {
+                    Ok(fresh) => {
+                        subscriptions = fresh;
+                        break;
+                    }
+                    Err(err) => warn!(cause = %err, "cannot subscribe to events"),
+                }
+            },
+        }
+    }
+}
+
+impl Shared {
+    fn on_event(&self, payload: &[u8]) {
+        let Ok(Event { event: Some(event) }) = Event::decode(payload) else {
+            debug!("undecodable event ignored");
+            return;
+        };
+        match event {
+            event::Event::Kick(kick) => {
+                let kicked = Encoded::push(Body::Kicked(Kicked {
+                    reason: if kick.reason.is_empty() {
+                        "the session ended".to_owned()
+                    } else {
+                        kick.reason
+                    },
+                }));
+                for conn in self.registry.conns(kick.user_id) {
+                    if conn.session().is_some_and(|s| s.session == kick.session_id) {
+                        conn.close_after(kicked.clone());
+                    }
+                }
+            }
+            event::Event::Typing(typing) => {
+                let push = Encoded::push(Body::Typing(TypingNotice {
+                    conversation_id: typing.conversation_id,
+                    user_id: typing.user_id,
+                }));
+                self.push_to(&typing.to_user_ids, &push);
+            }
+            event::Event::Read(read) => {
+                let push = Encoded::push(Body::ReadReceipt(ReadReceipt {
+                    conversation_id: read.conversation_id,
+                    user_id: read.user_id,
+                    read_seq: read.read_seq,
+                }));
+                self.push_to(&read.to_user_ids, &push);
+            }
+            event::Event::Presence(presence) => {
+                let watchers = self.registry.watchers(presence.user_id);
+                if watchers.is_empty() {
+                    return;
+                }
+                let push = Encoded::push(Body::Presence(PresenceChanged {
+                    to_user_ids: Vec::new(),
+                    ..presence
+                }));
+                self.push_to(&watchers, &push);
+            }
+        }
+    }
+
+    /// Pushes `push` to every connection of `users` here (no delivery token: events are
+    /// best effort).
+    pub(crate) fn push_to(&self, users: &[u64], push: &Arc<Encoded>) {
+        for &user in users {
+            self.registry.each(user, |conn| {
+                conn.push(push.clone(), None, self.settings.max_queued);
+            });
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Login, Resume and Logout: how a connection gets its session, and what the gateway does
+//! then (registry, route, friend list).
+
+use std::sync::Arc;
+
+use im_proto::client::server_message::Body;
+use im_proto::client::{Behind, Code, Login, Resume, Resumed, Session as SessionReply};
+use im_proto::{
+    DeviceKind, Empty, LoginRequest, LogoutRequest, UserId, UserProfile, VerifyTokenRequest,
+};
+use tracing::warn;
+
+use crate::Shared;
+use crate::dispatch::{Handled, service_error};
+use crate::registry::{Conn, Session};
+use crate::wire;
+
+/// Who a token or password proved the caller to be.
+struct Proven {
+    user: u64,
+    token: String,
+    expires_at_ms: i64,
+    session: String,
+    device: String,
+    profile: Option<UserProfile>,
+}
+
+impl Shared {
+    pub(crate) async fn login(&self, conn: &Arc<Conn>, login: Login) -> Handled {
+        already(conn)?;
+        let kind = DeviceKind::try_from(login.device_kind).unwrap_or_default();
+        let proven = if login.token.is_empty() {
+            let device = if login.device_id.is_empty() {
+                format!("dev-{:016x}", rand::random::<u64>())
+            } else {
+                login.device_id
+            };
+            let request = LoginRequest {
+                name: login.name,
+                password: login.password,
+                device_id: device.clone(),
+            };
+            let reply = self
+                .services
+                .user
+                .login_with(&request, &self.options())
+                .await
+                .map_err(|err| service_error(&err))?;
+            Proven {
+                user: reply.profile.as_ref().map_or(0, |p| p.user_id),
+                token: reply.token,
+                expires_at_ms: reply.expires_at_ms,
+                session: reply.session_id,
+                device,
+                profile: reply.profile,
+            }
+        } else {
+            self.verify(login.token, login.device_id).await?
+        };
+        let session = self.start(conn, proven, kind).await?;
+        Ok(Body::Session(session))
+    }
+
+    pub(crate) async fn resume(&self, conn: &Arc<Conn>, resume: Resume) -> Handled {
+        already(conn)?;
+        let kind = DeviceKind::try_from(resume.device_kind).unwrap_or_default();
+        let proven = self.verify(resume.token, String::new()).await?;
+        let user = proven.user;
+        let session = self.start(conn, proven, kind).await?;
+        let options = self.options_for(&Session {
+            user,
+            device: session.device_id.clone(),
+            session: session.session_id.clone(),
+        });
+        let conversations = self
+            .services
+            .message
+            .list_conversations_with(&Empty {}, &options)
+            .await
+            .map_err(|err| service_error(&err))?;
+        let behind = conversations
+            .conversations
+            .into_iter()
+            .filter_map(|c| {
+                let after_seq = resume
+                    .cursors
+                    .iter()
+                    .find(|cursor| cursor.conversation_id == c.conversation_id)
+                    .map_or(0, |cursor| cursor.last_seq);
+                (c.last_seq > after_seq).then_some(Behind {
+                    conversation_id: c.conversation_id,
+                    after_seq,
+                    last_seq: c.last_seq,
+                })
+            })
+            .collect();
+        Ok(Body::Resumed(Resumed {
+            session: Some(session),
+            behind,
+        }))
+    }
+
+    pub(crate) async fn logout(&self, session: &Session) -> Handled {
+        // An empty token revokes the caller's own session, named in the call's metadata.
+        let request = LogoutRequest {
+            token: String::new(),
+        };
+        self.services
+            .user
+            .logout_with(&request, &self.options_for(session))
+            .await
+            .map_err(|err| service_error(&err))?;
+        Ok(Body::Ok(Empty {}))
+    }
+
+    /// Checks a token; the device is the session's (or `device` for a session that names
+    /// none).
+    async fn verify(
+        &self,
+        token: String,
+        device: String,
+    ) -> Result<Proven, im_proto::client::Error> {
+        let reply = self
+            .services
+            .user
+            .verify_token_with(
+                &VerifyTokenRequest {
+                    token: token.clone(),
+                },
+                &self.options(),
+            )
+            .await
+            .map_err(|err| service_error(&err))?;
+        let device = if !reply.device_id.is_empty() {
+            reply.device_id
+        } else if !device.is_empty() {
+            device
+        } else {
+            format!("dev-{:016x}", rand::random::<u64>())
+        };
+        Ok(Proven {
+            user: reply.user_id,
+            token,
+            expires_at_ms: reply.expires_at_ms,
+            session: reply.session_id,
+            device,
+            profile: None,
+        })
+    }
+
+    /// Makes `conn` the proven user's: registry, route, friend list; the Session reply.
+    async fn start(
+        &self,
+        conn: &Arc<Conn>,
+        proven: Proven,
+        kind: DeviceKind,
+    ) -> Result<SessionReply, im_proto::client::Error> {
+        let session = Session {
+            user: proven.user,
+            device: proven.device,
+            session: proven.session,
+        };
+        let options = self.options_for(&session);
+        let profile = match proven.profile {
+            Some(profile) => profile,
+            None => self
+                .services
+                .user
+                .get_profile_with(
+                    &UserId {
+                        user_id: session.user,
+                    },
+                    &options,
+                )
+                .await
+                .map_err(|err| service_error(&err))?,
+        };
+        if !conn.authenticate(session.clone()) {
+            return Err(logged_in());
+        }
+        if self.registry.add(session.user, conn.clone()) {
+            self.load_friends(&session).await;
+        }
+        if let Err(err) = self
+            .lanes
+            .bind(&self.id, session.user, &session.device, kind)
+            .await
+        {
+            // The connection stays registered: its close unbinds and unregisters.
+            return Err(service_error(&err));
+        }
+        Ok(SessionReply {
+            user_id: session.user,
+            token: proven.token,
+            expires_at_ms: proven.expires_at_ms,
+            session_id: session.session,
+            device_id: session.device,
+            profile: Some(profile),
+        })
+    }
+
+    /// Loads the friend list that presence pushes follow (best effort: without it the
+    /// user sees no presence changes until the next login).
+    async fn load_friends(&self, session: &Session) {
+        let options = self.options_for(session);
+        match self
+            .services
+            .user
+            .list_friends_with(&Empty {}, &options)
+            .await
+        {
+            Ok(friends) => self.registry.set_friends(
+                session.user,
+                friends.profiles.iter().map(|p| p.user_id).collect(),
+            ),
+            Err(err) => warn!(cause = %err, user_id = session.user, "friends not loaded"),
+        }
+    }
+}
+
+fn already(conn: &Conn) -> Result<(), im_proto::client::Error> {
+    match conn.session() {
+        Some(_) => Err(logged_in()),
+        None => Ok(()),
+    }
+}
+
+fn logged_in() -> im_proto::client::Error {
+    wire::error(
+        Code::FailedPrecondition,
+        "this connection is logged in already",
+        false,
+    )
+}

@@ -1,0 +1,37 @@
+//! The example configuration is the defaults, and bad keys and values are named.
+
+use std::path::Path;
+
+#[test]
+fn the_example_config_is_the_defaults() {
+    let config: im_gateway::Config =
+        im_common::config::load(Some(Path::new("im-gateway.toml")), &[]).unwrap();
+    let defaults = im_gateway::Config::default();
+    assert_eq!(config.server.listen, defaults.server.listen);
+    assert_eq!(config.ws.listen, defaults.ws.listen);
+    assert_eq!(
+        format!("{:?}", config.gateway),
+        format!("{:?}", defaults.gateway)
+    );
+    config.gateway.validate().unwrap();
+}
+
+#[test]
+fn bad_keys_and_values_are_named() {
+    let err = im_common::config::load::<im_gateway::Config>(
+        None,
+        &[("gateway.max_queued", "lots".into())],
+    )
+    .unwrap_err();
+    assert!(err.to_string().starts_with("gateway.max_queued:"), "{err}");
+    let err = im_common::config::load::<im_gateway::Config>(
+        None,
+        &[("gateway.idle_timout_ms", "5".into())],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("idle_timout_ms"), "{err}");
+    let config: im_gateway::Config =
+        im_common::config::load(None, &[("gateway.max_in_flight", "0".into())]).unwrap();
+    let err = config.gateway.validate().unwrap_err();
+    assert!(err.to_string().contains("gateway.max_in_flight"), "{err}");
+}
