@@ -49,6 +49,19 @@ impl App {
         }
     }
 
+    /// Who is typing to whom: `alice→bob`, `alice→#devs`, `alice`, or nothing before a
+    /// login.
+    pub(crate) fn prompt(&self) -> String {
+        let Some((_, me)) = &self.me else {
+            return String::new();
+        };
+        match &self.current {
+            Some(Target::User { name, .. }) => format!("{me}→{name}"),
+            Some(Target::Group { name, .. }) => format!("{me}→#{name}"),
+            None => me.clone(),
+        }
+    }
+
     /// Runs one line of input; a failure is one `error:` line.
     pub(crate) async fn input(&mut self, input: Input) -> Flow {
         if let Input::Quit = input {

@@ -88,6 +88,7 @@ async fn main() -> ExitCode {
                 None => break,
             },
         }
+        view::prompt(&app.prompt());
     }
     ExitCode::SUCCESS
 }

@@ -1,15 +1,36 @@
 //! How things look on the terminal: one line per event, times as `[HH:MM:SS]` (UTC).
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use im_client::im_proto::ChatMessage;
 
-/// Writes one line to stdout; a closed stdout is not worth a panic.
+/// Whether stdout is a terminal: then a prompt stays on the last line.
+fn terminal() -> bool {
+    static TERMINAL: OnceLock<bool> = OnceLock::new();
+    *TERMINAL.get_or_init(|| std::io::stdout().is_terminal())
+}
+
+/// Writes one line to stdout (over the prompt, on a terminal); a closed stdout is not
+/// worth a panic.
 pub(crate) fn say(line: &str) {
     let mut out = std::io::stdout().lock();
+    if terminal() {
+        // Back to the start of the prompt's line, and clear it.
+        let _ = write!(out, "\r\x1b[K");
+    }
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// Shows `context> ` on a terminal, where the next line is typed.
+pub(crate) fn prompt(context: &str) {
+    if terminal() {
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, "{context}> ");
+        let _ = out.flush();
+    }
 }
 
 /// `[HH:MM:SS]` of a time in milliseconds since the epoch (now for 0).
