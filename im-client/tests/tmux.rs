@@ -14,7 +14,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A tmux server of this test's own (its own socket, no user configuration).
 struct Tmux {
-    socket: String,
+    socket: std::path::PathBuf,
     /// Whether the session exists (made with the first window).
     started: Cell<bool>,
 }
@@ -27,14 +27,16 @@ impl Tmux {
             .output()
             .is_ok_and(|o| o.status.success());
         installed.then(|| Tmux {
-            socket: format!("im-cli-test-{}", std::process::id()),
+            socket: std::env::temp_dir().join(format!("im-cli-test-{}.tmux", std::process::id())),
             started: Cell::new(false),
         })
     }
 
     fn run(&self, args: &[&str]) -> String {
         let output = Command::new("tmux")
-            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .arg("-S")
+            .arg(&self.socket)
+            .args(["-f", "/dev/null"])
             .args(args)
             .output()
             .expect("tmux runs");
@@ -110,8 +112,11 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
             .output();
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
