@@ -76,14 +76,19 @@ async fn a_kick_ends_the_session_and_fails_waiting_sends() {
     );
     assert_eq!(client.user_id(), None);
 
-    // The gateway closes the connection, as expected (no event); the next one starts
-    // without a session.
+    // The gateway closes the connection, as expected (no event); the next call opens the
+    // next one, without a session.
     drop(conn);
-    let mut conn = gateway.accept().await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while client.state().connected {
+        assert!(tokio::time::Instant::now() < deadline, "the close is seen");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let ping = tokio::spawn({
         let client = client.clone();
         async move { client.ping().await }
     });
+    let mut conn = gateway.accept().await;
     let (id, command) = conn.recv().await;
     assert!(
         matches!(command, Command::Ping(_)),
@@ -206,11 +211,38 @@ async fn calls_fail_at_once_while_disconnected() {
     let slow = std::time::Duration::from_secs(2);
     let options = gateway.options().reconnect(slow, slow);
     let (client, mut events) = Client::connect(options).await.unwrap();
-    let conn = gateway.accept().await;
+    let mut conn = gateway.accept().await;
+    login(&client, &mut conn, &[]).await;
     drop(conn);
     wait_for(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
     // The first reconnect waits at least a second: the call does not.
     let err = client.ping().await.unwrap_err();
     assert!(matches!(err, Error::Disconnected), "{err}");
     assert!(!client.state().connected);
+}
+
+#[tokio::test]
+async fn a_logged_out_client_reconnects_only_when_a_call_needs_it() {
+    let gateway = FakeGateway::start().await;
+    let (client, mut events) = Client::connect(gateway.options()).await.unwrap();
+    wait_for(&mut events, |e| matches!(e, Event::Connected)).await;
+    // The gateway closes a connection that does not log in in time: nothing to report,
+    // and no new connection until the person does something.
+    drop(gateway.accept().await);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while client.state().connected {
+        assert!(tokio::time::Instant::now() < deadline, "the close is seen");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(300), events.recv()).await;
+    assert!(quiet.is_err(), "no event for the expected close: {quiet:?}");
+    let ping = tokio::spawn({
+        let client = client.clone();
+        async move { client.ping().await }
+    });
+    let mut conn = gateway.accept().await;
+    let (id, command) = conn.recv().await;
+    assert!(matches!(command, Command::Ping(_)), "{command:?}");
+    conn.reply(id, Body::Pong(Pong::default())).await;
+    ping.await.unwrap().unwrap();
 }

@@ -90,6 +90,8 @@ pub(crate) struct Driver {
     /// The session just ended (logout or kick) and the gateway closes the connection
     /// next: that loss is expected, and not reported.
     ending: bool,
+    /// A call that opened a new connection (while logged out), made first on it.
+    opener: Option<Call>,
 }
 
 impl Driver {
@@ -114,6 +116,7 @@ impl Driver {
             early: None,
             resuming: false,
             ending: false,
+            opener: None,
         }
     }
 
@@ -140,6 +143,15 @@ impl Driver {
             };
             tracing::debug!(%reason, "connection lost");
             let expected = std::mem::take(&mut self.ending);
+            if self.session.is_none() {
+                // Nothing to resume: the gateway closes connections that do not log in
+                // within a few seconds, so one is opened again only when a call needs it.
+                match self.connect_on_demand().await {
+                    Some(next) => transport = next,
+                    None => return,
+                }
+                continue;
+            }
             if !expected {
                 self.emit(Event::Disconnected { reason }).await;
             }
@@ -147,8 +159,23 @@ impl Driver {
                 Some(next) => transport = next,
                 None => return,
             }
-            if self.session.is_none() && !expected {
-                self.emit(Event::Reconnected { resumed: false }).await;
+        }
+    }
+
+    /// Waits for a call while logged out, then connects for it; a call that finds the
+    /// gateway unreachable fails with [`Error::Disconnected`].
+    async fn connect_on_demand(&mut self) -> Option<Transport> {
+        loop {
+            let call = self.calls.recv().await?;
+            match Transport::connect(&self.address, self.options.request_timeout).await {
+                Ok(transport) => {
+                    self.opener = Some(call);
+                    return Some(transport);
+                }
+                Err(err) => {
+                    tracing::debug!(cause = %err, "connect failed");
+                    let _ = call.reply.send(Err(Error::Disconnected));
+                }
             }
         }
     }
@@ -197,6 +224,11 @@ impl Driver {
             self.resuming = true;
             if let Err(err) = self.request(transport, resume, Pending::Resume).await {
                 return End::Lost(err.to_string());
+            }
+        }
+        if let Some(call) = self.opener.take() {
+            if let Err(end) = self.on_call(transport, call).await {
+                return end;
             }
         }
         let mut keepalive = time::interval(self.options.keepalive);
