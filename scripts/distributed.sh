@@ -12,16 +12,16 @@
 #
 # Environment:
 #   MPIM_STATE_DIR  state directory (default: <repo>/.run)
-#   MPIM_DB         database name (default: mpim)
-#   MPIM_PREFIX     Redis key prefix (default: empty)
+#   DISTRIBUTED_DB      database name (default: mpim)
+#   DISTRIBUTED_PREFIX  Redis key prefix (default: empty)
 set -euo pipefail
 
 REPO_ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 STATE_DIR=${MPIM_STATE_DIR:-$REPO_ROOT/.run}
 [[ $STATE_DIR == /* ]] || STATE_DIR=$PWD/$STATE_DIR
 DIR=$STATE_DIR/distributed
-DB=${MPIM_DB:-mpim}
-PREFIX=${MPIM_PREFIX:-}
+DB=${DISTRIBUTED_DB:-mpim}
+PREFIX=${DISTRIBUTED_PREFIX:-}
 BIN=$REPO_ROOT/target/release
 SERVICES=(im-user im-presence im-message im-group)
 
@@ -47,7 +47,7 @@ start() {
     log "$name: already running (pid $(cat "$DIR/$name.pid"))"
     return
   fi
-  env "$@" "$BIN/$binary" >"$DIR/$name.log" 2>&1 &
+  env -u MPIM_STATE_DIR "$@" "$BIN/$binary" >"$DIR/$name.log" 2>&1 &
   echo $! >"$DIR/$name.pid"
 }
 
@@ -117,7 +117,7 @@ status() {
     name=$(basename "$pidfile" .pid)
     if running "$name"; then
       printf '%-14s up    pid %-7s %s\n' "$name" "$(cat "$pidfile")" \
-        "$(grep -o 'addr=[^ ]*' "$DIR/$name.log" | head -3 | tr '\n' ' ')"
+        "$(grep -oE '(addr|tcp)=[^ ]*' "$DIR/$name.log" | sort -u | head -3 | tr '\n' ' ')"
     else
       printf '%-14s DOWN  (see %s)\n' "$name" "$DIR/$name.log"
       ok=1
