@@ -6,7 +6,7 @@
 //! their next sync. A push never fails or delays a send. Pushes are spread over the tasks by
 //! conversation, so one conversation's pushes leave in seq order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -73,41 +73,71 @@ impl Pusher {
     }
 }
 
+/// Pushes taken from a queue at once: one routes query and one round of stream appends for
+/// all of them.
+const BATCH: usize = 128;
+
 async fn run(sql: Sql, bus: Bus, mut queue: mpsc::Receiver<Push>) {
-    while let Some(push) = queue.recv().await {
-        if let Err(err) = deliver(&sql, &bus, &push).await {
-            metrics::counter!("mpim_push_failures_total").increment(1);
-            warn!(cause = %err, msg_id = push.message.msg_id, "push failed; recipients will sync");
+    let mut batch = Vec::with_capacity(BATCH);
+    while queue.recv_many(&mut batch, BATCH).await > 0 {
+        if let Err(err) = deliver(&sql, &bus, &batch).await {
+            metrics::counter!("mpim_push_failures_total").increment(batch.len() as u64);
+            warn!(cause = %err, pushes = batch.len(), "push failed; recipients will sync");
         }
+        batch.clear();
     }
 }
 
-async fn deliver(sql: &Sql, bus: &Bus, push: &Push) -> anyhow::Result<()> {
-    let recipients = recipients(sql, bus, &push.message).await?;
-    let routes = bus.routes.query(recipients).await?;
-    let mut by_gateway: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for route in routes {
-        let users = by_gateway.entry(route.gateway_id).or_default();
-        if !users.contains(&route.user_id) {
-            users.push(route.user_id);
+/// One stream entry per (message, gateway holding a recipient), appended in the order of
+/// `pushes`.
+async fn deliver(sql: &Sql, bus: &Bus, pushes: &[Push]) -> anyhow::Result<()> {
+    let mut recipients_of = Vec::with_capacity(pushes.len());
+    let mut everyone = BTreeSet::new();
+    for push in pushes {
+        let recipients = recipients(sql, bus, &push.message).await?;
+        everyone.extend(recipients.iter().copied());
+        recipients_of.push(recipients);
+    }
+    let mut gateways_of: HashMap<u64, Vec<String>> = HashMap::new();
+    for route in bus.routes.query(everyone.into_iter().collect()).await? {
+        let gateways = gateways_of.entry(route.user_id).or_default();
+        if !gateways.contains(&route.gateway_id) {
+            gateways.push(route.gateway_id);
         }
     }
-    for (gateway, user_ids) in by_gateway {
-        let delivery = Delivery {
-            user_ids,
-            message: Some(push.message.clone()),
-            sender_id: push.message.sender_id,
-            sender_device_id: push.sender_device.clone(),
-        };
-        bus.streams
-            .push(
-                delivery_stream(&gateway),
-                Bytes::from(delivery.encode_to_vec()),
-            )
-            .await?;
-        metrics::counter!("mpim_push_entries_total").increment(1);
+    let mut appends = Vec::new();
+    for (push, recipients) in pushes.iter().zip(recipients_of) {
+        let mut by_gateway: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for user in recipients {
+            for gateway in gateways_of.get(&user).into_iter().flatten() {
+                by_gateway.entry(gateway).or_default().push(user);
+            }
+        }
+        for (gateway, user_ids) in by_gateway {
+            let delivery = Delivery {
+                user_ids,
+                message: Some(push.message.clone()),
+                sender_id: push.message.sender_id,
+                sender_device_id: push.sender_device.clone(),
+            };
+            let payload = Bytes::from(delivery.encode_to_vec());
+            appends.push(bus.streams.push(delivery_stream(gateway), payload));
+        }
     }
-    Ok(())
+    // The appends go out together: on Redis they are queued on one multiplexed connection
+    // in this order, so each stream still gets one conversation's messages in seq order (and
+    // a client that saw them out of order would find a gap and sync: seqs are the truth).
+    let mut failed = None;
+    for appended in futures::future::join_all(appends).await {
+        match appended {
+            Ok(_) => metrics::counter!("mpim_push_entries_total").increment(1),
+            Err(err) => failed = Some(err),
+        }
+    }
+    match failed {
+        Some(err) => Err(err.into()),
+        None => Ok(()),
+    }
 }
 
 /// Everyone who should see the message: both users of a direct conversation, every member of
