@@ -126,6 +126,9 @@ async fn in_process_the_nested_hop_gets_the_exact_deadline_and_both_hops_log_the
     // This test's runtime has one thread, and in-process calls spawn nothing: every log
     // line of the call reaches this subscriber.
     let _logging = tracing::subscriber::set_default(subscriber);
+    // Another test's thread may have met these callsites first, with no subscriber, and
+    // cached that nobody wants them: ask again now that this one is in place.
+    tracing::callsite::rebuild_interest_cache();
 
     let (server, recorder) = greeter_server();
     let client = Client::builder()
