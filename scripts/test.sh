@@ -8,11 +8,16 @@ cd "$root"
 # What the tests talk to: ZooKeeper (discovery), MariaDB (the SQL stores) and Redis
 # (the bus). Each test makes its own database or key prefix, so runs never collide.
 "$root/scripts/services.sh" up zookeeper mariadb redis
-# im-cli's test types into two terminals under tmux.
-if ! command -v tmux >/dev/null; then
+# What the end-to-end tests drive: im-cli in two terminals under tmux, the web client in
+# headless Chromium through chromedriver.
+missing=()
+command -v tmux >/dev/null || missing+=(tmux)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+if ((${#missing[@]})); then
   sudo=; [[ $(id -u) == 0 ]] || sudo=sudo
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q tmux >/dev/null \
-    || { $sudo apt-get update -q >/dev/null && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q tmux >/dev/null; }
+  install() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null; }
+  install || { $sudo apt-get update -q >/dev/null && install; }
 fi
 # examples/tests/connections.rs holds 10 000 connections open (a process each side): raise
 # the soft limit on open files as far as the hard limit allows.

@@ -44,6 +44,7 @@
 //! - `connection`: the per-connection task, generic over the transports;
 //! - `tcp`: the TCP transport;
 //! - `ws`: the HTTP router and the WebSocket transport;
+//! - `web`: the web client's static files (`web/`), served at `/`;
 //! - `registry`: user → connections, their queues, the friends index;
 //! - `delivery`: the delivery stream and its acknowledgements;
 //! - `events`: kicks, typing, read receipts and presence from pub/sub;
@@ -66,6 +67,7 @@ mod session;
 mod signals;
 mod stats;
 mod tcp;
+mod web;
 mod wire;
 mod ws;
 

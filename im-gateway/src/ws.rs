@@ -1,5 +1,6 @@
 //! The HTTP listener: WebSocket clients on `/ws` (binary frames carry protobuf, text frames
-//! protobuf JSON). [`router`] is the one place routes are added.
+//! protobuf JSON) and the web client on `/` (`web`). [`router`] is the one place routes are
+//! added.
 
 use std::io;
 use std::sync::Arc;
@@ -22,7 +23,10 @@ const READ_BUFFER: usize = 4096;
 
 /// The gateway's HTTP routes.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new().route("/ws", get(upgrade)).with_state(shared)
+    Router::new()
+        .route("/ws", get(upgrade))
+        .merge(crate::web::router())
+        .with_state(shared)
 }
 
 async fn upgrade(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Response {

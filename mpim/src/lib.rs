@@ -195,15 +195,19 @@ pub async fn run(
         Some(addr) => Some(bind("ws.listen", addr).await?),
         None => None,
     };
-    let ws_url = match &ws {
-        Some(ws) => format!("ws://{}/ws", ws.local_addr()?),
-        None => "off".to_owned(),
+    let (ws_url, web_url) = match &ws {
+        Some(ws) => {
+            let addr = ws.local_addr()?;
+            (format!("ws://{addr}/ws"), format!("http://{addr}/"))
+        }
+        None => ("off".to_owned(), "off".to_owned()),
     };
     info!(
         data = %config.data.display(),
         tcp = %bound,
-        websocket = ws_url,
-        "mpim ready: chat with `cargo run --release -p im-client --bin im-cli -- --server {bound}`"
+        websocket = %ws_url,
+        web = %web_url,
+        "mpim ready: open {web_url} in a browser, or chat with `cargo run --release -p im-client --bin im-cli -- --server {bound}`"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics = im_common::serve::spawn_metrics(&config.server, bound, stop_rx).await?;
