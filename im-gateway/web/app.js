@@ -424,6 +424,7 @@ function send(conv, text) {
     : ['send', { toUserId: conv.peer, clientMsgId, body: text }];
   const entry = { clientMsgId, convId: conv.id, text, command, state: 'sending', at: Date.now() };
   state.outbox.set(clientMsgId, entry);
+  conv.stickToBottom = true;
   conv.last = { body: text, serverTimeMs: String(entry.at), seq: String(conv.maxSeq), senderId: state.me.userId };
   transmit(entry);
 }
@@ -938,7 +939,7 @@ function renderFriends() {
     el('span', { class: 'name' }, nameOf(f.userId)),
     el('button', { class: 'small chat', onclick: () => openConversation(conversation(directId(state.me.userId, f.userId))) }, 'Chat'),
     el('button', { class: 'link', onclick: () => befriendAction('removeFriend', f.userId, 'Removed.') }, 'remove'),
-    el('button', { class: 'link', onclick: () => befriendAction('block', f.userId, 'Blocked.') }, 'block'))));
+    el('button', { class: 'link', onclick: () => befriendAction('block', f.userId, 'Blocked: no longer friends, no messages from them.') }, 'block'))));
   $('blocked').replaceChildren(...(state.blocked || []).map((id) => el('li', { 'data-user': id },
     el('span', { class: 'name' }, nameOf(id)),
     el('button', { class: 'link', onclick: () => befriendAction('unblock', id, 'Unblocked.') }, 'unblock'))));

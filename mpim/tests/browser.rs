@@ -241,6 +241,84 @@ async fn a_group_of_three_on_a_phone_and_a_desktop() {
     drop(server);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_recall_edit_and_blocking() {
+    let data = tempdir("browser-history");
+    let server = Mpim::start(&data, "127.0.0.1:0", "127.0.0.1:0");
+    let url = format!("http://{}/", server.http);
+    let driver = Driver::start().await;
+    let dan = driver.page("dan", &url, 1100, 720).await;
+    let eve = driver.page("eve", &url, 1100, 720).await;
+    dan.register("dan", "dan-password").await;
+    eve.register("eve", "eve-password").await;
+    befriend(&dan, &eve, "eve", "dan").await;
+
+    // 120 messages: Eve sees the newest page, and older ones as she scrolls up.
+    dan.click("#friends .chat").await;
+    dan.eval("for (let i = 1; i <= 120; i++) send(conversation(state.open), `line ${i}`)")
+        .await;
+    dan.wait_for(".message.mine .status", "120 acks", |s| s.len() == 120)
+        .await;
+    // (Pushes brought Eve's page every line already: a reload starts it afresh.)
+    eve.client.refresh().await.unwrap();
+    open_chat(&eve, "dan").await;
+    shows_once(&eve, "line 120").await;
+    assert_eq!(
+        shown(&eve, "line 1").await,
+        0,
+        "only the newest page at first"
+    );
+    let scroll = "document.getElementById('messages').scrollTop = 0; \
+                  document.getElementById('messages').dispatchEvent(new Event('scroll'))";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while shown(&eve, "line 1").await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "older pages never loaded"
+        );
+        eve.eval(scroll).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    eve.wait_text("#messages .more", "the beginning").await;
+    let lines: Vec<String> = (1..=120).map(|i| format!("line {i}")).collect();
+    let bubbles = eve.texts("#messages .message .bubble").await;
+    assert_eq!(bubbles, lines, "every line once, in order");
+
+    // Dan recalls one message and edits another; Eve sees both.
+    let mine = |n: usize| format!("#messages .message.mine:nth-of-type({n})");
+    dan.click(&format!("{} .meta button.link:last-child", mine(2)))
+        .await;
+    eve.wait_text("#messages .message.recalled .bubble", "message recalled")
+        .await;
+    dan.click(&format!("{} .meta button.link:nth-last-child(2)", mine(3)))
+        .await;
+    dan.client.send_alert_text("line 2, edited").await.unwrap();
+    dan.client.accept_alert().await.unwrap();
+    shows_once(&eve, "line 2, edited").await;
+    eve.wait_text("#messages .message .meta", "edited").await;
+
+    // Eve blocks Dan: his message fails, with a retry that works once she unblocks him.
+    eve.click("[data-tab=friends]").await;
+    eve.click("#friends li button.link:last-child").await;
+    eve.wait_text("#blocked .name", "dan").await;
+    dan.say("are you there?").await;
+    dan.wait_text(".message.pending .status.failed", "failed")
+        .await;
+    dan.screenshot("failed").await;
+    eve.click("#blocked button.link").await;
+    eve.wait_text("#friends-status", "Unblocked").await;
+    // Blocking ended the friendship, and only friends may write: they befriend again.
+    befriend(&eve, &dan, "dan", "eve").await;
+    dan.click(".message.pending .retry").await;
+    open_chat(&eve, "dan").await;
+    shows_once(&eve, "are you there?").await;
+    assert_eq!(dan.texts(".message.pending").await.len(), 0);
+
+    dan.close().await;
+    eve.close().await;
+    drop(server);
+}
+
 fn tempdir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("mpim-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
