@@ -3,8 +3,9 @@
 //!
 //! Run it with `im-gateway --config im-gateway.toml` (every key and its default are in
 //! `im-gateway/im-gateway.toml`): clients on TCP port 6000 (u32 length + protobuf) and on
-//! `ws://…:6080/ws` (binary frames: protobuf; text frames: protobuf JSON), `/metrics` on
-//! 7000. docs/client-protocol.md describes what clients say.
+//! `ws://…:6080/ws` (binary frames: protobuf; text frames: protobuf JSON), the web client on
+//! `http://…:6080/`, `/metrics` on 7000. docs/client-protocol.md describes what clients say,
+//! docs/web-client.md the web client.
 //!
 //! What it guarantees:
 //! - before a connection authenticates, only Register, Login, Resume and Ping are answered
