@@ -10,6 +10,10 @@ use support::browser::{Driver, Page};
 
 const XSS: &str = "<img src=x onerror=alert(1)>";
 
+/// One test at a time: each runs several browsers, and on two cores three tests' worth of
+/// browsers at once only makes every wait longer.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// How many message bubbles on `page` read exactly `text`.
 async fn shown(page: &Page, text: &str) -> usize {
     let bubbles = page.texts("#messages .message .bubble").await;
@@ -68,6 +72,7 @@ async fn befriend(page: &Page, other: &Page, name: &str, other_name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_people_chat_reload_and_outlive_a_crash() {
+    let _serial = SERIAL.lock().await;
     let data = tempdir("browser-chat");
     let server = Mpim::start(&data, "127.0.0.1:0", "127.0.0.1:0");
     let (tcp, http) = (server.tcp.clone(), server.http.clone());
@@ -164,6 +169,7 @@ async fn two_people_chat_reload_and_outlive_a_crash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_three_on_a_phone_and_a_desktop() {
+    let _serial = SERIAL.lock().await;
     let data = tempdir("browser-group");
     let server = Mpim::start(&data, "127.0.0.1:0", "127.0.0.1:0");
     let url = format!("http://{}/", server.http);
@@ -243,6 +249,7 @@ async fn a_group_of_three_on_a_phone_and_a_desktop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_pages_recall_edit_and_blocking() {
+    let _serial = SERIAL.lock().await;
     let data = tempdir("browser-history");
     let server = Mpim::start(&data, "127.0.0.1:0", "127.0.0.1:0");
     let url = format!("http://{}/", server.http);
