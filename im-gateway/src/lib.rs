@@ -44,6 +44,8 @@
 //! - `connection`: the per-connection task, generic over the transports;
 //! - `tcp`: the TCP transport;
 //! - `ws`: the HTTP router and the WebSocket transport;
+//! - `legacy`: the original system's line protocol, off unless `[legacy] listen` is set
+//!   (docs/legacy-protocol.md);
 //! - `registry`: user → connections, their queues, the friends index;
 //! - `delivery`: the delivery stream and its acknowledgements;
 //! - `events`: kicks, typing, read receipts and presence from pub/sub;
@@ -57,6 +59,7 @@ mod connection;
 mod delivery;
 mod dispatch;
 mod events;
+mod legacy;
 mod limit;
 mod nofile;
 mod registry;
@@ -82,7 +85,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use config::{Config, Settings, WsConfig};
+pub use config::{Config, LegacyConfig, Settings, WsConfig};
 pub use services::Services;
 
 /// What every connection and background task of a gateway shares.
@@ -111,6 +114,8 @@ impl Shared {
 /// A gateway: build it with [`Gateway::new`], run it with [`Gateway::serve`].
 pub struct Gateway {
     shared: Arc<Shared>,
+    /// The legacy line protocol's listener and longest line, when it is served.
+    legacy: Option<(TcpListener, usize)>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -142,7 +147,16 @@ impl Gateway {
                 next_conn: AtomicU64::new(1),
                 settings,
             }),
+            legacy: None,
         }
+    }
+
+    /// Also serves the legacy line protocol on `listener`, with lines of at most
+    /// `max_line` bytes (docs/legacy-protocol.md).
+    #[must_use]
+    pub fn legacy(mut self, listener: TcpListener, max_line: usize) -> Gateway {
+        self.legacy = Some((listener, max_line.max(1)));
+        self
     }
 
     /// This gateway's id.
@@ -162,7 +176,7 @@ impl Gateway {
         ws: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let shared = self.shared;
+        let Gateway { shared, legacy } = self;
         shared.settings.validate()?;
         match nofile::raise() {
             Ok(limit) => info!(
@@ -200,7 +214,13 @@ impl Gateway {
                 }
             })
         });
+        let legacy = legacy
+            .map(|(listener, max)| tokio::spawn(legacy::accept(shared.clone(), listener, max)));
         accept(&shared, tcp, shutdown).await;
+        if let Some(legacy) = legacy {
+            // It stops with `stop`, before the connections are waited for.
+            let _ = legacy.await;
+        }
         shutdown_all(&shared, http, background, lanes_stop, tasks).await;
         Ok(())
     }
@@ -310,21 +330,37 @@ pub async fn run(
         ),
         None => None,
     };
+    let legacy = match config.legacy.address() {
+        Some(addr) => {
+            config.legacy.validate()?;
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("legacy.listen {addr}"))?,
+            )
+        }
+        None => None,
+    };
     let id = config
         .gateway
         .id
         .clone()
         .unwrap_or_else(|| config::default_id(bound.port()));
     let ws_addr = ws.as_ref().and_then(|l| l.local_addr().ok());
+    let legacy_addr = legacy.as_ref().and_then(|l| l.local_addr().ok());
     info!(
         gateway = id,
         tcp = %bound,
         websocket = ws_addr.map(|a| format!("ws://{a}/ws")).unwrap_or_default(),
+        legacy = legacy_addr.map(|a| a.to_string()).unwrap_or_default(),
         "listening"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics = im_common::serve::spawn_metrics(&config.server, bound, stop_rx).await?;
-    let gateway = Gateway::new(id, services, bus, config.gateway);
+    let mut gateway = Gateway::new(id, services, bus, config.gateway);
+    if let Some(listener) = legacy {
+        gateway = gateway.legacy(listener, config.legacy.max_line);
+    }
     let served = gateway.serve(tcp, ws, shutdown).await;
     let _ = stop_tx.send(true);
     if let Some(metrics) = metrics {
