@@ -352,7 +352,7 @@ pub async fn run(
         gateway = id,
         tcp = %bound,
         websocket = ws_addr.map(|a| format!("ws://{a}/ws")).unwrap_or_default(),
-        legacy = legacy_addr.map(|a| a.to_string()).unwrap_or_default(),
+        legacy = %legacy_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         "listening"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
