@@ -4,7 +4,9 @@
 //! Run it with `im-gateway --config im-gateway.toml` (every key and its default are in
 //! `im-gateway/im-gateway.toml`): clients on TCP port 6000 (u32 length + protobuf) and on
 //! `ws://…:6080/ws` (binary frames: protobuf; text frames: protobuf JSON), `/metrics` on
-//! 7000. docs/client-protocol.md describes what clients say.
+//! 7000. docs/client-protocol.md describes what clients say. The original system's line
+//! protocol (docs/legacy-protocol.md) is served too when `[legacy] listen` names an address
+//! ([`Gateway::legacy`]).
 //!
 //! What it guarantees:
 //! - before a connection authenticates, only Register, Login, Resume and Ping are answered

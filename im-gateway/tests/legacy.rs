@@ -409,3 +409,42 @@ async fn a_silent_connection_is_closed_after_the_idle_timeout() {
     assert_eq!(term.closed().await, ["-ERR idle: no line within 200 ms"]);
     cluster.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_backlog_is_pulled_in_parts() {
+    use im_common::identity::{User, for_user};
+
+    let (cluster, _gateway, addr) = start(true).await;
+    let mut ada = Term::user(addr, &name("ada")).await;
+    let mut bob = Term::user(addr, &name("bob")).await;
+    ada.ok(&format!("ADDFRIEND {}", bob.uid)).await;
+    bob.ok("LOGOUT").await;
+    // Straight to the service: faster than lines under the rate limit.
+    let options = for_user(mprpc::CallOptions::default(), &User::new(ada.uid));
+    for chunk in 0..21 {
+        let sends = (0..50).map(|i| {
+            let request = SendRequest {
+                to_user_id: bob.uid,
+                client_msg_id: format!("m-{chunk}-{i}"),
+                body: format!("message {chunk}-{i}"),
+            };
+            let (message, options) = (&cluster.services.message, &options);
+            async move { message.send_with(&request, options).await.unwrap() }
+        });
+        futures::future::join_all(sends).await;
+    }
+
+    let bob_name = bob.name.clone();
+    let mut bob = Term::connect(addr).await;
+    bob.ok(&format!("LOGIN {bob_name} {PASSWORD}")).await;
+    let (first, count) = bob.pull().await;
+    assert_eq!((first.len(), count.as_str()), (1000, "1000 more"));
+    let (rest, count) = bob.pull().await;
+    assert_eq!((rest.len(), count.as_str()), (50, "50"));
+    let mut ids: Vec<&str> = first.iter().chain(&rest).map(|m| field(m, "id")).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 1050);
+    assert_eq!(bob.pull().await, (Vec::new(), "0".to_owned()));
+    cluster.close().await;
+}

@@ -21,8 +21,28 @@ use super::format;
 /// Messages one PULL returns, about (it finishes the page it is on); the rest waits for
 /// the next PULL, and the reply says `more`.
 const MAX_PULL: usize = 1000;
-/// Messages asked for per Sync (the message service's maximum).
-const PAGE: u32 = 500;
+/// Bytes of message text one PULL returns, about (the same way).
+const MAX_PULL_BYTES: usize = 1 << 20;
+/// Messages asked for per Sync.
+const PAGE: u32 = 100;
+
+/// What is left of one PULL's allowance.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    messages: usize,
+    bytes: usize,
+}
+
+impl Budget {
+    fn spent(self) -> bool {
+        self.messages == 0 || self.bytes == 0
+    }
+
+    fn take(&mut self, message: &ChatMessage) {
+        self.messages = self.messages.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(message.body.len());
+    }
+}
 
 /// One conversation's share of a PULL.
 struct Share {
@@ -44,18 +64,20 @@ impl Legacy<'_> {
         };
         let me = self.conn.session().map_or(0, |s| s.user);
         let mut shares = Vec::new();
-        let mut total = 0;
+        let mut budget = Budget {
+            messages: MAX_PULL,
+            bytes: MAX_PULL_BYTES,
+        };
         let mut more = false;
         for conversation in list.conversations {
             if conversation.unread == 0 && !self.seen.is_behind(&conversation.conversation_id) {
                 continue;
             }
-            if total >= MAX_PULL {
+            if budget.spent() {
                 more = true;
                 continue;
             }
-            let share = self.fetch(conversation, me, MAX_PULL - total).await?;
-            total += share.messages.len();
+            let share = self.fetch(conversation, me, &mut budget).await?;
             more |= !share.complete;
             shares.push(share);
         }
@@ -84,13 +106,13 @@ impl Legacy<'_> {
         Ok(outcome)
     }
 
-    /// The messages of `conversation` after its read cursor that PULL shows, up to about
-    /// `budget` of them.
+    /// The messages of `conversation` after its read cursor that PULL shows, page by page
+    /// until `budget` is spent.
     async fn fetch(
         &mut self,
         conversation: Conversation,
         me: u64,
-        budget: usize,
+        budget: &mut Budget,
     ) -> Result<Share, Error> {
         let mut share = Share {
             conversation_id: conversation.conversation_id,
@@ -108,17 +130,19 @@ impl Legacy<'_> {
             let Body::Synced(page) = self.call(request).await? else {
                 return Err(super::command::unexpected());
             };
+            let last = share.covered;
             for message in page.messages {
                 share.covered = share.covered.max(message.seq);
                 if self.shows(&message, me) {
+                    budget.take(&message);
                     share.messages.push(message);
                 }
             }
-            if !page.has_more {
+            if !page.has_more || share.covered == last {
                 share.complete = true;
                 return Ok(share);
             }
-            if share.messages.len() >= budget {
+            if budget.spent() {
                 return Ok(share);
             }
         }
