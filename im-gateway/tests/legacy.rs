@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use im_common::bus::Bus;
@@ -12,136 +11,8 @@ use im_gateway::Settings;
 use im_proto::client::request::Command;
 use im_proto::client::server_message::Body;
 use im_proto::{Empty, SendRequest, SyncRequest};
+use support::term::{PASSWORD, Term, field};
 use support::*;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-
-/// The password of every user here: the one `support::Client::login` uses.
-const PASSWORD: &str = "secret-password";
-
-/// A scripted terminal: writes lines, reads lines with a deadline.
-struct Term {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
-    /// `MSG` lines that arrived while waiting for a reply.
-    pushes: VecDeque<String>,
-    uid: u64,
-    name: String,
-}
-
-impl Term {
-    async fn connect(addr: SocketAddr) -> Term {
-        let (read, writer) = TcpStream::connect(addr).await.unwrap().into_split();
-        Term {
-            reader: BufReader::new(read),
-            writer,
-            pushes: VecDeque::new(),
-            uid: 0,
-            name: String::new(),
-        }
-    }
-
-    /// Registers and logs in `name` on a new connection.
-    async fn user(addr: SocketAddr, name: &str) -> Term {
-        let mut term = Term::connect(addr).await;
-        let uid = term.ok(&format!("REGISTER {name} {PASSWORD}")).await;
-        assert_eq!(term.ok(&format!("LOGIN {name} {PASSWORD}")).await, uid);
-        term.uid = uid.parse().unwrap();
-        term.name = name.to_owned();
-        term
-    }
-
-    async fn send_raw(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).await.unwrap();
-    }
-
-    async fn send(&mut self, line: &str) {
-        self.send_raw(format!("{line}\n").as_bytes()).await;
-    }
-
-    /// The next line from the gateway (without its newline); None when it closed.
-    async fn line(&mut self) -> Option<String> {
-        let mut line = String::new();
-        let read = tokio::time::timeout(WAIT, self.reader.read_line(&mut line))
-            .await
-            .expect("a line from the gateway in time")
-            .unwrap();
-        (read > 0).then(|| line.trim_end_matches('\n').to_owned())
-    }
-
-    /// The reply to `line` (`MSG` lines before it are kept for [`Term::push`]).
-    async fn cmd(&mut self, line: &str) -> String {
-        self.send(line).await;
-        self.reply().await
-    }
-
-    async fn reply(&mut self) -> String {
-        loop {
-            let line = self.line().await.expect("the connection stays open");
-            if line.starts_with("MSG ") {
-                self.pushes.push_back(line);
-            } else {
-                return line;
-            }
-        }
-    }
-
-    /// The detail of a `+OK` reply to `line`.
-    async fn ok(&mut self, line: &str) -> String {
-        let reply = self.cmd(line).await;
-        assert!(reply.starts_with("+OK"), "{line}: {reply}");
-        reply.trim_start_matches("+OK").trim_start().to_owned()
-    }
-
-    /// The `-ERR` reason of the reply to `line`.
-    async fn err(&mut self, line: &str) -> String {
-        let reply = self.cmd(line).await;
-        assert!(reply.starts_with("-ERR "), "{line}: {reply}");
-        reply["-ERR ".len()..].to_owned()
-    }
-
-    /// The next `MSG` line.
-    async fn push(&mut self) -> String {
-        if let Some(push) = self.pushes.pop_front() {
-            return push;
-        }
-        let line = self.line().await.expect("a push, not a close");
-        assert!(line.starts_with("MSG "), "{line}");
-        line
-    }
-
-    /// PULL: its `MSG` lines and its `+OK` detail.
-    async fn pull(&mut self) -> (Vec<String>, String) {
-        self.send("PULL").await;
-        let mut messages = Vec::new();
-        loop {
-            let line = self.line().await.expect("PULL's reply");
-            match line.strip_prefix("+OK ") {
-                Some(count) => return (messages, count.to_owned()),
-                None => messages.push(line),
-            }
-        }
-    }
-
-    /// Whether the gateway closes the connection within [`WAIT`]; the lines meanwhile.
-    async fn closed(&mut self) -> Vec<String> {
-        let mut seen = Vec::new();
-        while let Some(line) = self.line().await {
-            seen.push(line);
-        }
-        seen
-    }
-}
-
-/// The `key=` field of a `MSG` line (`text` is the rest of the line).
-fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    let start = line.find(&format!(" {key}=")).expect(key) + key.len() + 2;
-    if key == "text" {
-        return &line[start..];
-    }
-    line[start..].split(' ').next().unwrap()
-}
 
 async fn start(friends_only: bool) -> (Cluster, Running, SocketAddr) {
     let cluster = Cluster::start(Bus::in_process(), friends_only).await;
@@ -446,5 +317,93 @@ async fn a_long_backlog_is_pulled_in_parts() {
     ids.dedup();
     assert_eq!(ids.len(), 1050);
     assert_eq!(bob.pull().await, (Vec::new(), "0".to_owned()));
+    cluster.close().await;
+}
+
+#[tokio::test]
+async fn add_friend_in_one_step_whatever_came_before() {
+    let (cluster, gateway, addr) = start(true).await;
+    let mut tcp = Vec::new();
+    for who in ["ada", "dan", "eve"] {
+        let mut client = Client::tcp(gateway.tcp).await;
+        client.register_login(&name(who), "phone").await;
+        tcp.push(client);
+    }
+    let [ada_tcp, dan, eve] = &mut tcp[..] else {
+        unreachable!()
+    };
+    let friends_of = async |client: &mut Client| {
+        let Body::Profiles(friends) = client.ok(Command::ListFriends(Empty {})).await else {
+            panic!("profiles")
+        };
+        friends
+            .profiles
+            .iter()
+            .map(|p| p.user_id)
+            .collect::<Vec<_>>()
+    };
+    let add = |to: u64| {
+        Command::AddFriend(im_proto::SendFriendRequestRequest {
+            to_user_id: to,
+            message: String::new(),
+        })
+    };
+    let mut ada = Term::connect(addr).await;
+    let ada_name = ada_tcp
+        .session
+        .as_ref()
+        .unwrap()
+        .profile
+        .as_ref()
+        .unwrap()
+        .name
+        .clone();
+    ada.ok(&format!("LOGIN {ada_name} {PASSWORD}")).await;
+
+    // Ada had asked Dan already; Eve had asked Ada.
+    ada_tcp.ok(add(dan.user_id())).await;
+    eve.ok(add(ada_tcp.user_id())).await;
+    ada.ok(&format!("ADDFRIEND {}", dan.user_id())).await;
+    ada.ok(&format!("ADDFRIEND {}", eve.user_id())).await;
+    assert_eq!(friends_of(dan).await, [ada_tcp.user_id()]);
+    assert_eq!(friends_of(eve).await, [ada_tcp.user_id()]);
+
+    dan.ok(Command::Block(im_proto::UserId {
+        user_id: ada_tcp.user_id(),
+    }))
+    .await;
+    let why = ada.err(&format!("ADDFRIEND {}", dan.user_id())).await;
+    assert!(why.contains("blocked"), "{why}");
+    assert!(
+        !ada.err(&format!("ADDFRIEND {}", ada_tcp.user_id()))
+            .await
+            .is_empty()
+    );
+    cluster.close().await;
+}
+
+#[tokio::test]
+async fn lines_are_rate_limited() {
+    let cluster = Cluster::start(Bus::in_process(), true).await;
+    let settings = Settings {
+        rate_per_sec: 1,
+        rate_burst: 2,
+        max_rate_limited: 1,
+        ..settings()
+    };
+    let gateway = cluster
+        .gateway_with_legacy(&name("gw-"), settings, 1024)
+        .await;
+    let mut term = Term::connect(gateway.legacy.unwrap()).await;
+    term.send("PING\nPING\nPING\nPING").await;
+    assert_eq!(
+        term.closed().await,
+        [
+            "+OK PONG",
+            "+OK PONG",
+            "-ERR rate limit: at most 1 lines per second; slow down",
+            "-ERR rate limit: at most 1 lines per second; slow down",
+        ]
+    );
     cluster.close().await;
 }

@@ -1,7 +1,10 @@
 //! Fixtures for the gateway's tests: the four services in process on a fresh SQLite file,
-//! a gateway on 127.0.0.1:0, and small raw clients over TCP frames and WebSocket.
+//! a gateway on 127.0.0.1:0 (with the legacy line protocol when asked), and small raw
+//! clients over TCP frames and WebSocket, and a line terminal ([`term`]).
 
 #![allow(dead_code, unreachable_pub)]
+
+pub mod term;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
