@@ -148,26 +148,18 @@ impl Legacy<'_> {
     async fn on_line(&mut self, line: Line) -> Step {
         let reply = match line {
             Line::Text(text) if text.trim().is_empty() => return Step::Alive,
-            Line::Text(text) => {
+            Line::Closed => return Step::End,
+            Line::Failed(why) => {
+                debug!(conn = self.conn.id, why, "legacy connection failed");
+                return Step::End;
+            }
+            line => {
                 stats::frames_in(1);
                 if !self.bucket.take() {
                     return self.refuse().await;
                 }
                 self.refused = 0;
-                match parse::parse(&text) {
-                    Ok(command) => self.run(command).await,
-                    Err(why) => command::Outcome::err(&why),
-                }
-            }
-            Line::TooLong => command::Outcome::err(&format!(
-                "line too long (max {} bytes); the rest of it is ignored",
-                self.lines.max()
-            )),
-            Line::NotUtf8 => command::Outcome::err("invalid UTF-8: lines are UTF-8 text"),
-            Line::Closed => return Step::End,
-            Line::Failed(why) => {
-                debug!(conn = self.conn.id, why, "legacy connection failed");
-                return Step::End;
+                self.answer(line).await
             }
         };
         if self
@@ -182,6 +174,22 @@ impl Legacy<'_> {
             return Step::End;
         }
         Step::Alive
+    }
+
+    /// The reply to a line the rate limit let through.
+    async fn answer(&mut self, line: Line) -> command::Outcome {
+        match line {
+            Line::Text(text) => match parse::parse(&text) {
+                Ok(command) => self.run(command).await,
+                Err(why) => command::Outcome::err(&why),
+            },
+            Line::TooLong => command::Outcome::err(&format!(
+                "line too long (max {} bytes); the rest of it is ignored",
+                self.lines.max()
+            )),
+            Line::NotUtf8 => command::Outcome::err("invalid UTF-8: lines are UTF-8 text"),
+            Line::Closed | Line::Failed(_) => command::Outcome::default(),
+        }
     }
 
     async fn refuse(&mut self) -> Step {

@@ -158,8 +158,9 @@ impl Legacy<'_> {
     }
 }
 
-/// Merges per-conversation lists (each in seq order) into one by server time, keeping
-/// each conversation's order.
+/// Merges per-conversation lists (each in seq order) into one by server time (then
+/// message id, which grows with time at a finer grain), keeping each conversation's
+/// order.
 fn merge(lists: Vec<Vec<ChatMessage>>) -> Vec<ChatMessage> {
     let total = lists.iter().map(Vec::len).sum();
     let mut iters: Vec<_> = lists.into_iter().map(Vec::into_iter).collect();
@@ -168,7 +169,7 @@ fn merge(lists: Vec<Vec<ChatMessage>>) -> Vec<ChatMessage> {
     for (i, iter) in iters.iter_mut().enumerate() {
         let head = iter.next();
         if let Some(m) = &head {
-            heads.push(Reverse((m.server_time_ms, m.seq, i)));
+            heads.push(Reverse((m.server_time_ms, m.msg_id, i)));
         }
         pending.push(head);
     }
@@ -179,7 +180,7 @@ fn merge(lists: Vec<Vec<ChatMessage>>) -> Vec<ChatMessage> {
         }
         pending[i] = iters[i].next();
         if let Some(m) = &pending[i] {
-            heads.push(Reverse((m.server_time_ms, m.seq, i)));
+            heads.push(Reverse((m.server_time_ms, m.msg_id, i)));
         }
     }
     out
@@ -193,6 +194,7 @@ mod tests {
         ChatMessage {
             server_time_ms: time,
             seq,
+            msg_id: seq,
             ..ChatMessage::default()
         }
     }
@@ -206,5 +208,11 @@ mod tests {
             .map(|m| (m.server_time_ms, m.seq))
             .collect();
         assert_eq!(merged, [(1, 1), (2, 7), (5, 2), (4, 3), (6, 8)]);
+        // The same millisecond: the older message id first.
+        let merged: Vec<u64> = merge(vec![vec![chat(1, 5)], vec![chat(1, 3)]])
+            .iter()
+            .map(|m| m.msg_id)
+            .collect();
+        assert_eq!(merged, [3, 5]);
     }
 }
