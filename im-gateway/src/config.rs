@@ -26,6 +26,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Limits and timings.
     pub gateway: Settings,
+    /// The legacy line protocol's listener; off by default.
+    pub legacy: LegacyConfig,
 }
 
 impl Default for Config {
@@ -37,6 +39,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             log: LogConfig::default(),
             gateway: Settings::default(),
+            legacy: LegacyConfig::default(),
         }
     }
 }
@@ -209,4 +212,41 @@ pub(crate) fn default_id(tcp_port: u16) -> String {
     // Room for "-65535"; a longer host name is cut (host names are ASCII).
     let host: String = host.chars().take(MAX_ID_BYTES - 6).collect();
     format!("{host}-{tcp_port}")
+}
+
+/// The legacy line protocol (`[legacy]`, docs/legacy-protocol.md): one text command per
+/// line, for the terminal client of the original system.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LegacyConfig {
+    /// Address of its listener, e.g. `127.0.0.1:9000`. Default `"off"`: not served.
+    pub listen: String,
+    /// Longest line in bytes; the rest of a longer one is discarded with an error. Default
+    /// 65536.
+    pub max_line: usize,
+}
+
+impl Default for LegacyConfig {
+    fn default() -> LegacyConfig {
+        LegacyConfig {
+            listen: "off".to_owned(),
+            max_line: 64 * 1024,
+        }
+    }
+}
+
+impl LegacyConfig {
+    /// The address to bind, unless the legacy protocol is off (`"off"` or empty).
+    pub fn address(&self) -> Option<&str> {
+        (!self.listen.is_empty() && self.listen != "off").then_some(self.listen.as_str())
+    }
+
+    /// Checks for values that would leave the listener unusable.
+    ///
+    /// # Errors
+    /// Naming the key at fault.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.max_line > 0, "legacy.max_line must be at least 1");
+        Ok(())
+    }
 }

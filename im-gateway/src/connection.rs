@@ -73,6 +73,13 @@ pub(crate) async fn serve<T: Transport>(shared: Arc<Shared>, mut io: T) {
         let _ = tokio::time::timeout(Duration::from_secs(1), io.close()).await;
     }
     drop(io);
+    release(&shared, &conn).await;
+    stats::connections(T::NAME, -1.0);
+}
+
+/// Takes a closed connection out of the registry and unbinds its route (unless another
+/// connection of its device is still here).
+pub(crate) async fn release(shared: &Shared, conn: &Conn) {
     if let Some(session) = conn.session() {
         if shared.registry.remove(session.user, conn.id) {
             shared.registry.forget_friends(session.user);
@@ -82,7 +89,6 @@ pub(crate) async fn serve<T: Transport>(shared: Arc<Shared>, mut io: T) {
             .unbind(session.user, session.device.clone())
             .await;
     }
-    stats::connections(T::NAME, -1.0);
 }
 
 /// What the loop does after an event.

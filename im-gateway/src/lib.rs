@@ -5,7 +5,9 @@
 //! `im-gateway/im-gateway.toml`): clients on TCP port 6000 (u32 length + protobuf) and on
 //! `ws://…:6080/ws` (binary frames: protobuf; text frames: protobuf JSON), the web client on
 //! `http://…:6080/`, `/metrics` on 7000. docs/client-protocol.md describes what clients say,
-//! docs/web-client.md the web client.
+//! docs/web-client.md the web client. The original system's line protocol
+//! (docs/legacy-protocol.md) is served too when `[legacy] listen` names an address
+//! ([`Gateway::legacy`]).
 //!
 //! What it guarantees:
 //! - before a connection authenticates, only Register, Login, Resume and Ping are answered
@@ -46,6 +48,8 @@
 //! - `tcp`: the TCP transport;
 //! - `ws`: the HTTP router and the WebSocket transport;
 //! - `web`: the web client's static files (`web/`), served at `/`;
+//! - `legacy`: the original system's line protocol, off unless `[legacy] listen` is set
+//!   (docs/legacy-protocol.md);
 //! - `registry`: user → connections, their queues, the friends index;
 //! - `delivery`: the delivery stream and its acknowledgements;
 //! - `events`: kicks, typing, read receipts and presence from pub/sub;
@@ -59,6 +63,7 @@ mod connection;
 mod delivery;
 mod dispatch;
 mod events;
+mod legacy;
 mod limit;
 mod nofile;
 mod registry;
@@ -85,7 +90,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use config::{Config, Settings, WsConfig};
+pub use config::{Config, LegacyConfig, Settings, WsConfig};
 pub use services::Services;
 
 /// What every connection and background task of a gateway shares.
@@ -114,6 +119,8 @@ impl Shared {
 /// A gateway: build it with [`Gateway::new`], run it with [`Gateway::serve`].
 pub struct Gateway {
     shared: Arc<Shared>,
+    /// The legacy line protocol's listener and longest line, when it is served.
+    legacy: Option<(TcpListener, usize)>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -145,7 +152,16 @@ impl Gateway {
                 next_conn: AtomicU64::new(1),
                 settings,
             }),
+            legacy: None,
         }
+    }
+
+    /// Also serves the legacy line protocol on `listener`, with lines of at most
+    /// `max_line` bytes (docs/legacy-protocol.md).
+    #[must_use]
+    pub fn legacy(mut self, listener: TcpListener, max_line: usize) -> Gateway {
+        self.legacy = Some((listener, max_line.max(1)));
+        self
     }
 
     /// This gateway's id.
@@ -165,7 +181,7 @@ impl Gateway {
         ws: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let shared = self.shared;
+        let Gateway { shared, legacy } = self;
         shared.settings.validate()?;
         match nofile::raise() {
             Ok(limit) => info!(
@@ -203,7 +219,13 @@ impl Gateway {
                 }
             })
         });
+        let legacy = legacy
+            .map(|(listener, max)| tokio::spawn(legacy::accept(shared.clone(), listener, max)));
         accept(&shared, tcp, shutdown).await;
+        if let Some(legacy) = legacy {
+            // It stops with `stop`, before the connections are waited for.
+            let _ = legacy.await;
+        }
         shutdown_all(&shared, http, background, lanes_stop, tasks).await;
         Ok(())
     }
@@ -313,21 +335,37 @@ pub async fn run(
         ),
         None => None,
     };
+    let legacy = match config.legacy.address() {
+        Some(addr) => {
+            config.legacy.validate()?;
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("legacy.listen {addr}"))?,
+            )
+        }
+        None => None,
+    };
     let id = config
         .gateway
         .id
         .clone()
         .unwrap_or_else(|| config::default_id(bound.port()));
     let ws_addr = ws.as_ref().and_then(|l| l.local_addr().ok());
+    let legacy_addr = legacy.as_ref().and_then(|l| l.local_addr().ok());
     info!(
         gateway = id,
         tcp = %bound,
         websocket = ws_addr.map(|a| format!("ws://{a}/ws")).unwrap_or_default(),
+        legacy = %legacy_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         "listening"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics = im_common::serve::spawn_metrics(&config.server, bound, stop_rx).await?;
-    let gateway = Gateway::new(id, services, bus, config.gateway);
+    let mut gateway = Gateway::new(id, services, bus, config.gateway);
+    if let Some(listener) = legacy {
+        gateway = gateway.legacy(listener, config.legacy.max_line);
+    }
     let served = gateway.serve(tcp, ws, shutdown).await;
     let _ = stop_tx.send(true);
     if let Some(metrics) = metrics {

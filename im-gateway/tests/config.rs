@@ -10,6 +10,11 @@ fn the_example_config_is_the_defaults() {
     assert_eq!(config.server.listen, defaults.server.listen);
     assert_eq!(config.ws.listen, defaults.ws.listen);
     assert_eq!(
+        format!("{:?}", config.legacy),
+        format!("{:?}", defaults.legacy)
+    );
+    assert!(config.legacy.address().is_none());
+    assert_eq!(
         format!("{:?}", config.gateway),
         format!("{:?}", defaults.gateway)
     );

@@ -51,6 +51,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// The HTTP/WebSocket listener. Default `127.0.0.1:6080`.
     pub ws: im_gateway::WsConfig,
+    /// The legacy line protocol's listener. Default off.
+    pub legacy: im_gateway::LegacyConfig,
     /// The database. Default: SQLite at `<data>/mpim.db`; a `mysql://` URL works too.
     pub database: DatabaseConfig,
     /// Logging.
@@ -81,6 +83,7 @@ impl Config {
             data: data.into(),
             server: ServerConfig::on_port(6000),
             ws: im_gateway::WsConfig::default(),
+            legacy: im_gateway::LegacyConfig::default(),
             database: DatabaseConfig::default(),
             log: LogConfig::default(),
             gateway: im_gateway::Settings::default(),
@@ -178,8 +181,8 @@ fn local(server: &mprpc::Server) -> Client {
 }
 
 /// Runs everything until `shutdown` completes: the services, then the gateway on the
-/// configured listeners (GoAway to every client on shutdown), with `/metrics` on the TCP
-/// port + 1000.
+/// configured listeners (GoAway to every client on shutdown; the legacy line protocol too
+/// when `[legacy] listen` is set), with `/metrics` on the TCP port + 1000.
 ///
 /// # Errors
 /// When the data directory, the database or a listener cannot be opened.
@@ -195,6 +198,17 @@ pub async fn run(
         Some(addr) => Some(bind("ws.listen", addr).await?),
         None => None,
     };
+    let legacy = match config.legacy.address() {
+        Some(addr) => {
+            config.legacy.validate()?;
+            Some(bind("legacy.listen", addr).await?)
+        }
+        None => None,
+    };
+    let legacy_addr = match &legacy {
+        Some(legacy) => legacy.local_addr()?.to_string(),
+        None => "off".to_owned(),
+    };
     let (ws_url, web_url) = match &ws {
         Some(ws) => {
             let addr = ws.local_addr()?;
@@ -207,16 +221,20 @@ pub async fn run(
         tcp = %bound,
         websocket = %ws_url,
         web = %web_url,
+        legacy = %legacy_addr,
         "mpim ready: open {web_url} in a browser, or chat with `cargo run --release -p im-client --bin im-cli -- --server {bound}`"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics = im_common::serve::spawn_metrics(&config.server, bound, stop_rx).await?;
-    let gateway = Gateway::new(
+    let mut gateway = Gateway::new(
         "mpim",
         embedded.services.clone(),
         embedded.bus.clone(),
         config.gateway.clone(),
     );
+    if let Some(listener) = legacy {
+        gateway = gateway.legacy(listener, config.legacy.max_line);
+    }
     let served = gateway.serve(tcp, ws, shutdown).await;
     let _ = stop_tx.send(true);
     if let Some(metrics) = metrics {

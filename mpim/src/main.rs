@@ -20,6 +20,9 @@ struct Cli {
     /// Address for HTTP/WebSocket clients, or `off` (overrides `ws.listen`).
     #[arg(long)]
     ws_listen: Option<String>,
+    /// Address for the legacy line protocol, or `off` (overrides `legacy.listen`).
+    #[arg(long)]
+    legacy_listen: Option<String>,
 }
 
 #[tokio::main]
@@ -34,6 +37,9 @@ async fn main() -> Result<(), im_common::telemetry::Failure> {
     }
     if let Some(listen) = &cli.ws_listen {
         overrides.push(("ws.listen", listen.clone()));
+    }
+    if let Some(listen) = &cli.legacy_listen {
+        overrides.push(("legacy.listen", listen.clone()));
     }
     let config: mpim::Config = im_common::config::load(cli.config.as_deref(), &overrides)?;
     let _guard = im_common::telemetry::init("mpim", &config.log)?;

@@ -24,13 +24,20 @@ const BINARY: &str = env!("CARGO_BIN_EXE_mpim");
 struct Mpim {
     child: Child,
     tcp: String,
+    /// The legacy line protocol's address, or `off`.
+    legacy: String,
 }
 
 impl Mpim {
     fn start(data: &Path) -> Mpim {
+        Mpim::start_with(data, &[])
+    }
+
+    fn start_with(data: &Path, args: &[&str]) -> Mpim {
         let mut child = Command::new(BINARY)
             .args(["--data", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
             .args(["--ws-listen", "127.0.0.1:0"])
+            .args(args)
             .env("MPIM_SERVER__METRICS_LISTEN", "off")
             .env("MPIM_AUTH__ARGON2_MEMORY_KIB", "1024")
             .env("RUST_LOG", "info")
@@ -38,17 +45,21 @@ impl Mpim {
             .spawn()
             .expect("mpim starts");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let tcp = loop {
+        let ready = loop {
             let line = lines.next().expect("mpim logs before exiting").unwrap();
             eprintln!("{line}");
             if line.contains("mpim ready") {
                 assert!(line.contains("im-cli -- --server"), "{line}");
-                let tcp = line.split("tcp=").nth(1).unwrap().split_whitespace().next();
-                break tcp.unwrap().to_owned();
+                break line;
             }
         };
+        let field = |key: &str| {
+            let value = ready.split(key).nth(1).unwrap().split_whitespace().next();
+            value.unwrap().to_owned()
+        };
+        let (tcp, legacy) = (field(" tcp="), field(" legacy="));
         std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("{l}")));
-        Mpim { child, tcp }
+        Mpim { child, tcp, legacy }
     }
 
     fn terminate(mut self) -> bool {
@@ -212,6 +223,33 @@ async fn mpim_serves_a_chat_and_keeps_it_across_a_restart() {
     assert_eq!(bodies, ["hello, bob"]);
     assert_eq!(synced.messages[0].sender_id, ada_session.user_id);
     assert!(mpim.terminate());
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
+#[tokio::test]
+async fn mpim_answers_the_legacy_line_protocol() {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+
+    let data = std::env::temp_dir().join(format!("mpim-legacy-{}", rand_suffix()));
+    let plain = Mpim::start(&data);
+    assert_eq!(plain.legacy, "off");
+    drop(plain);
+    let mpim = Mpim::start_with(&data, &["--legacy-listen", "127.0.0.1:0"]);
+    let stream = TcpStream::connect(&mpim.legacy).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    write
+        .write_all(b"REGISTER ada correct horse\r\nLOGIN ada correct horse\n")
+        .await
+        .unwrap();
+    let mut lines = BufReader::new(read).lines();
+    let mut next = async || {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
+        line.expect("a reply within 20 s").unwrap().expect("a line")
+    };
+    let registered = next().await;
+    let uid: u64 = registered.strip_prefix("+OK ").unwrap().parse().unwrap();
+    assert_eq!(next().await, format!("+OK {uid}"));
+    drop(mpim);
     std::fs::remove_dir_all(&data).unwrap();
 }
 

@@ -1,7 +1,10 @@
 //! Fixtures for the gateway's tests: the four services in process on a fresh SQLite file,
-//! a gateway on 127.0.0.1:0, and small raw clients over TCP frames and WebSocket.
+//! a gateway on 127.0.0.1:0 (with the legacy line protocol when asked), and small raw
+//! clients over TCP frames and WebSocket, and a line terminal ([`term`]).
 
 #![allow(dead_code, unreachable_pub)]
+
+pub mod term;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -102,6 +105,23 @@ impl Cluster {
         .await
     }
 
+    /// A gateway named `id` on these services that also serves the legacy line protocol,
+    /// with lines of at most `max_line` bytes.
+    pub async fn gateway_with_legacy(
+        &self,
+        id: &str,
+        settings: Settings,
+        max_line: usize,
+    ) -> Running {
+        let legacy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = legacy.local_addr().unwrap();
+        let gateway = Gateway::new(id, self.services.clone(), self.bus.clone(), settings)
+            .legacy(legacy, max_line);
+        let mut running = Running::start(gateway).await;
+        running.legacy = Some(addr);
+        running
+    }
+
     pub async fn close(self) {
         self.sql.close().await;
         let _ = self.db.drop().await;
@@ -113,6 +133,8 @@ pub struct Running {
     pub id: String,
     pub tcp: SocketAddr,
     pub ws: SocketAddr,
+    /// The legacy line protocol's address, when it is served.
+    pub legacy: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -131,6 +153,7 @@ impl Running {
             id,
             tcp: tcp_addr,
             ws: ws_addr,
+            legacy: None,
             stop: Some(stop),
             task: Some(task),
         }

@@ -1,0 +1,136 @@
+//! A scripted terminal for the legacy line protocol's tests.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::WAIT;
+
+/// The password of every user here: the one `support::Client::login` uses.
+pub const PASSWORD: &str = "secret-password";
+
+/// A scripted terminal: writes lines, reads lines with a deadline.
+pub struct Term {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    /// `MSG` lines that arrived while waiting for a reply.
+    pushes: VecDeque<String>,
+    pub uid: u64,
+    pub name: String,
+}
+
+impl Term {
+    pub async fn connect(addr: SocketAddr) -> Term {
+        let (read, writer) = TcpStream::connect(addr).await.unwrap().into_split();
+        Term {
+            reader: BufReader::new(read),
+            writer,
+            pushes: VecDeque::new(),
+            uid: 0,
+            name: String::new(),
+        }
+    }
+
+    /// Registers and logs in `name` on a new connection.
+    pub async fn user(addr: SocketAddr, name: &str) -> Term {
+        let mut term = Term::connect(addr).await;
+        let uid = term.ok(&format!("REGISTER {name} {PASSWORD}")).await;
+        assert_eq!(term.ok(&format!("LOGIN {name} {PASSWORD}")).await, uid);
+        term.uid = uid.parse().unwrap();
+        term.name = name.to_owned();
+        term
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn send(&mut self, line: &str) {
+        self.send_raw(format!("{line}\n").as_bytes()).await;
+    }
+
+    /// The next line from the gateway (without its newline); None when it closed.
+    pub async fn line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        let read = tokio::time::timeout(WAIT, self.reader.read_line(&mut line))
+            .await
+            .expect("a line from the gateway in time")
+            .unwrap();
+        (read > 0).then(|| line.trim_end_matches('\n').to_owned())
+    }
+
+    /// The reply to `line` (`MSG` lines before it are kept for [`Term::push`]).
+    pub async fn cmd(&mut self, line: &str) -> String {
+        self.send(line).await;
+        self.reply().await
+    }
+
+    pub async fn reply(&mut self) -> String {
+        loop {
+            let line = self.line().await.expect("the connection stays open");
+            if line.starts_with("MSG ") {
+                self.pushes.push_back(line);
+            } else {
+                return line;
+            }
+        }
+    }
+
+    /// The detail of a `+OK` reply to `line`.
+    pub async fn ok(&mut self, line: &str) -> String {
+        let reply = self.cmd(line).await;
+        assert!(reply.starts_with("+OK"), "{line}: {reply}");
+        reply.trim_start_matches("+OK").trim_start().to_owned()
+    }
+
+    /// The `-ERR` reason of the reply to `line`.
+    pub async fn err(&mut self, line: &str) -> String {
+        let reply = self.cmd(line).await;
+        assert!(reply.starts_with("-ERR "), "{line}: {reply}");
+        reply["-ERR ".len()..].to_owned()
+    }
+
+    /// The next `MSG` line.
+    pub async fn push(&mut self) -> String {
+        if let Some(push) = self.pushes.pop_front() {
+            return push;
+        }
+        let line = self.line().await.expect("a push, not a close");
+        assert!(line.starts_with("MSG "), "{line}");
+        line
+    }
+
+    /// PULL: its `MSG` lines and its `+OK` detail.
+    pub async fn pull(&mut self) -> (Vec<String>, String) {
+        self.send("PULL").await;
+        let mut messages = Vec::new();
+        loop {
+            let line = self.line().await.expect("PULL's reply");
+            match line.strip_prefix("+OK ") {
+                Some(count) => return (messages, count.to_owned()),
+                None => messages.push(line),
+            }
+        }
+    }
+
+    /// Whether the gateway closes the connection within [`WAIT`]; the lines meanwhile.
+    pub async fn closed(&mut self) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Some(line) = self.line().await {
+            seen.push(line);
+        }
+        seen
+    }
+}
+
+/// The `key=` field of a `MSG` line (`text` is the rest of the line).
+pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let start = line.find(&format!(" {key}=")).expect(key) + key.len() + 2;
+    if key == "text" {
+        return &line[start..];
+    }
+    line[start..].split(' ').next().unwrap()
+}
