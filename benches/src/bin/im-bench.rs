@@ -7,6 +7,8 @@
 //!     group --members 5000 --messages 200
 //! cargo run --release -p benches --bin im-bench -- --gateway 127.0.0.1:6000 \
 //!     idle --connections 19000 --gateway-pid $(pgrep -x mpim)
+//! cargo run --release -p benches --bin im-bench -- --gateway 127.0.0.1:6000 \
+//!     soak --pairs 50 --rate 200 --seconds 30 --record sends.csv
 //! ```
 //!
 //! `--ws` speaks WebSocket to `ws://<host>:6080/ws` instead. Setup (registration, login,
@@ -27,6 +29,7 @@ use benches::im::idle::{self, IdleRun};
 use benches::im::link::Endpoint;
 use benches::im::modes::{self, GroupRun, Load};
 use benches::im::setup::Setup;
+use benches::im::soak::SoakRun;
 use clap::Parser;
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -50,6 +53,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Mode::Pairs { users, .. } => users,
         Mode::Group { members, .. } => members,
         Mode::Idle { connections, .. } => connections,
+        Mode::Soak { .. } => return soak(&args, prefix).await,
     };
     let sources = args.sources(connections);
     let connect_to = args.connect_to();
@@ -121,7 +125,42 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let worker_args = |k, n| args.worker_args(&prefix, k, n, &sources);
             idle::idle(&setup, &run, worker_args).await?
         }
+        Mode::Soak { .. } => unreachable!("answered above"),
     };
+    println!("{report}");
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The `soak` run: SDK clients through faults.
+async fn soak(args: &Args, prefix: String) -> anyhow::Result<ExitCode> {
+    let Mode::Soak {
+        pairs,
+        rate,
+        seconds,
+        reconnect_max_ms,
+        send_timeout_seconds,
+        ref record,
+    } = args.mode
+    else {
+        unreachable!("called for soak only");
+    };
+    let run = SoakRun {
+        address: args.ws_url().unwrap_or_else(|| args.gateway.clone()),
+        prefix,
+        password: args.password.clone(),
+        pairs,
+        rate,
+        seconds,
+        reconnect_max: Duration::from_millis(reconnect_max_ms),
+        send_timeout: Duration::from_secs(send_timeout_seconds),
+        drain: Duration::from_secs(args.drain_seconds),
+        record: record.clone(),
+    };
+    let report = benches::im::soak::soak(&run).await?;
     println!("{report}");
     Ok(if report.passed() {
         ExitCode::SUCCESS

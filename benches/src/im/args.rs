@@ -90,6 +90,28 @@ pub enum Mode {
         #[arg(long, default_value_t = 32)]
         window: usize,
     },
+    /// Friend pairs chatting through the client SDK, which reconnects, resumes and resends
+    /// through faults: for fault drills (see `im::soak`).
+    Soak {
+        /// Friend pairs.
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        /// Messages per second, all users together.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// The longest pause between a client's reconnect attempts, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        reconnect_max_ms: u64,
+        /// How long a send may wait for its ack, outages included, in seconds.
+        #[arg(long, default_value_t = 60)]
+        send_timeout_seconds: u64,
+        /// Write `start_ms,end_ms,ok` for every send to this CSV file.
+        #[arg(long)]
+        record: Option<std::path::PathBuf>,
+    },
     /// Authenticated connections that only ping; the gateway's memory per connection.
     Idle {
         /// Connections in all.

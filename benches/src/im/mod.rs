@@ -18,7 +18,8 @@
 //! - [`drive`]: the task per connection that sends, reads and keeps what it saw;
 //! - [`tally`]: seq sets, the verdict (lost, duplicated, out of order) and the RESULT line;
 //! - [`modes`]: the `pairs` and `group` runs;
-//! - [`idle`]: the `idle` run, its worker processes and the gateway's memory.
+//! - [`idle`]: the `idle` run, its worker processes and the gateway's memory;
+//! - [`soak`]: the `soak` run: SDK clients that live through faults, for the drills.
 
 pub mod args;
 pub mod drive;
@@ -26,5 +27,6 @@ pub mod idle;
 pub mod link;
 pub mod modes;
 pub mod setup;
+pub mod soak;
 pub mod tally;
 pub mod wire;
