@@ -60,9 +60,10 @@ impl Dialer {
     /// Reads `options.address` and, for a TLS address, `options.ca_file`.
     pub(crate) fn new(options: &Options) -> Result<Dialer, Error> {
         let address = Address::parse(&options.address)?;
-        let tls = match address.is_tls() {
-            true => Some(Connector::new(address.host(), options.ca_file.as_deref())?),
-            false => None,
+        let tls = if address.is_tls() {
+            Some(Connector::new(address.host(), options.ca_file.as_deref())?)
+        } else {
+            None
         };
         Ok(Dialer { address, tls })
     }
