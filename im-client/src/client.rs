@@ -15,7 +15,7 @@ use crate::connection::{Call, Driver};
 use crate::error::Error;
 use crate::event::Events;
 use crate::options::Options;
-use crate::transport::{Address, Transport};
+use crate::transport::Dialer;
 
 /// What a call comes back with.
 pub type Reply = Result<Body, Error>;
@@ -78,12 +78,12 @@ impl Client {
     /// first connection fails or takes longer than `request_timeout` (later ones are
     /// retried with backoff).
     pub async fn connect(options: Options) -> Result<(Client, Events), Error> {
-        let address = Address::parse(&options.address)?;
-        let transport = Transport::connect(&address, options.request_timeout).await?;
+        let dialer = Dialer::new(&options)?;
+        let transport = dialer.connect(options.request_timeout).await?;
         let (calls, calls_rx) = mpsc::channel(64);
         let (events_tx, events_rx) = mpsc::channel(options.event_buffer.max(1));
         let (state_tx, state) = watch::channel(State::default());
-        let driver = Driver::new(options.clone(), address, calls_rx, events_tx, state_tx);
+        let driver = Driver::new(options.clone(), dialer, calls_rx, events_tx, state_tx);
         let task = tokio::spawn(driver.run(transport));
         let client = Client {
             calls,

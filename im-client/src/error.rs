@@ -41,6 +41,9 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// TLS could not be set up: a bad CA file, or a host no certificate can name.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The transport failed (connect, read or write).
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
@@ -61,7 +64,9 @@ impl Error {
             Error::Server { retryable, .. } => *retryable,
             Error::Disconnected | Error::Timeout(_) | Error::OutboxFull => true,
             Error::Transport(_) => true,
-            Error::Closed | Error::UnexpectedReply(_) | Error::Address { .. } => false,
+            Error::Closed | Error::UnexpectedReply(_) | Error::Address { .. } | Error::Tls(_) => {
+                false
+            }
         }
     }
 

@@ -1,5 +1,5 @@
-//! The MPIM client SDK: a connection to a gateway (TCP or WebSocket) that stays up, and a
-//! stream of events in the order to show them.
+//! The MPIM client SDK: a connection to a gateway (TCP or WebSocket, either over TLS) that
+//! stays up, and a stream of events in the order to show them.
 //!
 //! A [`Client`] sends commands and waits for their replies; [`Events`] brings what the
 //! gateway pushes. Between them the client keeps a conversation whole:
@@ -26,15 +26,39 @@
 //! # }
 //! ```
 //!
+//! # Addresses and TLS
+//! [`Options::address`] takes `host:port` or `tcp://host:port` (length-prefixed protobuf
+//! over TCP), `ws://host:port/path` (protobuf in binary WebSocket frames), and the same over
+//! TLS as `tls://host:port` and `wss://host:port/path`. TLS is terminated in front of the
+//! gateways (by nginx in a deployment); the client checks the server's certificate against
+//! the Mozilla roots compiled into it and, when [`Options::ca_file`] names a PEM file, the
+//! CA certificates in that file too (a private CA). The certificate must name the host of
+//! the address: a DNS name (also sent as SNI) or an IP address. A certificate that is not
+//! trusted or names another host fails [`Client::connect`] with an [`Error::Transport`]
+//! that says so.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), im_client::Error> {
+//! use im_client::{Client, Options};
+//!
+//! let options = Options::new("wss://im.example.com/ws").ca_file("/etc/mpim/ca.pem");
+//! let (client, _events) = Client::connect(options).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Layout
 //! - [`client`]: [`Client`], the generic [`Client::call`] and the message commands; the
 //!   friend and group commands are in `friends` and `groups`;
-//! - [`options`]: [`Options`] (address, device, timeouts, reconnect backoff);
+//! - [`options`]: [`Options`] (address, CA file, device, timeouts, reconnect backoff);
+//! - [`address`]: [`Address`], the server address as written;
 //! - `connection`: the task that owns the connection: request ids, replies matched to
 //!   requests, resume and resend after a reconnect;
 //! - [`order`]: per-conversation seq order, duplicates and gaps (pure);
 //! - `outbox`: sends waiting for their ack;
-//! - [`transport`]: TCP and WebSocket behind one type, and [`Address`];
+//! - [`transport`]: TCP and WebSocket behind one type;
+//! - [`tls`]: the rustls [`tls::Connector`] and the plain-or-TLS [`tls::Stream`] under
+//!   both transports (also used by `im-bench`);
 //! - [`event`]: [`Event`] and the [`Events`] stream;
 //! - [`error`]: the [`Error`] of every call.
 //!
@@ -53,6 +77,7 @@ macro_rules! expect {
     };
 }
 
+pub mod address;
 pub mod client;
 mod connection;
 pub mod error;
@@ -62,11 +87,12 @@ mod groups;
 pub mod options;
 pub mod order;
 mod outbox;
+pub mod tls;
 pub mod transport;
 
+pub use address::Address;
 pub use client::{Client, Reply, State};
 pub use error::Error;
 pub use event::{Event, Events};
 pub use im_proto;
 pub use options::Options;
-pub use transport::Address;

@@ -1,5 +1,6 @@
 //! How a [`Client`](crate::Client) connects: where, as which device, and how patiently.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use im_proto::DeviceKind;
@@ -8,8 +9,12 @@ use rand::Rng as _;
 /// Connection settings; [`Options::new`] fills in the defaults.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// `tcp://host:port`, `ws://host:port/ws`, or `host:port` (TCP).
+    /// `tcp://host:port`, `ws://host:port/ws`, or `host:port` (TCP); `tls://host:port` and
+    /// `wss://host:port/ws` for the same over TLS (see [`Address`](crate::Address)).
     pub address: String,
+    /// A PEM file of CA certificates trusted for TLS besides the compiled-in public roots,
+    /// e.g. the self-signed CA of a private deployment. Default: none.
+    pub ca_file: Option<PathBuf>,
     /// Names this device at login (each device of a user gets its own pushes). Default:
     /// empty, and the gateway makes one up.
     pub device_id: String,
@@ -40,6 +45,7 @@ impl Options {
     pub fn new(address: impl Into<String>) -> Options {
         Options {
             address: address.into(),
+            ca_file: None,
             device_id: String::new(),
             device_kind: DeviceKind::Terminal,
             request_timeout: Duration::from_secs(10),
@@ -55,6 +61,12 @@ impl Options {
     /// Sets [`Options::device_id`].
     pub fn device_id(mut self, device_id: impl Into<String>) -> Options {
         self.device_id = device_id.into();
+        self
+    }
+
+    /// Sets [`Options::ca_file`].
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Options {
+        self.ca_file = Some(path.into());
         self
     }
 

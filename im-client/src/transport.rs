@@ -1,9 +1,10 @@
 //! The two ways to reach a gateway, behind one type: TCP (a big-endian `u32` length, then
-//! protobuf) and WebSocket (one protobuf message per binary frame).
+//! protobuf) and WebSocket (one protobuf message per binary frame), each with or without
+//! TLS underneath.
 
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
-use std::{fmt, io};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -11,61 +12,14 @@ use im_proto::client::{Request, ServerMessage};
 use im_proto::codec::{Codec, MAX_FRAME};
 use prost::Message as _;
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::codec::Framed;
 
 use crate::Error;
-
-/// Where a gateway listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Address {
-    /// `tcp://host:port`, or a bare `host:port`.
-    Tcp(String),
-    /// `ws://host:port/path`.
-    WebSocket(String),
-}
-
-impl Address {
-    /// Reads `tcp://host:port`, `ws://host:port/path` or `host:port` (TCP).
-    ///
-    /// # Errors
-    /// [`Error::Address`] for another scheme (`wss://` included: this client speaks no TLS)
-    /// or a missing port.
-    pub fn parse(address: &str) -> Result<Address, Error> {
-        let invalid = |reason| Error::Address {
-            address: address.to_owned(),
-            reason,
-        };
-        let address = address.trim();
-        if let Some(rest) = address.strip_prefix("ws://") {
-            let host = rest.split('/').next().unwrap_or_default();
-            if host.is_empty() {
-                return Err(invalid("no host"));
-            }
-            return Ok(Address::WebSocket(address.to_owned()));
-        }
-        if address.contains("://") && !address.starts_with("tcp://") {
-            return Err(invalid("the scheme must be tcp:// or ws://"));
-        }
-        let host_port = address.strip_prefix("tcp://").unwrap_or(address);
-        match host_port.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-                Ok(Address::Tcp(host_port.to_owned()))
-            }
-            _ => Err(invalid("expected host:port")),
-        }
-    }
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Address::Tcp(host_port) => write!(f, "tcp://{host_port}"),
-            Address::WebSocket(url) => f.write_str(url),
-        }
-    }
-}
+use crate::address::Address;
+use crate::options::Options;
+use crate::tls::{Connector, Stream};
 
 /// Why the transport failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -94,53 +48,69 @@ impl TransportError {
     }
 }
 
-/// One open connection to a gateway.
-pub(crate) enum Transport {
-    Tcp(Box<Framed<TcpStream, Codec<ServerMessage>>>),
-    WebSocket(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
+/// How to reach the gateway: its address and, for TLS, the connector (set up once, so
+/// that a bad CA file fails the first connect rather than every reconnect).
+#[derive(Debug, Clone)]
+pub(crate) struct Dialer {
+    address: Address,
+    tls: Option<Connector>,
 }
 
-impl Transport {
-    /// Connects to `address`, giving up after `timeout` (handshake included).
-    pub(crate) async fn connect(
-        address: &Address,
-        timeout: Duration,
-    ) -> Result<Transport, TransportError> {
-        match tokio::time::timeout(timeout, Transport::open(address)).await {
-            Ok(opened) => opened,
-            Err(_) => Err(TransportError::Connect {
-                address: address.to_string(),
-                source: Arc::new(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
-            }),
+impl Dialer {
+    /// Reads `options.address` and, for a TLS address, `options.ca_file`.
+    pub(crate) fn new(options: &Options) -> Result<Dialer, Error> {
+        let address = Address::parse(&options.address)?;
+        let tls = if address.is_tls() {
+            Some(Connector::new(address.host(), options.ca_file.as_deref())?)
+        } else {
+            None
+        };
+        Ok(Dialer { address, tls })
+    }
+
+    /// Connects, giving up after `timeout` (the TLS and WebSocket handshakes included).
+    pub(crate) async fn connect(&self, timeout: Duration) -> Result<Transport, TransportError> {
+        let failed = |source: Arc<dyn std::error::Error + Send + Sync>| TransportError::Connect {
+            address: self.address.to_string(),
+            source,
+        };
+        match tokio::time::timeout(timeout, self.open()).await {
+            Ok(opened) => opened.map_err(|err| failed(Arc::from(err))),
+            Err(_) => Err(failed(Arc::new(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "timed out",
+            )))),
         }
     }
 
-    async fn open(address: &Address) -> Result<Transport, TransportError> {
-        let failed = |source: Arc<dyn std::error::Error + Send + Sync>| TransportError::Connect {
-            address: address.to_string(),
-            source,
+    async fn open(&self) -> Result<Transport, Box<dyn std::error::Error + Send + Sync>> {
+        let tcp = TcpStream::connect(self.address.host_port()).await?;
+        // Requests are small and latency matters more than packet count.
+        tcp.set_nodelay(true)?;
+        let stream = match &self.tls {
+            Some(tls) => tls.connect(tcp).await?,
+            None => Stream::Plain(tcp),
         };
-        match address {
-            Address::Tcp(host_port) => {
-                let stream = TcpStream::connect(host_port)
-                    .await
-                    .map_err(|err| failed(Arc::new(err)))?;
-                // Requests are small and latency matters more than packet count.
-                stream
-                    .set_nodelay(true)
-                    .map_err(|err| failed(Arc::new(err)))?;
+        match &self.address {
+            Address::Tcp { .. } => {
                 let framed = Framed::new(stream, Codec::new(MAX_FRAME));
                 Ok(Transport::Tcp(Box::new(framed)))
             }
-            Address::WebSocket(url) => {
-                let (stream, _) = tokio_tungstenite::connect_async(url.as_str())
-                    .await
-                    .map_err(|err| failed(Arc::new(err)))?;
-                Ok(Transport::WebSocket(Box::new(stream)))
+            Address::WebSocket { url, .. } => {
+                let (ws, _) = tokio_tungstenite::client_async(url.as_str(), stream).await?;
+                Ok(Transport::WebSocket(Box::new(ws)))
             }
         }
     }
+}
 
+/// One open connection to a gateway.
+pub(crate) enum Transport {
+    Tcp(Box<Framed<Stream, Codec<ServerMessage>>>),
+    WebSocket(Box<WebSocketStream<Stream>>),
+}
+
+impl Transport {
     /// Writes one request.
     pub(crate) async fn send(&mut self, request: &Request) -> Result<(), TransportError> {
         match self {
@@ -193,36 +163,5 @@ impl Transport {
                 let _ = SinkExt::close(ws.as_mut()).await;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_parse() {
-        let tcp = |s: &str| Address::Tcp(s.to_owned());
-        assert_eq!(
-            Address::parse("127.0.0.1:6000").unwrap(),
-            tcp("127.0.0.1:6000")
-        );
-        assert_eq!(Address::parse("tcp://h:1").unwrap(), tcp("h:1"));
-        assert_eq!(
-            Address::parse("ws://127.0.0.1:6080/ws").unwrap(),
-            Address::WebSocket("ws://127.0.0.1:6080/ws".into())
-        );
-        for bad in [
-            "",
-            "host",
-            "host:x",
-            ":6000",
-            "wss://h:1/ws",
-            "http://h:1",
-            "ws://",
-        ] {
-            assert!(Address::parse(bad).is_err(), "{bad}");
-        }
-        assert_eq!(Address::parse("h:1").unwrap().to_string(), "tcp://h:1");
     }
 }

@@ -11,7 +11,10 @@
 //!     soak --pairs 50 --rate 200 --seconds 30 --record sends.csv
 //! ```
 //!
-//! `--ws` speaks WebSocket to `ws://<host>:6080/ws` instead. Setup (registration, login,
+//! `--ws` speaks WebSocket to `ws://<host>:6080/ws` instead, or to the URL `--ws-url` names.
+//! `--gateway tls://host:port` and `--ws-url wss://host:port/ws` speak the same over TLS
+//! (terminated in front of the gateway, e.g. by nginx), trusting the public roots and the
+//! CA certificates of the PEM file `--ca` names. Setup (registration, login,
 //! friends, the group) is timed but not measured. Progress goes to stderr each second; the
 //! last line on stdout is
 //! `RESULT connections=<n> sent=<n> acked=<n> delivered=<n> lost=<n> dup=<n> p50_ms=<x>
@@ -56,7 +59,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Mode::Soak { .. } => return soak(&args, prefix).await,
     };
     let sources = args.sources(connections);
-    let connect_to = args.connect_to();
+    let address = args.address()?;
+    let connect_to = address.host_port();
     let addr = connect_to
         .to_socket_addrs()
         .with_context(|| format!("resolving {connect_to}"))?
@@ -66,6 +70,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         endpoint: Endpoint {
             addr,
             ws_url: args.ws_url(),
+            tls: args.tls()?,
         },
         sources: sources.clone(),
         prefix: prefix.clone(),

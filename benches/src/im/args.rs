@@ -1,8 +1,12 @@
 //! im-bench's command line.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use im_client::Address;
+use im_client::tls::Connector;
 
 /// Connections one source address can open to one port (the default ephemeral range has
 /// about 28,000 ports), with a margin.
@@ -19,15 +23,19 @@ const PER_PROCESS: usize = 15_000;
     about = "Load for an MPIM gateway over its client protocol"
 )]
 pub struct Args {
-    /// The gateway's TCP address.
+    /// The gateway's TCP address: `host:port`, or `tls://host:port` for TLS.
     #[arg(long, global = true, default_value = "127.0.0.1:6000")]
     pub gateway: String,
     /// Speak WebSocket (binary frames) instead of TCP.
     #[arg(long, global = true)]
     pub ws: bool,
-    /// The WebSocket URL (default: `ws://<gateway host>:6080/ws`).
+    /// The WebSocket URL, `ws://` or `wss://` (implies --ws; default:
+    /// `ws://<gateway host>:6080/ws`).
     #[arg(long, global = true)]
     pub ws_url: Option<String>,
+    /// A PEM file of CA certificates to trust for TLS besides the public roots.
+    #[arg(long, global = true)]
+    pub ca: Option<PathBuf>,
     /// Start of every user name (default: a new one per run, so runs never collide).
     #[arg(long, global = true)]
     pub prefix: Option<String>,
@@ -138,32 +146,41 @@ pub enum Mode {
 impl Args {
     /// The WebSocket URL when speaking WebSocket.
     pub fn ws_url(&self) -> Option<String> {
+        if let Some(url) = &self.ws_url {
+            return Some(url.clone());
+        }
         if !self.ws {
             return None;
         }
-        Some(self.ws_url.clone().unwrap_or_else(|| {
-            let host = self
-                .gateway
-                .rsplit_once(':')
-                .map_or(self.gateway.as_str(), |(host, _)| host);
-            format!("ws://{host}:6080/ws")
-        }))
+        let gateway = self
+            .gateway
+            .split_once("://")
+            .map_or(self.gateway.as_str(), |(_, rest)| rest);
+        let host = gateway.rsplit_once(':').map_or(gateway, |(host, _)| host);
+        Some(format!("ws://{host}:6080/ws"))
     }
 
-    /// The `host:port` to open the socket to: the gateway's, or the WebSocket URL's.
-    pub fn connect_to(&self) -> String {
-        match self.ws_url() {
-            None => self.gateway.clone(),
-            Some(url) => {
-                let rest = url.strip_prefix("ws://").unwrap_or(&url);
-                let authority = rest.split('/').next().unwrap_or(rest);
-                if authority.contains(':') {
-                    authority.to_string()
-                } else {
-                    format!("{authority}:80")
-                }
-            }
+    /// Where to connect: the gateway's TCP address, or the WebSocket URL.
+    ///
+    /// # Errors
+    /// When the address cannot be read.
+    pub fn address(&self) -> anyhow::Result<Address> {
+        let address = self.ws_url().unwrap_or_else(|| self.gateway.clone());
+        Ok(Address::parse(&address)?)
+    }
+
+    /// The TLS connector for a `tls://` or `wss://` address, trusting `--ca` too.
+    ///
+    /// # Errors
+    /// When the address cannot be read, or the CA file cannot be used.
+    pub fn tls(&self) -> anyhow::Result<Option<Connector>> {
+        let address = self.address()?;
+        if !address.is_tls() {
+            return Ok(None);
         }
+        let connector = Connector::new(address.host(), self.ca.as_deref())
+            .with_context(|| format!("TLS for {address}"))?;
+        Ok(Some(connector))
     }
 
     /// The source addresses for `connections`: those given, or when one address would run
@@ -212,6 +229,9 @@ impl Args {
         ];
         if let Some(url) = self.ws_url() {
             args.extend(["--ws".into(), "--ws-url".into(), url]);
+        }
+        if let Some(ca) = &self.ca {
+            args.extend(["--ca".into(), ca.display().to_string()]);
         }
         if !sources.is_empty() {
             let list = sources.iter().map(ToString::to_string).collect::<Vec<_>>();
@@ -270,10 +290,41 @@ mod tests {
             }
         ));
         assert_eq!(args.ws_url().as_deref(), Some("ws://127.0.0.1:6080/ws"));
-        assert_eq!(args.connect_to(), "127.0.0.1:6080");
+        assert_eq!(args.address().unwrap().host_port(), "127.0.0.1:6080");
         let args = parse("im-bench --ws --ws-url ws://localhost/ws pairs");
-        assert_eq!(args.connect_to(), "localhost:80");
-        assert_eq!(parse("im-bench pairs").connect_to(), "127.0.0.1:6000");
+        assert_eq!(args.address().unwrap().host_port(), "localhost:80");
+        let args = parse("im-bench pairs");
+        assert_eq!(args.address().unwrap().host_port(), "127.0.0.1:6000");
+        assert!(args.tls().unwrap().is_none());
+    }
+
+    #[test]
+    fn tls_addresses_and_the_ca_file() {
+        let args = parse("im-bench --gateway tls://localhost:6443 pairs");
+        assert_eq!(args.address().unwrap().to_string(), "tls://localhost:6443");
+        let tls = args.tls().unwrap().expect("TLS");
+        assert_eq!(tls.server_name(), "localhost");
+        // --ws-url alone means WebSocket.
+        let args = parse("im-bench --ws-url wss://127.0.0.1:6443/ws pairs");
+        assert_eq!(args.address().unwrap().host_port(), "127.0.0.1:6443");
+        assert_eq!(args.tls().unwrap().unwrap().server_name(), "127.0.0.1");
+        let args = parse("im-bench --gateway tls://h:1 --ca /nonexistent/ca.pem pairs");
+        let err = format!("{:#}", args.tls().unwrap_err());
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+        assert!(
+            parse("im-bench --gateway https://h:1 pairs")
+                .address()
+                .is_err()
+        );
+        let args = parse("im-bench --gateway tls://h:1 --ws --ca ca.pem idle");
+        assert_eq!(
+            args.worker_args("p", 0, 1, &[])[..2],
+            ["--gateway", "tls://h:1"]
+        );
+        let worker = args.worker_args("p", 0, 1, &[]);
+        let at = worker.iter().position(|arg| arg == "--ca").unwrap();
+        assert_eq!(worker[at + 1], "ca.pem");
+        assert_eq!(args.ws_url().as_deref(), Some("ws://h:6080/ws"));
     }
 
     #[test]

@@ -1,20 +1,25 @@
 //! One connection to a gateway, over TCP (length-prefixed frames) or WebSocket (binary
-//! frames), driven by the one task that owns it: queue requests, then [`Link::io`] writes
-//! what is queued and waits for bytes to read; [`Link::next_frame`] hands out what arrived.
+//! frames), either over TLS, driven by the one task that owns it: queue requests, then
+//! [`Link::io`] writes what is queued and waits for bytes to read; [`Link::next_frame`]
+//! hands out what arrived.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use bytes::{Buf, Bytes, BytesMut};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt as _, StreamExt as _};
+use im_client::tls::{Connector, Stream};
 use im_proto::client::{Request, ServerMessage};
 use im_proto::codec::{self, MAX_FRAME};
 use prost::Message as _;
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncWrite, Interest};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -29,6 +34,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// `Some(url)` to speak WebSocket.
     pub ws_url: Option<String>,
+    /// `Some` to speak TLS (under WebSocket too).
+    pub tls: Option<Connector>,
 }
 
 impl Endpoint {
@@ -36,7 +43,7 @@ impl Endpoint {
     /// connections to one port than one source address has ephemeral ports).
     ///
     /// # Errors
-    /// When the connection or the WebSocket handshake fails.
+    /// When the connection, the TLS handshake or the WebSocket handshake fails.
     pub async fn connect(&self, source: Option<IpAddr>) -> anyhow::Result<Link> {
         let socket = if self.addr.is_ipv4() {
             TcpSocket::new_v4()?
@@ -53,6 +60,13 @@ impl Endpoint {
             .await
             .with_context(|| format!("connecting to {}", self.addr))?;
         stream.set_nodelay(true)?;
+        let stream = match &self.tls {
+            Some(tls) => tls
+                .connect(stream)
+                .await
+                .with_context(|| format!("TLS handshake with {}", tls.server_name()))?,
+            None => Stream::Plain(stream),
+        };
         match &self.ws_url {
             None => Ok(Link::Tcp(TcpLink {
                 stream,
@@ -88,7 +102,7 @@ pub enum Link {
 /// The TCP side: one buffer each way.
 #[derive(Debug)]
 pub struct TcpLink {
-    stream: TcpStream,
+    stream: Stream,
     read: BytesMut,
     write: BytesMut,
 }
@@ -96,8 +110,8 @@ pub struct TcpLink {
 /// The WebSocket side: frames waiting to be written, and frames read but not yet handed out.
 #[derive(Debug)]
 pub struct WsLink {
-    sink: SplitSink<WebSocketStream<TcpStream>, WsMessage>,
-    stream: SplitStream<WebSocketStream<TcpStream>>,
+    sink: SplitSink<WebSocketStream<Stream>, WsMessage>,
+    stream: SplitStream<WebSocketStream<Stream>>,
     queued: VecDeque<WsMessage>,
     /// Frames were fed to the sink since its last complete flush.
     unflushed: bool,
@@ -172,30 +186,73 @@ impl Link {
 
 impl TcpLink {
     async fn io(&mut self) -> io::Result<()> {
-        loop {
-            let interest = if self.write.is_empty() {
-                Interest::READABLE
-            } else {
-                Interest::READABLE | Interest::WRITABLE
-            };
-            let ready = self.stream.ready(interest).await?;
-            if ready.is_writable() && !self.write.is_empty() {
-                match self.stream.try_write(&self.write) {
-                    Ok(n) => self.write.advance(n),
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(err) => return Err(err),
-                }
-            }
-            if ready.is_readable() {
-                self.read.reserve(READ_CHUNK);
-                match self.stream.try_read_buf(&mut self.read) {
-                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                    Ok(_) => return Ok(()),
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(err) => return Err(err),
-                }
+        match &mut self.stream {
+            Stream::Plain(tcp) => plain_io(tcp, &mut self.read, &mut self.write).await,
+            Stream::Tls(tls) => {
+                let mut tls = Pin::new(tls.as_mut());
+                poll_fn(|cx| poll_io(tls.as_mut(), cx, &mut self.read, &mut self.write)).await
             }
         }
+    }
+}
+
+/// Plain TCP: readiness, then non-blocking reads and writes straight from the buffers.
+async fn plain_io(
+    tcp: &mut TcpStream,
+    read: &mut BytesMut,
+    write: &mut BytesMut,
+) -> io::Result<()> {
+    loop {
+        let interest = if write.is_empty() {
+            Interest::READABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        };
+        let ready = tcp.ready(interest).await?;
+        if ready.is_writable() && !write.is_empty() {
+            match tcp.try_write(write) {
+                Ok(n) => write.advance(n),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) => return Err(err),
+            }
+        }
+        if ready.is_readable() {
+            read.reserve(READ_CHUNK);
+            match tcp.try_read_buf(read) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => return Ok(()),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+}
+
+/// A stream that buffers of its own (TLS): what is queued is written into it and flushed
+/// (it may hold a record back until then); ready once something was read. Writing alone
+/// never completes it, as with plain TCP.
+fn poll_io<S: AsyncRead + AsyncWrite>(
+    mut stream: Pin<&mut S>,
+    cx: &mut Context<'_>,
+    read: &mut BytesMut,
+    write: &mut BytesMut,
+) -> Poll<io::Result<()>> {
+    while !write.is_empty() {
+        match stream.as_mut().poll_write(cx, write) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => write.advance(n),
+            Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+            Poll::Pending => break,
+        }
+    }
+    if let Poll::Ready(Err(err)) = stream.as_mut().poll_flush(cx) {
+        return Poll::Ready(Err(err));
+    }
+    read.reserve(READ_CHUNK);
+    match ready!(tokio_util::io::poll_read_buf(stream, cx, read)) {
+        Ok(0) => Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+        Ok(_) => Poll::Ready(Ok(())),
+        Err(err) => Poll::Ready(Err(err)),
     }
 }
 
@@ -229,7 +286,7 @@ impl WsLink {
 /// Feeds the queued frames to the sink, each taken off the queue only once the sink has it,
 /// then flushes.
 async fn flush(
-    sink: &mut SplitSink<WebSocketStream<TcpStream>, WsMessage>,
+    sink: &mut SplitSink<WebSocketStream<Stream>, WsMessage>,
     queued: &mut VecDeque<WsMessage>,
 ) -> io::Result<()> {
     while let Some(message) = queued.front() {

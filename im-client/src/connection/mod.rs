@@ -19,7 +19,7 @@ use crate::event::Event;
 use crate::options::{Backoff, Options};
 use crate::order::Order;
 use crate::outbox::{self, Entry, Outbox};
-use crate::transport::{Address, Transport};
+use crate::transport::{Dialer, Transport};
 use crate::{Reply, State};
 
 mod inbound;
@@ -74,7 +74,7 @@ enum End {
 
 pub(crate) struct Driver {
     options: Options,
-    address: Address,
+    dialer: Dialer,
     calls: mpsc::Receiver<Call>,
     events: mpsc::Sender<Event>,
     state: watch::Sender<State>,
@@ -97,7 +97,7 @@ pub(crate) struct Driver {
 impl Driver {
     pub(crate) fn new(
         options: Options,
-        address: Address,
+        dialer: Dialer,
         calls: mpsc::Receiver<Call>,
         events: mpsc::Sender<Event>,
         state: watch::Sender<State>,
@@ -105,7 +105,7 @@ impl Driver {
         Driver {
             outbox: Outbox::new(options.max_outbox),
             options,
-            address,
+            dialer,
             calls,
             events,
             state,
@@ -167,7 +167,7 @@ impl Driver {
     async fn connect_on_demand(&mut self) -> Option<Transport> {
         loop {
             let call = self.calls.recv().await?;
-            match Transport::connect(&self.address, self.options.request_timeout).await {
+            match self.dialer.connect(self.options.request_timeout).await {
                 Ok(transport) => {
                     self.opener = Some(call);
                     return Some(transport);
@@ -192,7 +192,7 @@ impl Driver {
                     call = self.calls.recv() => self.offline_call(call?),
                 }
             }
-            match Transport::connect(&self.address, self.options.request_timeout).await {
+            match self.dialer.connect(self.options.request_timeout).await {
                 Ok(transport) => return Some(transport),
                 Err(err) => tracing::debug!(cause = %err, "reconnect failed"),
             }

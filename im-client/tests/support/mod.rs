@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod mpim;
+pub mod tls;
 
 use std::time::Duration;
 

@@ -1,9 +1,11 @@
 //! `im-cli`: a line-based MPIM client for a terminal. Type `/help` once it runs.
 //!
 //! ```text
-//! im-cli [--server ADDR] [--device NAME]
-//!   --server ADDR   host:port or tcp://host:port (TCP), ws://host:port/ws (WebSocket);
+//! im-cli [--server ADDR] [--ca FILE] [--device NAME]
+//!   --server ADDR   host:port or tcp://host:port (TCP), ws://host:port/ws (WebSocket),
+//!                   tls://host:port or wss://host:port/ws (the same over TLS);
 //!                   default 127.0.0.1:6000
+//!   --ca FILE       trust the CA certificates in this PEM file too (a private CA)
 //!   --device NAME   names this device at login (default: one is made up)
 //! ```
 
@@ -24,8 +26,10 @@ use crate::view::say;
 /// The longest input line read; longer ones are refused whole.
 const MAX_LINE: usize = 64 * 1024;
 
-const USAGE: &str = "usage: im-cli [--server ADDR] [--device NAME]
-  --server ADDR   host:port or tcp://host:port (TCP), ws://host:port/ws (WebSocket); default 127.0.0.1:6000
+const USAGE: &str = "usage: im-cli [--server ADDR] [--ca FILE] [--device NAME]
+  --server ADDR   host:port or tcp://host:port (TCP), ws://host:port/ws (WebSocket),
+                  tls://host:port or wss://host:port/ws (over TLS); default 127.0.0.1:6000
+  --ca FILE       trust the CA certificates in this PEM file too (a private CA)
   --device NAME   names this device at login";
 
 /// Reads the command line; `Err` carries the text to print and the exit status.
@@ -40,6 +44,7 @@ fn options(args: impl IntoIterator<Item = String>) -> Result<Options, (String, u
         match arg.as_str() {
             "--server" | "-s" => options.address = value("--server")?,
             "--device" | "-d" => options.device_id = value("--device")?,
+            "--ca" => options.ca_file = Some(value("--ca")?.into()),
             "--help" | "-h" => return Err((USAGE.to_owned(), 0)),
             other => return Err((format!("unknown argument {other}\n{USAGE}"), 2)),
         }
@@ -107,6 +112,11 @@ mod tests {
         assert_eq!(
             (parsed.address.as_str(), parsed.device_id.as_str()),
             ("ws://h:6080/ws", "laptop")
+        );
+        let parsed = options(args("--server wss://h/ws --ca ca.pem")).unwrap();
+        assert_eq!(
+            parsed.ca_file.as_deref(),
+            Some(std::path::Path::new("ca.pem"))
         );
         assert_eq!(options(args("")).unwrap().address, "127.0.0.1:6000");
         assert_eq!(options(args("--server")).unwrap_err().1, 2);
