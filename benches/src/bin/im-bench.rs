@@ -164,6 +164,7 @@ async fn soak(args: &Args, prefix: String) -> anyhow::Result<ExitCode> {
         send_timeout: Duration::from_secs(send_timeout_seconds),
         drain: Duration::from_secs(args.drain_seconds),
         record: record.clone(),
+        ca: args.ca.clone(),
     };
     let report = benches::im::soak::soak(&run).await?;
     println!("{report}");

@@ -45,6 +45,8 @@ pub struct SoakRun {
     pub drain: Duration,
     /// Where to write `start_ms,end_ms,ok` for every send.
     pub record: Option<PathBuf>,
+    /// A CA certificate (PEM) to trust besides the public ones, for `tls://` and `wss://`.
+    pub ca: Option<PathBuf>,
 }
 
 /// One user: its client, its friend's id, and the ids of the messages it received.
@@ -175,6 +177,7 @@ async fn setup(run: &SoakRun) -> anyhow::Result<Vec<User>> {
             options.send_timeout = run.send_timeout;
             options.reconnect_min = Duration::from_millis(100);
             options.reconnect_max = run.reconnect_max;
+            options.ca_file = run.ca.clone();
             let (client, events) = Client::connect(options).await?;
             client.register(&name, &run.password).await?;
             let session = client.login(&name, &run.password).await?;
