@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A Redis Cluster of three masters on 127.0.0.1, for running MPIM (and its tests) on a
-# cluster instead of one Redis.
+# A Redis Cluster of three masters on 127.0.0.1 (optionally with replicas), for running
+# MPIM (and its tests) on a cluster instead of one Redis.
 #
 #   scripts/redis-cluster.sh up      start the nodes that do not run, form the cluster,
 #                                    wait until every node says cluster_state:ok
@@ -10,7 +10,9 @@
 # The nodes are Debian's redis-server (installed with apt-get when missing), each in the
 # foreground of its own session with its pid, log and nodes.conf under the state
 # directory. Like the single Redis of scripts/services.sh they keep no data on disk (no
-# RDB, no AOF): the bus holds nothing that the database does not. If every port already
+# RDB, no AOF): the bus holds nothing that the database does not. For the same reason a
+# replica takes over from a failed master however long ago it last heard from it
+# (cluster-replica-validity-factor 0: available rather than current). If every port already
 # answers as one healthy cluster, it is used as is ("external") and never stopped.
 #
 # Point MPIM at it with
@@ -22,8 +24,10 @@
 #   scripts/redis-cluster.sh urls    the node URLs, comma-separated
 #
 # Environment:
-#   REDIS_CLUSTER_PORTS   the masters' ports, space-separated (default: 7001 7002 7003;
-#                         at least three; each also uses port + 10000 for the cluster bus)
+#   REDIS_CLUSTER_PORTS   the nodes' ports, space-separated (default: 7001 7002 7003; at
+#                         least three masters; each also uses port + 10000 for the cluster bus)
+#   REDIS_CLUSTER_REPLICAS  replicas per master (default: 0); with 1, six ports make three
+#                         masters and three replicas, and a master's failure fails over
 #   REDIS_CLUSTER_NODE_TIMEOUT_MS  cluster-node-timeout (default: 5000)
 #   MPIM_STATE_DIR        state directory (default: <repo>/.run); nodes under
 #                         <state>/redis-cluster/<port>
@@ -37,6 +41,7 @@ CLUSTER_DIR=$STATE_DIR/redis-cluster
 
 HOST=127.0.0.1
 read -r -a PORTS <<<"${REDIS_CLUSTER_PORTS:-7001 7002 7003}"
+REPLICAS=${REDIS_CLUSTER_REPLICAS:-0}
 NODE_TIMEOUT_MS=${REDIS_CLUSTER_NODE_TIMEOUT_MS:-5000}
 WAIT_SECS=${SERVICES_TIMEOUT:-60}
 
@@ -102,11 +107,16 @@ cluster_info() {
 	cli "$1" CLUSTER INFO | tr -d '\r' | sed -n "s/^$2://p"
 }
 
+# Every node sees the whole cluster serving every slot, and every replica is in sync with
+# its master (a replica that never synced would not take over when its master fails).
 cluster_ok() {
 	local port
 	for port in "${PORTS[@]}"; do
 		[[ $(cluster_info "$port" cluster_state) == ok ]] || return 1
 		[[ $(cluster_info "$port" cluster_known_nodes) -ge ${#PORTS[@]} ]] || return 1
+		if [[ $(cli "$port" ROLE | head -n 1) == slave ]]; then
+			cli "$port" INFO replication | grep -q '^master_link_status:up' || return 1
+		fi
 	done
 }
 
@@ -146,7 +156,7 @@ start_node() {
 	# fd 9 is the state lock: a server inheriting it would hold the lock for its life.
 	setsid "$(server_bin)" --daemonize no --bind "$HOST" --port "$port" \
 		--cluster-enabled yes --cluster-config-file nodes.conf \
-		--cluster-node-timeout "$NODE_TIMEOUT_MS" \
+		--cluster-node-timeout "$NODE_TIMEOUT_MS" --cluster-replica-validity-factor 0 \
 		--save "" --appendonly no --dir "$dir" \
 		</dev/null >>"$dir/redis.log" 2>&1 9>&- &
 	pid=$!
@@ -160,7 +170,9 @@ start_node() {
 }
 
 up() {
-	((${#PORTS[@]} >= 3)) || die "a cluster needs at least three masters (REDIS_CLUSTER_PORTS)"
+	[[ $REPLICAS =~ ^[0-9]+$ ]] || die "REDIS_CLUSTER_REPLICAS must be a number"
+	((${#PORTS[@]} >= 3 * (1 + REPLICAS))) ||
+		die "a cluster needs at least three masters: $((3 * (1 + REPLICAS))) ports (REDIS_CLUSTER_PORTS)"
 	local port started=0
 	if ! owned_pid "${PORTS[0]}" >/dev/null && cluster_ok 2>/dev/null; then
 		log "an external cluster answers on ${PORTS[*]}"
@@ -184,7 +196,7 @@ up() {
 		local nodes=()
 		for port in "${PORTS[@]}"; do nodes+=("$HOST:$port"); done
 		log "forming the cluster of ${nodes[*]}"
-		redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes \
+		redis-cli --cluster create "${nodes[@]}" --cluster-replicas "$REPLICAS" --cluster-yes \
 			>>"$CLUSTER_DIR/create.log" 2>&1 || {
 			tail -n 20 "$CLUSTER_DIR/create.log" >&2
 			die "redis-cli --cluster create failed"

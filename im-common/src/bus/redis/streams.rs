@@ -7,12 +7,14 @@
 //! cancelled read may still be blocked on the server.
 //!
 //! On a cluster a dedicated connection is a cluster connection of its own: the read goes to
-//! the master that owns the stream's slot. After a failover or a resharding the read fails
-//! or is redirected; a failed read drops its connection, so the next one starts from a fresh
-//! slot map. A read blocked on a master that dies waits out its block time plus a grace
-//! period and then fails; entries pushed meanwhile to the new owner are read by the next
-//! read, while entries the dead master had not replicated are lost with it (Redis Cluster
-//! replicates asynchronously: a push is a fast path, the database the truth).
+//! the master that owns the stream's slot, and a failed read drops its connection, so the
+//! next one starts from a fresh slot map. When the stream's slot moves to another master
+//! (resharding), a read blocked on it ends at once with an error and the next one follows
+//! the stream, which moves with its consumer group and pending entries. When the master
+//! dies, a read blocked on it waits out its block time plus [`BLOCK_GRACE`] and fails;
+//! once a replica has taken over, reads go there. Entries the dead master had not yet
+//! replicated are lost with it (replication is asynchronous): a push is a fast path, and
+//! the database the truth that a sync reads.
 
 use std::time::Duration;
 
