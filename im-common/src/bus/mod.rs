@@ -2,10 +2,11 @@
 //! process.
 //!
 //! Each concern is a trait ([`Routes`], [`Streams`], [`PubSub`], [`Cache`]) with two
-//! implementations that pass one shared test suite: `redis` (the `redis` crate: a
-//! `ConnectionManager` for commands, dedicated connections for subscriptions and blocking
-//! stream reads) and `memory` (for `mpim` and tests without servers). [`Bus`] holds one of
-//! each.
+//! implementations that pass one shared test suite: `redis` (the `redis` crate, on one
+//! server or a Redis Cluster: a shared multiplexed connection for commands, dedicated
+//! connections for subscriptions and blocking stream reads) and `memory` (for `mpim` and
+//! tests without servers). [`Bus`] holds one of each. The suite runs in process, on Redis
+//! and on a Redis Cluster ([`on_every_bus!`](crate::on_every_bus)).
 //!
 //! Nothing on the bus is the source of truth: routes come back with the next heartbeat or
 //! bind, the cache refills from the database, and a lost push is found by the next sync.
@@ -175,6 +176,9 @@ pub fn delivery_stream(gateway: &str) -> String {
 }
 
 /// Cache keys, in one place so that writers invalidate what readers fill.
+///
+/// Each is used alone (`GET`, `SET`, one `DEL` each), so none needs a Redis Cluster hash
+/// tag; the keys that are used together are listed in [`redis`](self::redis#keys).
 pub mod keys {
     /// A user's profile.
     pub fn profile(user: u64) -> String {
