@@ -6,8 +6,17 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 # What the tests talk to: ZooKeeper (discovery), MariaDB (the SQL stores) and Redis
-# (the bus). Each test makes its own database or key prefix, so runs never collide.
+# (the bus), one server and a cluster. Each test makes its own database or key prefix,
+# so runs never collide.
 "$root/scripts/services.sh" up zookeeper mariadb redis
+# The bus suites and the multi-process test run again on a three-master Redis Cluster
+# (127.0.0.1:7001-7003 unless REDIS_CLUSTER_PORTS says otherwise), unless
+# TEST_REDIS_CLUSTER already names one.
+if [[ -z ${TEST_REDIS_CLUSTER:-} ]]; then
+  "$root/scripts/redis-cluster.sh" up
+  TEST_REDIS_CLUSTER=$("$root/scripts/redis-cluster.sh" urls)
+  export TEST_REDIS_CLUSTER
+fi
 # What the end-to-end tests drive: im-cli in two terminals under tmux, the web client in
 # headless Chromium through chromedriver.
 missing=()

@@ -239,15 +239,68 @@ impl Default for DatabaseConfig {
 
 /// Routes, streams, pub/sub and cache.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(try_from = "RedisSection")]
 pub struct RedisConfig {
-    /// `redis://127.0.0.1:6379/0`. Default: none, which keeps all of it inside this process
-    /// (only right when every service runs in one process, as in `mpim`).
+    /// One server: `redis://127.0.0.1:6379/0`. Default: none, which keeps all of it inside
+    /// this process (only right when every service runs in one process, as in `mpim`) unless
+    /// `cluster` is set.
     pub url: Option<String>,
+    /// A Redis Cluster instead of one server: some of its nodes
+    /// (`["redis://10.0.0.1:7001", "redis://10.0.0.2:7002"]`; the client finds the rest). A
+    /// string of comma-separated URLs is read as the list, for `MPIM_REDIS__CLUSTER`.
+    /// Default: none. Either this or `url`, not both.
+    pub cluster: Vec<String>,
     /// Put before every key and channel, so that deployments sharing one Redis never see
     /// each other's data; every process of a deployment must use the same. Must not
     /// contain `{`. Default: empty.
     pub prefix: String,
+}
+
+/// `[redis]` as written, checked into a [`RedisConfig`].
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RedisSection {
+    url: Option<String>,
+    #[serde(deserialize_with = "urls")]
+    cluster: Vec<String>,
+    prefix: String,
+}
+
+impl TryFrom<RedisSection> for RedisConfig {
+    type Error = String;
+
+    fn try_from(section: RedisSection) -> Result<RedisConfig, String> {
+        if section.url.is_some() && !section.cluster.is_empty() {
+            return Err("url and cluster are both set; a deployment uses one or the other".into());
+        }
+        if section.prefix.contains('{') {
+            return Err("prefix must not contain '{' (it would move the cluster hash tags)".into());
+        }
+        Ok(RedisConfig {
+            url: section.url,
+            cluster: section.cluster,
+            prefix: section.prefix,
+        })
+    }
+}
+
+/// A list of URLs, given as a list or as one string of comma-separated URLs.
+fn urls<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Urls {
+        List(Vec<String>),
+        Joined(String),
+    }
+    Ok(match Urls::deserialize(deserializer)? {
+        Urls::List(urls) => urls,
+        Urls::Joined(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 /// Logging.
@@ -305,6 +358,55 @@ mod tests {
         );
         let err = load::<Sample>(None, &[("databse.url", "x".into())]).unwrap_err();
         assert!(err.to_string().contains("databse"), "{err}");
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(default, deny_unknown_fields)]
+    struct WithRedis {
+        redis: RedisConfig,
+    }
+
+    #[test]
+    fn redis_cluster_nodes_come_as_a_list_or_a_string() {
+        let listed: WithRedis = load(
+            None,
+            &[(
+                "redis.cluster",
+                r#"["redis://127.0.0.1:7001", "redis://127.0.0.1:7002"]"#.into(),
+            )],
+        )
+        .unwrap();
+        let joined: WithRedis = load(
+            None,
+            &[(
+                "redis.cluster",
+                "redis://127.0.0.1:7001, redis://127.0.0.1:7002".into(),
+            )],
+        )
+        .unwrap();
+        let expected = ["redis://127.0.0.1:7001", "redis://127.0.0.1:7002"];
+        assert_eq!(listed.redis.cluster, expected);
+        assert_eq!(joined.redis.cluster, expected);
+        assert_eq!(listed.redis.url, None);
+        let default: WithRedis = load(None, &[]).unwrap();
+        assert!(default.redis.cluster.is_empty() && default.redis.url.is_none());
+    }
+
+    #[test]
+    fn redis_mistakes_name_the_section() {
+        let both = [
+            ("redis.url", "redis://127.0.0.1:6379".to_owned()),
+            ("redis.cluster", "redis://127.0.0.1:7001".to_owned()),
+        ];
+        let err = load::<WithRedis>(None, &both).unwrap_err();
+        assert!(err.to_string().starts_with("redis: "), "{err}");
+        assert!(err.to_string().contains("both"), "{err}");
+        let err = load::<WithRedis>(None, &[("redis.prefix", "a{b}:".into())]).unwrap_err();
+        assert!(err.to_string().contains("prefix"), "{err}");
+        let err = load::<WithRedis>(None, &[("redis.clustr", "x".into())]).unwrap_err();
+        assert!(err.to_string().contains("clustr"), "{err}");
+        let err = load::<WithRedis>(None, &[("redis.cluster", "7".into())]).unwrap_err();
+        assert!(err.to_string().starts_with("redis"), "{err}");
     }
 
     #[test]

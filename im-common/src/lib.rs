@@ -16,7 +16,8 @@
 //! - [`validate`]: input rules with clear `INVALID_ARGUMENT` messages;
 //! - [`ids`]: conversation ids, message ids, the clock;
 //! - [`store`]: MySQL/SQLite through sqlx: schema, migrations and the store traits;
-//! - [`bus`]: routes, delivery streams, pub/sub and cache on Redis or in process.
+//! - [`bus`]: routes, delivery streams, pub/sub and cache on Redis (one server or a Redis
+//!   Cluster, `[redis] url` or `[redis] cluster`) or in process.
 
 #![warn(missing_docs)]
 

@@ -1,15 +1,20 @@
-//! The bus contract, one scenario at a time, run against the in-process bus and against
+//! The bus contract, one scenario at a time, run against the in-process bus, against
 //! Redis (a bus of its own per test, on the server at `TEST_REDIS_URL`, default
-//! 127.0.0.1:6379).
+//! 127.0.0.1:6379) and against a Redis Cluster (the nodes in `TEST_REDIS_CLUSTER`,
+//! comma-separated; those tests pass with a note when it is unset). The Redis-only tests at
+//! the end run on both deployments too.
 //!
 //! Expiry is real time on both backends: ttls are a few hundred milliseconds and the tests
 //! poll for their effect under a deadline.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ::redis::aio::MultiplexedConnection;
 use bytes::Bytes;
 use im_common::StoreError;
+use im_common::bus::redis::Redis;
 use im_common::bus::{Bus, ReadFrom, StreamEntry, delivery_stream, testing};
 use im_common::config::RedisConfig;
 use im_common::ids::now_ms;
@@ -21,7 +26,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 const LONG_TTL: Duration = Duration::from_secs(60);
 const SHORT_TTL: Duration = Duration::from_millis(300);
 
-im_common::on_both_buses!(
+im_common::on_every_bus!(
     bind_query_unbind,
     heartbeat_keeps_routes,
     lapsed_gateway_is_hidden_then_swept,
@@ -472,10 +477,91 @@ async fn cache_set_if_absent_keeps_what_is_there(bus: Bus) {
     cache.delete(vec!["s".into(), "gone".into()]).await.unwrap();
 }
 
-#[tokio::test]
-async fn redis_buses_with_other_prefixes_never_meet() {
-    let one = testing::redis().await.unwrap();
-    let two = testing::redis().await.unwrap();
+/// The Redis deployments the Redis-only tests below run on.
+#[derive(Debug, Clone, Copy)]
+enum Deployment {
+    /// The server at `TEST_REDIS_URL`.
+    Single,
+    /// The cluster at `TEST_REDIS_CLUSTER`.
+    Cluster,
+}
+
+impl Deployment {
+    /// A bus with a prefix of its own; None for a cluster when there is none to test on.
+    async fn redis(self) -> Option<Arc<Redis>> {
+        match self {
+            Deployment::Single => Some(testing::redis().await.unwrap()),
+            Deployment::Cluster => match testing::redis_cluster().await {
+                Some(redis) => Some(redis.unwrap()),
+                None => {
+                    eprintln!("skipped: TEST_REDIS_CLUSTER is not set");
+                    None
+                }
+            },
+        }
+    }
+
+    /// Plain connections to each node (commands that see one node only: PUBSUB, CLIENT).
+    async fn nodes(self) -> Vec<MultiplexedConnection> {
+        let urls = match self {
+            Deployment::Single => vec![testing::redis_url()],
+            Deployment::Cluster => testing::redis_cluster_nodes().unwrap_or_default(),
+        };
+        let mut nodes = Vec::new();
+        for url in urls {
+            let client = ::redis::Client::open(url).unwrap();
+            nodes.push(client.get_multiplexed_async_connection().await.unwrap());
+        }
+        nodes
+    }
+
+    /// The `[redis]` section that reaches this deployment under `prefix`.
+    fn config(self, prefix: &str) -> RedisConfig {
+        let mut config = RedisConfig {
+            prefix: prefix.to_owned(),
+            ..RedisConfig::default()
+        };
+        match self {
+            Deployment::Single => config.url = Some(testing::redis_url()),
+            Deployment::Cluster => {
+                config.cluster = testing::redis_cluster_nodes().unwrap_or_default()
+            }
+        }
+        config
+    }
+}
+
+/// Each `async fn scenario(deployment: Deployment)` as the tests `<name>::single` and
+/// `<name>::cluster`.
+macro_rules! on_both_deployments {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn single() {
+                    super::$name(super::Deployment::Single).await;
+                }
+                #[tokio::test]
+                async fn cluster() {
+                    super::$name(super::Deployment::Cluster).await;
+                }
+            }
+        )*
+    };
+}
+
+on_both_deployments!(
+    prefixes_never_meet,
+    subscription_ends_with_its_receivers,
+    connect_follows_the_config,
+    subscriptions_survive_a_lost_connection,
+);
+
+async fn prefixes_never_meet(deployment: Deployment) {
+    let Some(one) = deployment.redis().await else {
+        return;
+    };
+    let two = deployment.redis().await.unwrap();
     let (bus_one, bus_two) = (Bus::new(one.clone()), Bus::new(two.clone()));
     bus_one
         .cache
@@ -490,11 +576,17 @@ async fn redis_buses_with_other_prefixes_never_meet() {
     let gw = route(1, "d", DeviceKind::Web, "gw");
     bus_one.routes.bind(gw.clone(), LONG_TTL).await.unwrap();
     bus_one.streams.push("s".into(), "x".into()).await.unwrap();
+    // Keys enough to be on every node of a cluster.
+    for i in 0..30 {
+        let key = format!("many:{i}");
+        bus_one.cache.set(key, "x".into(), LONG_TTL).await.unwrap();
+    }
     assert!(query(&bus_two, &[1]).await.is_empty());
 
     // Clearing a bus is a flushed Redis, for that bus only.
-    assert!(one.clear().await.unwrap() >= 3);
+    assert!(one.clear().await.unwrap() >= 33);
     assert_eq!(bus_one.cache.get("k".into()).await.unwrap(), None);
+    assert_eq!(bus_one.cache.get("many:7".into()).await.unwrap(), None);
     assert!(query(&bus_one, &[1]).await.is_empty());
     assert!(read(&bus_one, "s", ReadFrom::New, 10).await.is_empty());
     assert_eq!(bus_two.cache.get("k".into()).await.unwrap().unwrap(), "two");
@@ -502,30 +594,35 @@ async fn redis_buses_with_other_prefixes_never_meet() {
     two.clear().await.unwrap();
 }
 
-/// How many connections listen on `channel` (unprefixed: the caller gives the full name).
-async fn listeners(conn: &::redis::aio::MultiplexedConnection, channel: &str) -> u64 {
-    let (_, count): (String, u64) = ::redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg(channel)
-        .query_async(&mut conn.clone())
-        .await
-        .unwrap();
-    count
+/// How many connections listen on `channel` (unprefixed: the caller gives the full name),
+/// over every node.
+async fn listeners(nodes: &[MultiplexedConnection], channel: &str) -> u64 {
+    let mut total = 0;
+    for node in nodes {
+        let (_, count): (String, u64) = ::redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(&mut node.clone())
+            .await
+            .unwrap();
+        total += count;
+    }
+    total
 }
 
-#[tokio::test]
-async fn redis_subscription_ends_with_its_receivers() {
-    let redis = testing::redis().await.unwrap();
+async fn subscription_ends_with_its_receivers(deployment: Deployment) {
+    let Some(redis) = deployment.redis().await else {
+        return;
+    };
     let bus = Bus::new(redis.clone());
     let name = "mpim:events:ending";
     let channel = format!("{}{name}", redis.prefix());
-    let client = ::redis::Client::open(testing::redis_url()).unwrap();
-    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let nodes = deployment.nodes().await;
 
     let first = bus.pubsub.subscribe(name.into()).await.unwrap();
     let mut second = bus.pubsub.subscribe(name.into()).await.unwrap();
     assert_eq!(
-        listeners(&conn, &channel).await,
+        listeners(&nodes, &channel).await,
         1,
         "one connection for both"
     );
@@ -533,13 +630,13 @@ async fn redis_subscription_ends_with_its_receivers() {
     bus.pubsub.publish(name.into(), "x".into()).await.unwrap();
     assert_eq!(recv(&mut second).await, "x");
     assert_eq!(
-        listeners(&conn, &channel).await,
+        listeners(&nodes, &channel).await,
         1,
         "the second still listens"
     );
     drop(second);
     until("the subscription ends", || async {
-        listeners(&conn, &channel).await == 0
+        listeners(&nodes, &channel).await == 0
     })
     .await;
 
@@ -550,8 +647,7 @@ async fn redis_subscription_ends_with_its_receivers() {
     redis.clear().await.unwrap();
 }
 
-#[tokio::test]
-async fn connect_follows_the_config() {
+async fn connect_follows_the_config(deployment: Deployment) {
     let local = Bus::connect(&RedisConfig::default()).await.unwrap();
     local
         .cache
@@ -559,18 +655,22 @@ async fn connect_follows_the_config() {
         .await
         .unwrap();
     assert!(local.cache.get("k".into()).await.unwrap().is_some());
+    if matches!(deployment, Deployment::Cluster) && testing::redis_cluster_nodes().is_none() {
+        eprintln!("skipped: TEST_REDIS_CLUSTER is not set");
+        return;
+    }
 
-    let config = |prefix: &str| RedisConfig {
-        url: Some(testing::redis_url()),
-        prefix: prefix.to_owned(),
-    };
-    let remote = Bus::connect(&config("")).await.unwrap();
+    let remote = Bus::connect(&deployment.config("")).await.unwrap();
     let missing = remote.cache.get("mpim:cache:none-such".into()).await;
     assert_eq!(missing.unwrap(), None);
     // Deployments with their own prefixes share a server without meeting.
     let run = format!("test:{}:{}:", std::process::id(), rand::random::<u32>());
-    let one = Bus::connect(&config(&format!("{run}one:"))).await.unwrap();
-    let two = Bus::connect(&config(&format!("{run}two:"))).await.unwrap();
+    let one = Bus::connect(&deployment.config(&format!("{run}one:")))
+        .await
+        .unwrap();
+    let two = Bus::connect(&deployment.config(&format!("{run}two:")))
+        .await
+        .unwrap();
     one.cache
         .set("k".into(), "1".into(), LONG_TTL)
         .await
@@ -582,54 +682,71 @@ async fn connect_follows_the_config() {
     );
     one.cache.delete(vec!["k".into()]).await.unwrap();
 
-    let bad = RedisConfig {
-        url: Some("rediss-or-not://127.0.0.1".into()),
-        prefix: String::new(),
-    };
+    let mut bad = deployment.config("");
+    match deployment {
+        Deployment::Single => bad.url = Some("rediss-or-not://127.0.0.1".into()),
+        Deployment::Cluster => bad.cluster = vec!["rediss-or-not://127.0.0.1".into()],
+    }
     let err = Bus::connect(&bad).await.unwrap_err();
     assert!(matches!(err, StoreError::Redis(_)), "{err}");
+    let mut both = deployment.config("");
+    both.url = Some(testing::redis_url());
+    both.cluster = vec![testing::redis_url()];
+    let err = Bus::connect(&both).await.unwrap_err();
+    assert!(err.to_string().contains("both"), "{err}");
+    let err = Bus::connect(&deployment.config("a{b}:")).await.unwrap_err();
+    assert!(err.to_string().contains("prefix"), "{err}");
 }
 
-/// The ids of the pub/sub connections that listen on exactly `channels` channels.
-async fn pubsub_clients(conn: &::redis::aio::MultiplexedConnection, channels: usize) -> Vec<u64> {
-    let list: String = ::redis::cmd("CLIENT")
-        .arg("LIST")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut conn.clone())
-        .await
-        .unwrap();
+/// The ids of the pub/sub connections that listen on exactly `channels` channels, with the
+/// node each is on.
+async fn pubsub_clients(nodes: &[MultiplexedConnection], channels: usize) -> Vec<(usize, u64)> {
     let wanted = format!("sub={channels}");
-    list.lines()
-        .filter(|line| line.split(' ').any(|field| field == wanted))
-        .filter_map(|line| line.strip_prefix("id=")?.split(' ').next()?.parse().ok())
-        .collect()
+    let mut found = Vec::new();
+    for (index, node) in nodes.iter().enumerate() {
+        let list: String = ::redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut node.clone())
+            .await
+            .unwrap();
+        found.extend(
+            list.lines()
+                .filter(|line| line.split(' ').any(|field| field == wanted))
+                .filter_map(|line| line.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+                .map(|id| (index, id)),
+        );
+    }
+    found
 }
 
-#[tokio::test]
-async fn redis_subscriptions_survive_a_lost_connection() {
-    let redis = testing::redis().await.unwrap();
+async fn subscriptions_survive_a_lost_connection(deployment: Deployment) {
+    let Some(redis) = deployment.redis().await else {
+        return;
+    };
     let bus = Bus::new(redis.clone());
-    let client = ::redis::Client::open(testing::redis_url()).unwrap();
-    let conn = client.get_multiplexed_async_connection().await.unwrap();
-    // Seven channels on one connection set it apart from any other test's.
+    let nodes = deployment.nodes().await;
+    // Seven channels on one connection set it apart from any other test's. On a cluster
+    // their slots are spread over the nodes, and one connection to one node hears them all.
     const CHANNELS: usize = 7;
-    let before = pubsub_clients(&conn, CHANNELS).await;
+    let before = pubsub_clients(&nodes, CHANNELS).await;
     let mut receivers = Vec::new();
     for i in 0..CHANNELS {
         receivers.push(bus.pubsub.subscribe(format!("ch{i}")).await.unwrap());
     }
-    let ours: Vec<u64> = pubsub_clients(&conn, CHANNELS)
+    let ours: Vec<(usize, u64)> = pubsub_clients(&nodes, CHANNELS)
         .await
         .into_iter()
         .filter(|id| !before.contains(id))
         .collect();
     assert_eq!(ours.len(), 1, "one connection for all channels: {ours:?}");
+    let (node, id) = ours[0];
     let killed: u64 = ::redis::cmd("CLIENT")
         .arg("KILL")
         .arg("ID")
-        .arg(ours[0])
-        .query_async(&mut conn.clone())
+        .arg(id)
+        .query_async(&mut nodes[node].clone())
         .await
         .unwrap();
     assert_eq!(killed, 1);

@@ -176,6 +176,11 @@ impl Settings {
                 !id.is_empty() && id.len() <= MAX_ID_BYTES,
                 "gateway.id must be 1 to {MAX_ID_BYTES} bytes"
             );
+            // Presence refuses them: the id is a Redis Cluster hash tag.
+            anyhow::ensure!(
+                !id.contains(['{', '}']),
+                "gateway.id must not contain braces"
+            );
         }
         Ok(())
     }

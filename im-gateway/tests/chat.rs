@@ -193,7 +193,7 @@ async fn a_restarted_gateway_finishes_what_it_had_read(bus: Bus) {
     cluster.close().await;
 }
 
-im_common::on_both_buses!(
+im_common::on_every_bus!(
     one_to_one,
     group_fan_out,
     a_restarted_gateway_finishes_what_it_had_read

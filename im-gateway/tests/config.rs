@@ -39,4 +39,31 @@ fn bad_keys_and_values_are_named() {
         im_common::config::load(None, &[("gateway.max_in_flight", "0".into())]).unwrap();
     let err = config.gateway.validate().unwrap_err();
     assert!(err.to_string().contains("gateway.max_in_flight"), "{err}");
+    // The id is the Redis Cluster hash tag of the gateway's keys.
+    let config: im_gateway::Config =
+        im_common::config::load(None, &[("gateway.id", "gw-{1}".into())]).unwrap();
+    let err = config.gateway.validate().unwrap_err();
+    assert!(err.to_string().contains("gateway.id"), "{err}");
+}
+
+#[test]
+fn redis_is_one_server_or_a_cluster() {
+    let config: im_gateway::Config = im_common::config::load(
+        None,
+        &[(
+            "redis.cluster",
+            "redis://127.0.0.1:7001,redis://127.0.0.1:7002".into(),
+        )],
+    )
+    .unwrap();
+    assert_eq!(config.redis.cluster.len(), 2);
+    let err = im_common::config::load::<im_gateway::Config>(
+        None,
+        &[
+            ("redis.cluster", "redis://127.0.0.1:7001".into()),
+            ("redis.url", "redis://127.0.0.1:6379".into()),
+        ],
+    )
+    .unwrap_err();
+    assert!(err.to_string().starts_with("redis:"), "{err}");
 }

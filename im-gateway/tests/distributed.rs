@@ -2,6 +2,11 @@
 //! and ZooKeeper (`scripts/services.sh up`): users on the two gateways chat 1:1 and in a
 //! group; one gateway is killed with SIGKILL; its users reconnect to the other, resume and
 //! sync, and every acknowledged message is there exactly once, in order.
+//!
+//! The same again with a Redis Cluster in place of the single Redis (the nodes in
+//! `TEST_REDIS_CLUSTER`, as `scripts/redis-cluster.sh up` starts them; without it that test
+//! passes with a note): the services read it from their config files, the gateways from
+//! `MPIM_REDIS__CLUSTER`.
 
 mod support;
 
@@ -40,13 +45,58 @@ fn binary(package: &str) -> PathBuf {
     path
 }
 
+/// Which Redis the deployment runs on.
+#[derive(Debug, Clone)]
+enum Redis {
+    /// The server at `TEST_REDIS_URL`.
+    Single,
+    /// A cluster, reached through these nodes.
+    Cluster(Vec<String>),
+}
+
+impl Redis {
+    /// The `[redis]` section for config files.
+    fn section(&self, prefix: &str) -> String {
+        match self {
+            Redis::Single => format!(
+                "[redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\n",
+                im_common::bus::testing::redis_url()
+            ),
+            Redis::Cluster(nodes) => {
+                format!("[redis]\ncluster = {nodes:?}\nprefix = \"{prefix}\"\n")
+            }
+        }
+    }
+
+    /// The environment that points a process at it (the gateways take it this way).
+    fn env(&self, prefix: &str) -> Vec<(&'static str, String)> {
+        let server = match self {
+            Redis::Single => ("MPIM_REDIS__URL", im_common::bus::testing::redis_url()),
+            Redis::Cluster(nodes) => ("MPIM_REDIS__CLUSTER", nodes.join(",")),
+        };
+        vec![server, ("MPIM_REDIS__PREFIX", prefix.to_owned())]
+    }
+
+    /// Deletes every key the deployment wrote.
+    async fn clear(&self, prefix: &str) {
+        let url = im_common::bus::testing::redis_url();
+        let redis = match self {
+            Redis::Single => im_common::bus::redis::Redis::connect_with_prefix(&url, prefix).await,
+            Redis::Cluster(nodes) => {
+                im_common::bus::redis::Redis::connect_cluster(nodes, prefix).await
+            }
+        };
+        redis.unwrap().clear().await.expect("clear the test prefix");
+    }
+}
+
 /// The sections every process of this deployment shares.
-fn shared(root: &str, db: &TestDb, prefix: &str) -> String {
+fn shared(root: &str, db: &TestDb, redis: &Redis, prefix: &str) -> String {
     format!(
-        "{}[database]\nurl = \"{}\"\n[redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\n",
+        "{}[database]\nurl = \"{}\"\n{}",
         local_config(root),
         db.url,
-        im_common::bus::testing::redis_url()
+        redis.section(prefix)
     )
 }
 
@@ -58,20 +108,19 @@ struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    fn start(root: &str, prefix: &str, id: &str) -> GatewayProcess {
+    fn start(root: &str, redis: &Redis, prefix: &str, id: &str) -> GatewayProcess {
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
              [ws]\nlisten = \"off\"\n\
              [discovery]\nzookeeper = \"{}\"\nroot = \"{root}\"\nsession_timeout_ms = 4000\n\
-             [redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\n\
              [gateway]\nid = \"{id}\"\nheartbeat_ms = 1000\nshutdown_grace_ms = 500\n",
             im_common::serve::testing::ZOOKEEPER,
-            im_common::bus::testing::redis_url()
         );
         let config = ConfigFile::new("im-gateway.toml", &text);
         let mut child = Process::new(binary("im-gateway"))
             .arg("--config")
             .arg(&config.path)
+            .envs(redis.env(prefix))
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
@@ -184,10 +233,23 @@ fn assert_whole(history: &[ChatMessage], acks: &[SendAck]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_on_two_gateways_survive_losing_one() {
+    users_on_two_gateways_survive_losing_one_on(Redis::Single).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_two_gateways_survive_losing_one_on_a_redis_cluster() {
+    let Some(nodes) = im_common::bus::testing::redis_cluster_nodes() else {
+        eprintln!("skipped: TEST_REDIS_CLUSTER is not set (scripts/redis-cluster.sh up)");
+        return;
+    };
+    users_on_two_gateways_survive_losing_one_on(Redis::Cluster(nodes)).await;
+}
+
+async fn users_on_two_gateways_survive_losing_one_on(redis: Redis) {
     let db = TestDb::mysql().await.expect("MariaDB at 127.0.0.1:3306");
     let root = unique_root();
     let prefix = format!("e2e:{}:", rand::random::<u32>());
-    let common = shared(&root, &db, &prefix);
+    let common = shared(&root, &db, &redis, &prefix);
     let mut services = Vec::new();
     for (package, extra) in [
         (
@@ -210,8 +272,8 @@ async fn users_on_two_gateways_survive_losing_one() {
             config,
         ));
     }
-    let gw_a = GatewayProcess::start(&root, &prefix, &format!("{prefix}gw-a"));
-    let gw_b = GatewayProcess::start(&root, &prefix, &format!("{prefix}gw-b"));
+    let gw_a = GatewayProcess::start(&root, &redis, &prefix, &format!("{prefix}gw-a"));
+    let gw_b = GatewayProcess::start(&root, &redis, &prefix, &format!("{prefix}gw-b"));
 
     // ada and cy on gateway A, bob on B.
     let mut ada = Client::tcp(gw_a.tcp).await;
@@ -333,7 +395,5 @@ async fn users_on_two_gateways_survive_losing_one() {
         assert!(service.terminate(), "a service exits 0 on SIGTERM");
     }
     db.drop().await.expect("drop the test database");
-    let url = im_common::bus::testing::redis_url();
-    let redis = im_common::bus::redis::Redis::connect_with_prefix(&url, &prefix).await;
-    redis.unwrap().clear().await.expect("clear the test prefix");
+    redis.clear(&prefix).await;
 }

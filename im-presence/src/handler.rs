@@ -132,6 +132,13 @@ fn gateway_id(gateway: &str) -> Result<(), Status> {
             "gateway_id must be 1 to {MAX_GATEWAY_BYTES} bytes"
         )));
     }
+    // The id is the Redis Cluster hash tag of the gateway's keys (`{<gateway>}`): a brace
+    // would move the tag, and the gateway's keys could land in different slots.
+    if gateway.contains(['{', '}']) {
+        return Err(Status::invalid_argument(
+            "gateway_id must not contain braces",
+        ));
+    }
     Ok(())
 }
 

@@ -1,5 +1,6 @@
-//! `PresenceService` through an in-process mprpc client, on the in-process bus and on Redis
-//! (a bus of its own per test, on the server at `TEST_REDIS_URL`, default 127.0.0.1:6379).
+//! `PresenceService` through an in-process mprpc client, on the in-process bus, on Redis
+//! (a bus of its own per test, on the server at `TEST_REDIS_URL`, default 127.0.0.1:6379)
+//! and on a Redis Cluster (at `TEST_REDIS_CLUSTER`, when set).
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use tokio::sync::mpsc;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
-im_common::on_both_buses!(
+im_common::on_every_bus!(
     bind_heartbeat_query_status,
     presence_events_on_first_and_last_device,
     silent_gateway_routes_expire,
@@ -253,6 +254,9 @@ async fn bad_input_is_invalid_argument(bus: Bus) {
         route(1, &long, "gw"),
         route(1, "phone", ""),
         route(1, "phone", &long),
+        // A brace would move the Redis Cluster hash tag of the gateway's keys.
+        route(1, "phone", "gw-{a}"),
+        route(1, "phone", "}"),
         Route {
             device_kind: 99,
             ..route(1, "phone", "gw")

@@ -2,10 +2,11 @@
 //! process.
 //!
 //! Each concern is a trait ([`Routes`], [`Streams`], [`PubSub`], [`Cache`]) with two
-//! implementations that pass one shared test suite: `redis` (the `redis` crate: a
-//! `ConnectionManager` for commands, dedicated connections for subscriptions and blocking
-//! stream reads) and `memory` (for `mpim` and tests without servers). [`Bus`] holds one of
-//! each.
+//! implementations that pass one shared test suite: `redis` (the `redis` crate, on one
+//! server or a Redis Cluster: a shared multiplexed connection for commands, dedicated
+//! connections for subscriptions and blocking stream reads) and `memory` (for `mpim` and
+//! tests without servers). [`Bus`] holds one of each. The suite runs in process, on Redis
+//! and on a Redis Cluster ([`on_every_bus!`](crate::on_every_bus)).
 //!
 //! Nothing on the bus is the source of truth: routes come back with the next heartbeat or
 //! bind, the cache refills from the database, and a lost push is found by the next sync.
@@ -148,17 +149,24 @@ impl Bus {
         Bus::new(Arc::new(memory::Memory::new()))
     }
 
-    /// The bus `config` names: Redis at its URL, or inside this process without one.
+    /// The bus `config` names: Redis at its URL, the Redis Cluster its nodes belong to, or
+    /// inside this process without either.
     ///
     /// # Errors
-    /// [`StoreError::Redis`] when Redis cannot be reached.
+    /// [`StoreError::Redis`] when Redis cannot be reached, or both a URL and cluster nodes
+    /// are given.
     pub async fn connect(config: &RedisConfig) -> BusResult<Bus> {
-        match &config.url {
-            Some(url) => Ok(Bus::new(Arc::new(
-                self::redis::Redis::connect_with_prefix(url, &config.prefix).await?,
-            ))),
-            None => Ok(Bus::in_process()),
-        }
+        let redis = match (&config.url, config.cluster.as_slice()) {
+            (None, []) => return Ok(Bus::in_process()),
+            (Some(url), []) => self::redis::Redis::connect_with_prefix(url, &config.prefix).await?,
+            (None, nodes) => self::redis::Redis::connect_cluster(nodes, &config.prefix).await?,
+            (Some(_), _) => {
+                let message = "redis.url and redis.cluster are both set";
+                let kind = ::redis::ErrorKind::InvalidClientConfig;
+                return Err(StoreError::Redis((kind, message).into()));
+            }
+        };
+        Ok(Bus::new(Arc::new(redis)))
     }
 }
 
@@ -168,6 +176,9 @@ pub fn delivery_stream(gateway: &str) -> String {
 }
 
 /// Cache keys, in one place so that writers invalidate what readers fill.
+///
+/// Each is used alone (`GET`, `SET`, one `DEL` each), so none needs a Redis Cluster hash
+/// tag; the keys that are used together are listed in [`redis`](self::redis#keys).
 pub mod keys {
     /// A user's profile.
     pub fn profile(user: u64) -> String {
@@ -191,7 +202,7 @@ pub mod keys {
     }
 }
 
-/// For tests: a Redis bus of their own on the test server.
+/// For tests: a Redis bus of their own on the test server, or on the test cluster.
 pub mod testing {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -204,22 +215,50 @@ pub mod testing {
         std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
     }
 
+    /// The Redis Cluster tests use, if any: the comma-separated node URLs in
+    /// `TEST_REDIS_CLUSTER` (`scripts/redis-cluster.sh up` starts one on 127.0.0.1:7001-7003,
+    /// and `scripts/test.sh` sets the variable). None when it is unset or empty.
+    pub fn redis_cluster_nodes() -> Option<Vec<String>> {
+        let nodes: Vec<String> = std::env::var("TEST_REDIS_CLUSTER")
+            .ok()?
+            .split(',')
+            .map(str::trim)
+            .filter(|node| !node.is_empty())
+            .map(str::to_owned)
+            .collect();
+        (!nodes.is_empty()).then_some(nodes)
+    }
+
+    /// A key prefix no other test shares.
+    pub fn unique_prefix() -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        format!(
+            "test:{}:{}:{}:",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        )
+    }
+
     /// A Redis bus whose keys and channels no other test shares (a unique prefix); call
     /// [`Redis::clear`] at the end to delete what it wrote.
     ///
     /// # Errors
     /// When the test server cannot be reached.
     pub async fn redis() -> BusResult<Arc<Redis>> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let prefix = format!(
-            "test:{}:{}:{}:",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed),
-            rand::random::<u32>()
-        );
         Ok(Arc::new(
-            Redis::connect_with_prefix(&redis_url(), &prefix).await?,
+            Redis::connect_with_prefix(&redis_url(), &unique_prefix()).await?,
         ))
+    }
+
+    /// As [`redis()`], on the test cluster; None without one ([`redis_cluster_nodes`]).
+    ///
+    /// # Errors
+    /// When the test cluster cannot be reached.
+    pub async fn redis_cluster() -> Option<BusResult<Arc<Redis>>> {
+        let nodes = redis_cluster_nodes()?;
+        let redis = Redis::connect_cluster(&nodes, &unique_prefix()).await;
+        Some(redis.map(Arc::new))
     }
 
     /// Runs `scenario` on a Redis bus of its own ([`redis()`]), then deletes what it wrote.
@@ -232,6 +271,25 @@ pub mod testing {
         Fut: Future<Output = ()>,
     {
         let redis = redis().await.expect("redis at TEST_REDIS_URL");
+        scenario(super::Bus::new(redis.clone())).await;
+        redis.clear().await.expect("clear the test prefix");
+    }
+
+    /// As [`with_redis`], on the test cluster; without one (`TEST_REDIS_CLUSTER` unset) it
+    /// says so and passes.
+    ///
+    /// # Panics
+    /// When the test cluster cannot be reached or cleared.
+    pub async fn with_redis_cluster<F, Fut>(scenario: F)
+    where
+        F: FnOnce(super::Bus) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let Some(redis) = redis_cluster().await else {
+            eprintln!("skipped: TEST_REDIS_CLUSTER is not set (scripts/redis-cluster.sh up)");
+            return;
+        };
+        let redis = redis.expect("the redis cluster at TEST_REDIS_CLUSTER");
         scenario(super::Bus::new(redis.clone())).await;
         redis.clear().await.expect("clear the test prefix");
     }
@@ -248,10 +306,11 @@ pub mod channels {
     pub const BROADCAST: &str = "mpim:events:all";
 }
 
-/// Each `async fn scenario(bus: Bus)` as two tests: `in_process::<name>` and
-/// `redis::<name>` (on a Redis key prefix of its own).
+/// Each `async fn scenario(bus: Bus)` as three tests: `in_process::<name>`, `redis::<name>`
+/// (on a Redis key prefix of its own) and `redis_cluster::<name>` (the same on the Redis
+/// Cluster at `TEST_REDIS_CLUSTER`; passes with a note when that is unset).
 #[macro_export]
-macro_rules! on_both_buses {
+macro_rules! on_every_bus {
     ($($name:ident),* $(,)?) => {
         mod in_process {
             $(
@@ -266,6 +325,14 @@ macro_rules! on_both_buses {
                 #[tokio::test]
                 async fn $name() {
                     $crate::bus::testing::with_redis(super::$name).await;
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    $crate::bus::testing::with_redis_cluster(super::$name).await;
                 }
             )*
         }

@@ -1,15 +1,19 @@
-//! The bus on Redis.
+//! The bus on Redis: one server, or a Redis Cluster.
 //!
-//! Commands go through one [`ConnectionManager`] (multiplexed, reconnecting). Two kinds of
-//! work would stall every command queued behind them on that connection, so they get
-//! connections of their own: blocking stream reads (`XREADGROUP … BLOCK`) take a dedicated
-//! [`MultiplexedConnection`] from a small pool, and subscriptions share one pub/sub
-//! connection run by a task of their own (`subscriber`).
+//! Commands go through one shared connection (multiplexed, reconnecting: a
+//! `ConnectionManager`, or the crate's cluster connection, which routes each command to the
+//! master owning its key and follows redirections). Two kinds of work would stall every
+//! command queued behind them on that connection, so they get connections of their own:
+//! blocking stream reads (`XREADGROUP … BLOCK`) take a dedicated connection from a small
+//! pool, and subscriptions share one pub/sub connection run by a task of their own
+//! (`subscriber`). The `conn` module hides which kind of deployment it is, so that the rest
+//! is written once.
 //!
 //! # Keys
 //! Every key and channel starts with the bus's prefix (empty unless
-//! [`Redis::connect_with_prefix`] set one). Braces mark Redis Cluster hash tags: the keys of
-//! one user share a slot, and so do the keys of one gateway.
+//! [`Redis::connect_with_prefix`] set one; it must not contain `{`). Braces mark Redis
+//! Cluster hash tags: a key with a tag lives in the hash slot of the tag alone, so the keys
+//! of one user share a slot, and so do the keys of one gateway.
 //!
 //! | key | type | what |
 //! |---|---|---|
@@ -20,9 +24,26 @@
 //! | `mpim:gateways` | set | gateways that may hold routes, for sweep |
 //! | streams, cache keys, channels | | as named by the caller ([`super::delivery_stream`], [`super::keys`], [`super::channels`]) |
 //!
+//! Every operation that must see several keys at once stays within one tag, and so within
+//! one slot of a cluster: the script that removes a route reads and writes the user's two
+//! keys, the script that claims a route for the sweep the gateway's two keys; acknowledging
+//! stream entries (`XACK` + `XDEL`) touches one stream. Everything else that goes out
+//! together (a bind's four writes, the reads of a query for many users) is a batch of
+//! independent commands, split by slot on a cluster (see `conn`). No `MULTI`, no
+//! multi-key command that needs its keys in one slot.
+//!
 //! Delivery streams have one consumer group, `gateways`, created from the stream's start
 //! the first time anyone reads it, so entries pushed before the first read are delivered.
+//!
+//! # Redis Cluster
+//! [`Redis::connect_cluster`] takes seed nodes; the crate's cluster client finds the rest and
+//! the slot map. Pub/sub uses a connection to one node: a `PUBLISH` reaches the subscribers
+//! on every node of the cluster (the nodes forward it over the cluster bus), so that is
+//! enough, and it keeps the subscriber's logic the same as on one server; when that node
+//! fails, the subscriber moves on to the next seed node. A blocking stream read runs on a
+//! cluster connection of its own, sent to the master that owns the stream.
 
+mod conn;
 mod routes;
 mod streams;
 mod subscriber;
@@ -33,10 +54,10 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{Client, RedisError};
+use redis::RedisError;
 use tokio::sync::{Semaphore, mpsc};
 
+use self::conn::{Batch, Conn, Server};
 use super::{BusResult, Cache, PubSub};
 
 /// How long one command (or pipeline) on the shared connection may take.
@@ -44,14 +65,14 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The bus on a Redis server.
+/// The bus on a Redis server or a Redis Cluster.
 pub struct Redis {
-    client: Client,
-    manager: ConnectionManager,
+    server: Server,
+    conn: Conn,
     prefix: String,
     /// Idle dedicated connections for blocking reads. A parking_lot mutex: held only to push
     /// or pop, never across an `.await`.
-    blocking: Mutex<Vec<MultiplexedConnection>>,
+    blocking: Mutex<Vec<Conn>>,
     blocking_slots: Semaphore,
     subscriber: subscriber::Handle,
 }
@@ -60,6 +81,7 @@ impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redis")
             .field("prefix", &self.prefix)
+            .field("cluster", &self.is_cluster())
             .finish_non_exhaustive()
     }
 }
@@ -80,19 +102,39 @@ impl Redis {
     /// # Errors
     /// [`StoreError::Redis`](crate::StoreError::Redis) when the URL is wrong or the server cannot be reached.
     pub async fn connect_with_prefix(url: &str, prefix: &str) -> BusResult<Redis> {
-        let client = Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT));
-        let manager = client.get_connection_manager_with_config(config).await?;
+        Redis::open(Server::single(url)?, prefix).await
+    }
+
+    /// Connects to the Redis Cluster that `nodes` (`redis://host:7001`, one or more of its
+    /// nodes) belong to, with every key and channel prefixed by `prefix` (as
+    /// [`Redis::connect_with_prefix`]).
+    ///
+    /// # Errors
+    /// [`StoreError::Redis`](crate::StoreError::Redis) when a URL is wrong, `nodes` is empty,
+    /// or no node can be reached.
+    pub async fn connect_cluster(nodes: &[String], prefix: &str) -> BusResult<Redis> {
+        Redis::open(Server::cluster(nodes, CONNECT_TIMEOUT)?, prefix).await
+    }
+
+    async fn open(server: Server, prefix: &str) -> BusResult<Redis> {
+        if prefix.contains('{') {
+            // It would move every key's hash tag.
+            let message = "the redis key prefix must not contain '{'";
+            return Err(RedisError::from((redis::ErrorKind::InvalidClientConfig, message)).into());
+        }
         Ok(Redis {
-            subscriber: subscriber::Handle::new(client.clone()),
-            client,
-            manager,
+            conn: server.shared().await?,
+            subscriber: subscriber::Handle::new(server.pubsub_nodes()),
+            server,
             prefix: prefix.to_owned(),
             blocking: Mutex::new(Vec::new()),
             blocking_slots: Semaphore::new(streams::MAX_BLOCKING_READS),
         })
+    }
+
+    /// Whether this bus is on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.server, Server::Cluster(_))
     }
 
     /// The prefix of every key and channel of this bus.
@@ -111,30 +153,33 @@ impl Redis {
         } else {
             format!("{}*", self.prefix)
         };
-        let mut conn = self.conn();
-        let mut cursor = 0u64;
         let mut deleted = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            if !keys.is_empty() {
-                let n: u64 = redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async(&mut conn)
-                    .await?;
-                deleted += n;
+        // A SCAN cursor belongs to one node: on a cluster, each master in turn.
+        for node in self.conn.masters().await? {
+            let mut cursor = 0u64;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let (next, keys): (u64, Vec<String>) = self.conn.query_on(&node, scan).await?;
+                if !keys.is_empty() {
+                    // One UNLINK per slot on a cluster: the crate splits it.
+                    let n: u64 = redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async(&mut self.conn())
+                        .await?;
+                    deleted += n;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(deleted);
-            }
-            cursor = next;
         }
+        Ok(deleted)
     }
 
     /// `name` under this bus's prefix.
@@ -142,9 +187,9 @@ impl Redis {
         format!("{}{name}", self.prefix)
     }
 
-    /// A handle on the shared connection (cheap: the manager is a handle itself).
-    fn conn(&self) -> ConnectionManager {
-        self.manager.clone()
+    /// A handle on the shared connection (cheap: it is a handle itself).
+    fn conn(&self) -> Conn {
+        self.conn.clone()
     }
 }
 
@@ -228,11 +273,11 @@ impl Cache for Redis {
                 return Ok(());
             }
             // One DEL per key: the keys may live in different slots of a cluster.
-            let mut pipe = redis::pipe();
+            let mut batch = Batch::new();
             for key in &keys {
-                pipe.cmd("DEL").arg(self.key(key)).ignore();
+                batch.cmd("DEL", &self.key(key));
             }
-            pipe.exec_async(&mut self.conn()).await?;
+            batch.exec(&self.conn).await?;
             Ok(())
         }
         .boxed()

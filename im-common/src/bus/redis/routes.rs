@@ -7,37 +7,37 @@
 //! is gone, and [`Routes::sweep`] deletes them.
 //!
 //! Unbinding and sweeping remove a route only if it still names the gateway in question,
-//! in a script, so that a device that moved to another gateway in the meantime is left
-//! alone. The sweep script also reads the gateway's liveness key, which lives in another
-//! hash slot than the user's keys: under Redis Cluster that check would have to move out of
-//! the script.
+//! in a script on the user's keys, so that a device that moved to another gateway in the
+//! meantime is left alone. A script sees the keys of one hash slot only on a Redis Cluster,
+//! and a user's keys and a gateway's keys are in different slots, so the sweep goes in two
+//! steps: a script on the gateway's keys claims a route (takes it off the gateway's set)
+//! only while the gateway's liveness key is missing, then the script on the user's keys
+//! removes it. A gateway that lapsed, is being swept, and binds that same device again
+//! within the moment between the two steps loses that one route (its next bind restores it,
+//! and the device's messages wait in the database for its next sync). Both steps are the
+//! same on one server.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use redis::aio::ConnectionManager;
 
+use super::conn::Batch;
 use super::{Redis, ttl_ms};
 use crate::bus::{BusResult, Routes};
 use crate::ids::now_ms;
 use crate::proto::{Route, UserStatus};
 
-/// Routes handled per pipeline when sweeping.
+/// Routes handled per batch when sweeping.
 const SWEEP_BATCH: usize = 1000;
 
 /// Removes a device's route if `gateway` holds it; records the user's last-seen time when
 /// that was the user's last route.
 ///
-/// KEYS: routes, last-seen, [gateway liveness, gateway's routes]. ARGV: device, gateway,
-/// now ms, member. With the gateway's keys (sweep), nothing happens while the gateway is
-/// alive, and otherwise the member leaves the gateway's set. Returns 1 when it removed.
+/// KEYS: the user's routes, the user's last-seen (one slot: `{<user>}`). ARGV: device,
+/// gateway, now ms. Returns 1 when it removed.
 const REMOVE_ROUTE: &str = r"
-if #KEYS == 4 then
-  if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-  redis.call('SREM', KEYS[4], ARGV[4])
-end
 local route = redis.call('HGET', KEYS[1], ARGV[1])
 if not route then return 0 end
 local sep = string.find(route, ' ', 1, true)
@@ -47,31 +47,49 @@ if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SET', KEYS[2], ARGV[3]) end
 return 1
 ";
 
-/// Forgets a gateway that is neither alive nor holds routes.
+/// Takes a route off a lapsed gateway's set, for the sweep to remove.
 ///
-/// KEYS: the gateways set, the gateway's liveness key, the gateway's routes. ARGV: gateway.
-const FORGET_GATEWAY: &str = r"
-if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('SCARD', KEYS[3]) == 0 then
-  return redis.call('SREM', KEYS[1], ARGV[1])
-end
-return 0
+/// KEYS: the gateway's liveness, the gateway's routes (one slot: `{<gw>}`). ARGV: member.
+/// Returns -1 while the gateway is alive (it came back: nothing more to sweep), 1 when it
+/// took the member, 0 when the member was gone.
+const CLAIM_ROUTE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+return redis.call('SREM', KEYS[2], ARGV[1])
 ";
+
+/// A user's routes: the tag `{<user>}` puts them in the slot of the user's other keys.
+fn routes_key(prefix: &str, user: u64) -> String {
+    format!("{prefix}mpim:routes:{{{user}}}")
+}
+
+fn last_seen_key(prefix: &str, user: u64) -> String {
+    format!("{prefix}mpim:last-seen:{{{user}}}")
+}
+
+/// A gateway's liveness: the tag `{<gateway>}` puts it in the slot of the gateway's set.
+fn gateway_key(prefix: &str, gateway: &str) -> String {
+    format!("{prefix}mpim:gateway:{{{gateway}}}")
+}
+
+fn gateway_routes_key(prefix: &str, gateway: &str) -> String {
+    format!("{prefix}mpim:gateway-routes:{{{gateway}}}")
+}
 
 impl Redis {
     fn routes_key(&self, user: u64) -> String {
-        format!("{}mpim:routes:{{{user}}}", self.prefix)
+        routes_key(&self.prefix, user)
     }
 
     fn last_seen_key(&self, user: u64) -> String {
-        format!("{}mpim:last-seen:{{{user}}}", self.prefix)
+        last_seen_key(&self.prefix, user)
     }
 
     fn gateway_key(&self, gateway: &str) -> String {
-        format!("{}mpim:gateway:{{{gateway}}}", self.prefix)
+        gateway_key(&self.prefix, gateway)
     }
 
     fn gateway_routes_key(&self, gateway: &str) -> String {
-        format!("{}mpim:gateway-routes:{{{gateway}}}", self.prefix)
+        gateway_routes_key(&self.prefix, gateway)
     }
 
     fn gateways_key(&self) -> String {
@@ -79,16 +97,12 @@ impl Redis {
     }
 
     /// Every stored route of `users` (alive or not), in the order asked.
-    async fn stored_routes(
-        &self,
-        conn: &mut ConnectionManager,
-        users: &[u64],
-    ) -> BusResult<Vec<Route>> {
-        let mut pipe = redis::pipe();
+    async fn stored_routes(&self, users: &[u64]) -> BusResult<Vec<Route>> {
+        let mut batch = Batch::new();
         for &user in users {
-            pipe.cmd("HGETALL").arg(self.routes_key(user));
+            batch.cmd("HGETALL", &self.routes_key(user));
         }
-        let hashes: Vec<BTreeMap<String, String>> = pipe.query_async(conn).await?;
+        let hashes: Vec<BTreeMap<String, String>> = batch.query(&self.conn).await?;
         let mut routes = Vec::new();
         for (&user_id, devices) in users.iter().zip(hashes) {
             for (device_id, value) in devices {
@@ -101,26 +115,24 @@ impl Redis {
         Ok(routes)
     }
 
+    /// Whether each of `gateways` is alive.
+    async fn alive<S: AsRef<str>>(&self, gateways: &[S]) -> BusResult<Vec<bool>> {
+        let mut batch = Batch::new();
+        for gateway in gateways {
+            batch.cmd("EXISTS", &self.gateway_key(gateway.as_ref()));
+        }
+        Ok(batch.query(&self.conn).await?)
+    }
+
     /// Which of the gateways `routes` name are alive.
-    async fn live_gateways(
-        &self,
-        conn: &mut ConnectionManager,
-        routes: &[Route],
-    ) -> BusResult<HashSet<String>> {
+    async fn live_gateways(&self, routes: &[Route]) -> BusResult<HashSet<String>> {
         let gateways: Vec<&str> = routes
             .iter()
             .map(|route| route.gateway_id.as_str())
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        if gateways.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let mut pipe = redis::pipe();
-        for gateway in &gateways {
-            pipe.cmd("EXISTS").arg(self.gateway_key(gateway));
-        }
-        let alive: Vec<bool> = pipe.query_async(conn).await?;
+        let alive = self.alive(&gateways).await?;
         Ok(gateways
             .into_iter()
             .zip(alive)
@@ -129,13 +141,9 @@ impl Redis {
             .collect())
     }
 
-    async fn live_routes(
-        &self,
-        conn: &mut ConnectionManager,
-        users: &[u64],
-    ) -> BusResult<Vec<Route>> {
-        let mut routes = self.stored_routes(conn, users).await?;
-        let live = self.live_gateways(conn, &routes).await?;
+    async fn live_routes(&self, users: &[u64]) -> BusResult<Vec<Route>> {
+        let mut routes = self.stored_routes(users).await?;
+        let live = self.live_gateways(&routes).await?;
         routes.retain(|route| live.contains(&route.gateway_id));
         Ok(routes)
     }
@@ -144,14 +152,13 @@ impl Redis {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn();
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new();
         for &user in &users {
-            pipe.cmd("GET").arg(self.last_seen_key(user));
+            batch.cmd("GET", &self.last_seen_key(user));
         }
-        let seen: Vec<Option<i64>> = pipe.query_async(&mut conn).await?;
+        let seen: Vec<Option<i64>> = batch.query(&self.conn).await?;
         let online: HashSet<u64> = self
-            .live_routes(&mut conn, &users)
+            .live_routes(&users)
             .await?
             .into_iter()
             .map(|route| route.user_id)
@@ -172,69 +179,83 @@ impl Redis {
     }
 
     async fn sweep_routes(&self) -> BusResult<u64> {
-        let mut conn = self.conn();
         let gateways: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.gateways_key())
-            .query_async(&mut conn)
+            .query_async(&mut self.conn())
             .await?;
-        if gateways.is_empty() {
-            return Ok(0);
-        }
-        let mut pipe = redis::pipe();
-        for gateway in &gateways {
-            pipe.cmd("EXISTS").arg(self.gateway_key(gateway));
-        }
-        let alive: Vec<bool> = pipe.query_async(&mut conn).await?;
+        let alive = self.alive(&gateways).await?;
         let mut removed = 0;
         for (gateway, _) in gateways.iter().zip(alive).filter(|(_, alive)| !alive) {
-            removed += self.sweep_gateway(&mut conn, gateway).await?;
+            removed += self.sweep_gateway(gateway).await?;
         }
         Ok(removed)
     }
 
     /// Removes the routes of `gateway`, found lapsed; then forgets it if it stayed so.
-    async fn sweep_gateway(&self, conn: &mut ConnectionManager, gateway: &str) -> BusResult<u64> {
+    async fn sweep_gateway(&self, gateway: &str) -> BusResult<u64> {
+        let (liveness, owned) = (self.gateway_key(gateway), self.gateway_routes_key(gateway));
         let members: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.gateway_routes_key(gateway))
-            .query_async(conn)
+            .arg(&owned)
+            .query_async(&mut self.conn())
             .await?;
         let now = now_ms();
         let mut removed = 0;
         for batch in members.chunks(SWEEP_BATCH) {
-            let mut pipe = redis::pipe();
-            for member in batch {
-                let Some((user, device)) = member
-                    .split_once(':')
-                    .and_then(|(user, device)| Some((user.parse::<u64>().ok()?, device)))
-                else {
-                    tracing::warn!(gateway, member, "unreadable route member skipped");
-                    continue;
-                };
-                pipe.cmd("EVAL")
-                    .arg(REMOVE_ROUTE)
-                    .arg(4)
-                    .arg(self.routes_key(user))
-                    .arg(self.last_seen_key(user))
-                    .arg(self.gateway_key(gateway))
-                    .arg(self.gateway_routes_key(gateway))
-                    .arg(device)
-                    .arg(gateway)
-                    .arg(now)
-                    .arg(member);
+            let routes: Vec<(&String, u64, &str)> = batch
+                .iter()
+                .filter_map(|member| match parse_member(member) {
+                    Some((user, device)) => Some((member, user, device)),
+                    None => {
+                        tracing::warn!(gateway, member, "unreadable route member skipped");
+                        None
+                    }
+                })
+                .collect();
+            let mut claims = Batch::new();
+            for (member, _, _) in &routes {
+                claims.eval(CLAIM_ROUTE, &[&liveness, &owned]).arg(member);
             }
-            let done: Vec<u64> = pipe.query_async(conn).await?;
+            let claimed: Vec<i64> = claims.query(&self.conn).await?;
+            let mut removals = Batch::new();
+            for ((_, user, device), _) in routes.iter().zip(&claimed).filter(|(_, c)| **c == 1) {
+                let keys = [&self.routes_key(*user), &self.last_seen_key(*user)];
+                removals
+                    .eval(REMOVE_ROUTE, &keys.map(String::as_str))
+                    .arg(*device)
+                    .arg(gateway)
+                    .arg(now);
+            }
+            let done: Vec<u64> = removals.query(&self.conn).await?;
             removed += done.iter().sum::<u64>();
+            if claimed.contains(&-1) {
+                return Ok(removed);
+            }
         }
-        redis::cmd("EVAL")
-            .arg(FORGET_GATEWAY)
-            .arg(3)
-            .arg(self.gateways_key())
-            .arg(self.gateway_key(gateway))
-            .arg(self.gateway_routes_key(gateway))
-            .arg(gateway)
-            .exec_async(conn)
-            .await?;
+        self.forget_gateway(gateway).await?;
         Ok(removed)
+    }
+
+    /// Takes a swept gateway off the set of gateways, unless it came back or bound a route
+    /// meanwhile. Off first, then checked: a gateway that beats in between is put back by
+    /// the check or by its own beat, which adds it again each time.
+    async fn forget_gateway(&self, gateway: &str) -> BusResult<()> {
+        redis::cmd("SREM")
+            .arg(self.gateways_key())
+            .arg(gateway)
+            .exec_async(&mut self.conn())
+            .await?;
+        let mut check = Batch::new();
+        check.cmd("EXISTS", &self.gateway_key(gateway));
+        check.cmd("SCARD", &self.gateway_routes_key(gateway));
+        let counts: Vec<u64> = check.query(&self.conn).await?;
+        if counts.iter().any(|&n| n > 0) {
+            redis::cmd("SADD")
+                .arg(self.gateways_key())
+                .arg(gateway)
+                .exec_async(&mut self.conn())
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -259,33 +280,33 @@ fn member(user: u64, device: &str) -> String {
     format!("{user}:{device}")
 }
 
+/// The user and device a member names.
+fn parse_member(member: &str) -> Option<(u64, &str)> {
+    let (user, device) = member.split_once(':')?;
+    Some((user.parse().ok()?, device))
+}
+
 impl Routes for Redis {
     fn bind(&self, route: Route, ttl: Duration) -> BoxFuture<'_, BusResult<()>> {
         async move {
             let gateway = &route.gateway_id;
-            // Liveness first: a sweep that runs in between then sees the gateway alive.
-            redis::pipe()
-                .cmd("SET")
-                .arg(self.gateway_key(gateway))
+            // Liveness before the route's member (one slot, in order): a sweep that claims
+            // the member then sees the gateway alive.
+            let mut batch = Batch::new();
+            batch
+                .cmd("SET", &self.gateway_key(gateway))
                 .arg(1)
                 .arg("PX")
-                .arg(ttl_ms(ttl))
-                .ignore()
-                .cmd("SADD")
-                .arg(self.gateways_key())
-                .arg(gateway)
-                .ignore()
-                .cmd("HSET")
-                .arg(self.routes_key(route.user_id))
+                .arg(ttl_ms(ttl));
+            batch.cmd("SADD", &self.gateways_key()).arg(gateway);
+            batch
+                .cmd("HSET", &self.routes_key(route.user_id))
                 .arg(&route.device_id)
-                .arg(encode(&route))
-                .ignore()
-                .cmd("SADD")
-                .arg(self.gateway_routes_key(gateway))
-                .arg(member(route.user_id, &route.device_id))
-                .ignore()
-                .exec_async(&mut self.conn())
-                .await?;
+                .arg(encode(&route));
+            batch
+                .cmd("SADD", &self.gateway_routes_key(gateway))
+                .arg(member(route.user_id, &route.device_id));
+            batch.exec(&self.conn).await?;
             Ok(())
         }
         .boxed()
@@ -293,23 +314,18 @@ impl Routes for Redis {
 
     fn unbind(&self, user: u64, device: String, gateway: String) -> BoxFuture<'_, BusResult<()>> {
         async move {
-            redis::pipe()
-                .cmd("EVAL")
-                .arg(REMOVE_ROUTE)
-                .arg(2)
-                .arg(self.routes_key(user))
-                .arg(self.last_seen_key(user))
+            let mut batch = Batch::new();
+            let keys = [&self.routes_key(user), &self.last_seen_key(user)];
+            batch
+                .eval(REMOVE_ROUTE, &keys.map(String::as_str))
                 .arg(&device)
                 .arg(&gateway)
-                .arg(now_ms())
-                .ignore()
-                // Whoever holds the device now, this gateway no longer does.
-                .cmd("SREM")
-                .arg(self.gateway_routes_key(&gateway))
-                .arg(member(user, &device))
-                .ignore()
-                .exec_async(&mut self.conn())
-                .await?;
+                .arg(now_ms());
+            // Whoever holds the device now, this gateway no longer does.
+            batch
+                .cmd("SREM", &self.gateway_routes_key(&gateway))
+                .arg(member(user, &device));
+            batch.exec(&self.conn).await?;
             Ok(())
         }
         .boxed()
@@ -317,20 +333,15 @@ impl Routes for Redis {
 
     fn heartbeat(&self, gateway: String, ttl: Duration) -> BoxFuture<'_, BusResult<()>> {
         async move {
-            redis::pipe()
-                .cmd("SET")
-                .arg(self.gateway_key(&gateway))
+            let mut batch = Batch::new();
+            batch
+                .cmd("SET", &self.gateway_key(&gateway))
                 .arg(1)
                 .arg("PX")
-                .arg(ttl_ms(ttl))
-                .ignore()
-                // Again each time: a sweep racing a bind may have forgotten the gateway.
-                .cmd("SADD")
-                .arg(self.gateways_key())
-                .arg(&gateway)
-                .ignore()
-                .exec_async(&mut self.conn())
-                .await?;
+                .arg(ttl_ms(ttl));
+            // Again each time: a sweep racing a bind may have forgotten the gateway.
+            batch.cmd("SADD", &self.gateways_key()).arg(&gateway);
+            batch.exec(&self.conn).await?;
             Ok(())
         }
         .boxed()
@@ -341,7 +352,7 @@ impl Routes for Redis {
             if users.is_empty() {
                 return Ok(Vec::new());
             }
-            self.live_routes(&mut self.conn(), &users).await
+            self.live_routes(&users).await
         }
         .boxed()
     }
@@ -371,5 +382,29 @@ mod tests {
         assert_eq!(back, route);
         assert!(decode(7, "x".into(), "nonsense").is_none());
         assert_eq!(member(7, "phone:1"), "7:phone:1");
+        assert_eq!(parse_member("7:phone:1"), Some((7, "phone:1")));
+        assert_eq!(parse_member("x:phone"), None);
+    }
+
+    /// The keys each script is given share a hash slot, whatever the prefix, user or
+    /// gateway: on a cluster the script could not run otherwise.
+    #[test]
+    fn script_keys_share_a_slot() {
+        use redis::cluster_routing::Slot;
+        let same = |a: &str, b: &str| Slot::for_key(a) == Slot::for_key(b);
+        for prefix in ["", "test:1:2:", "deployment-a}:"] {
+            for user in [1, 42, u64::MAX] {
+                let (routes, seen) = (routes_key(prefix, user), last_seen_key(prefix, user));
+                assert!(same(&routes, &seen), "{routes} {seen}");
+            }
+            // Braces are refused in gateway ids (presence and the gateway's config).
+            for gateway in ["gw-a", "10.0.0.7:6000", "host.example:6000"] {
+                let (alive, owned) = (
+                    gateway_key(prefix, gateway),
+                    gateway_routes_key(prefix, gateway),
+                );
+                assert!(same(&alive, &owned), "{alive} {owned}");
+            }
+        }
     }
 }

@@ -5,16 +5,26 @@
 //! never runs on the shared connection: it takes an idle dedicated connection from a small
 //! pool (or opens one), and gives it back only when the read completed, since a failed or
 //! cancelled read may still be blocked on the server.
+//!
+//! On a cluster a dedicated connection is a cluster connection of its own: the read goes to
+//! the master that owns the stream's slot, and a failed read drops its connection, so the
+//! next one starts from a fresh slot map. When the stream's slot moves to another master
+//! (resharding), a read blocked on it ends at once with an error and the next one follows
+//! the stream, which moves with its consumer group and pending entries. When the master
+//! dies, a read blocked on it waits out its block time plus [`BLOCK_GRACE`] and fails;
+//! once a replica has taken over, reads go there. Entries the dead master had not yet
+//! replicated are lost with it (replication is asynchronous): a push is a fast path, and
+//! the database the truth that a sync reads.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisError, Value};
+use redis::{RedisError, Value};
 
-use super::{CONNECT_TIMEOUT, Redis, closed};
+use super::conn::Conn;
+use super::{Redis, closed};
 use crate::bus::{BusResult, ReadFrom, StreamEntry, Streams};
 use crate::error::StoreError;
 
@@ -77,16 +87,11 @@ impl Redis {
 
     /// An idle dedicated connection, or a new one. Dropped (not returned) when a read on it
     /// fails or is cancelled, since the server may still be blocked on it.
-    async fn blocking_connection(&self) -> Result<MultiplexedConnection, RedisError> {
+    async fn blocking_connection(&self) -> Result<Conn, RedisError> {
         if let Some(conn) = self.blocking.lock().pop() {
             return Ok(conn);
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(None);
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
+        self.server.dedicated().await
     }
 
     async fn create_group(&self, key: &str) -> BusResult<()> {

@@ -7,6 +7,13 @@
 //! connection) when no receiver is left; the next subscribe starts a new one. A lost
 //! connection is reopened with backoff and its channels subscribed again; what was published
 //! in between is missed, as pub/sub events are ephemeral.
+//!
+//! On a Redis Cluster the connection goes to one node: a `PUBLISH` on any node is forwarded
+//! to every other over the cluster bus, so one node hears every channel. When connecting to
+//! a node fails, the next attempt tries the next node given; the channels are subscribed
+//! again there. (Sharded pub/sub, `SSUBSCRIBE`, would spread the load over the nodes, at the
+//! price of one connection per node and following slot moves; one node's share of the
+//! traffic is small next to the streams'.)
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -41,16 +48,17 @@ struct Request {
 
 /// The bus's side of the subscriber task: starts it when needed, aborts it when dropped.
 pub(super) struct Handle {
-    client: Client,
+    /// The servers to subscribe on, in the order to try them (never empty).
+    nodes: Vec<Client>,
     /// The running task and its queue. A parking_lot mutex: held only to look at or replace
     /// them, never across an `.await`.
     task: Mutex<Option<(mpsc::Sender<Request>, JoinHandle<()>)>>,
 }
 
 impl Handle {
-    pub(super) fn new(client: Client) -> Handle {
+    pub(super) fn new(nodes: Vec<Client>) -> Handle {
         Handle {
-            client,
+            nodes,
             task: Mutex::new(None),
         }
     }
@@ -85,7 +93,9 @@ impl Handle {
         }
         let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
         let subscriber = Subscriber {
-            client: self.client.clone(),
+            nodes: self.nodes.clone(),
+            // Processes start on different nodes of a cluster, spreading the load.
+            next: rand::random::<u16>().into(),
             requests: queue,
             channels: HashMap::new(),
             gone: FuturesUnordered::new(),
@@ -113,7 +123,9 @@ enum End {
 }
 
 struct Subscriber {
-    client: Client,
+    nodes: Vec<Client>,
+    /// The index (modulo the count) of the node to connect to.
+    next: usize,
     requests: mpsc::Receiver<Request>,
     /// Channel → its receivers' senders; never an empty list.
     channels: HashMap<String, Vec<mpsc::Sender<Bytes>>>,
@@ -133,7 +145,11 @@ impl Subscriber {
                         err
                     }
                 },
-                Err(err) => err,
+                Err(err) => {
+                    // That node may be down: the next time, another.
+                    self.next = self.next.wrapping_add(1);
+                    err
+                }
             };
             warn!(cause = %err, "redis pub/sub connection failed; reconnecting");
             if !self.wait(backoff, &err).await {
@@ -145,7 +161,11 @@ impl Subscriber {
 
     /// A new connection, subscribed to every channel that has receivers.
     async fn connect(&mut self) -> RedisResult<PubSub> {
-        let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())
+        let client = self
+            .nodes
+            .get(self.next % self.nodes.len().max(1))
+            .ok_or_else(closed)?;
+        let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
             .await
             .map_err(|_| RedisError::from((redis::ErrorKind::Io, "pub/sub connect timed out")))??;
         for channel in self.channels.keys() {
