@@ -191,6 +191,15 @@ replica_running() {
   [[ $(replica_field Slave_IO_Running) == Yes && $(replica_field Slave_SQL_Running) == Yes ]]
 }
 
+# Running, or a thread stopped on an error (which waiting does not mend).
+replica_settled() {
+  replica_running && return
+  local io sql
+  io=$(replica_field Slave_IO_Running) sql=$(replica_field Slave_SQL_Running)
+  [[ $io == No && $(replica_field Last_IO_Errno) != 0 ]] ||
+    [[ $sql == No && $(replica_field Last_SQL_Errno) != 0 ]]
+}
+
 # A fresh data directory filled from a dump of the primary, following it from there.
 replica_seed() {
   local dump=$REPLICA_DIR/seed.sql gtid try
@@ -231,7 +240,8 @@ replica_up() {
   if [[ -f $REPLICA_DIR/seeded ]]; then
     replica_write_config
     replica_start
-    if ! wait_for 30 replica_running; then
+    wait_for 30 replica_settled || true
+    if ! replica_running; then
       log "replica: replication does not run (IO: $(replica_field Last_IO_Error);" \
         "SQL: $(replica_field Last_SQL_Error)); seeding it again"
       replica_seed
