@@ -101,7 +101,9 @@ primary_restart() {
   pid_file=$(primary -N -e 'SELECT @@pid_file')
   pid=$(as_root cat "$pid_file") || die "cannot read the primary's pid file $pid_file"
   mapfile -d '' argv <"/proc/$pid/cmdline"
-  parent=$(ps -o comm= -p "$(ps -o ppid= -p "$pid" | tr -d ' ')" || true)
+  # The parent's pid is the 4th field of /proc/<pid>/stat, after the parenthesised name.
+  parent=$(cut -d' ' -f2 <<<"$(sed 's/.*) //' "/proc/$pid/stat")")
+  parent=$(cat "/proc/$parent/comm" 2>/dev/null || true)
   log "primary: shutting down pid $pid (${argv[*]})"
   "$MARIADB_ADMIN" --protocol=TCP -h "$HOST" -P "$PRIMARY_PORT" -uroot shutdown
   wait_for 120 eval "! kill -0 $pid 2>/dev/null" || die "the primary (pid $pid) did not stop"
