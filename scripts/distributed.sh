@@ -19,42 +19,14 @@ set -euo pipefail
 REPO_ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 STATE_DIR=${MPIM_STATE_DIR:-$REPO_ROOT/.run}
 [[ $STATE_DIR == /* ]] || STATE_DIR=$PWD/$STATE_DIR
-DIR=$STATE_DIR/distributed
+LOG_TAG=distributed
+PROC_DIR=$STATE_DIR/distributed
 DB=${DISTRIBUTED_DB:-mpim}
 PREFIX=${DISTRIBUTED_PREFIX:-}
 BIN=$REPO_ROOT/target/release
 SERVICES=(im-user im-presence im-message im-group)
-
-log() { printf 'distributed: %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
-
-running() { [[ -f $DIR/$1.pid ]] && kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null; }
-
-# Waits until `name`'s log says `pattern` (or the process dies).
-wait_log() {
-  local name=$1 pattern=$2 deadline=$((SECONDS + 60))
-  until grep -q "$pattern" "$DIR/$name.log" 2>/dev/null; do
-    running "$name" || die "$name exited; see $DIR/$name.log"
-    ((SECONDS < deadline)) || die "$name did not start in 60 s; see $DIR/$name.log"
-    sleep 0.2
-  done
-}
-
-start() {
-  local name=$1 binary=$2
-  shift 2
-  if running "$name"; then
-    log "$name: already running (pid $(cat "$DIR/$name.pid"))"
-    return
-  fi
-  env -u MPIM_STATE_DIR "$@" "$BIN/$binary" >"$DIR/$name.log" 2>&1 &
-  echo $! >"$DIR/$name.pid"
-}
-
-secret() {
-  [[ -s $DIR/jwt-secret ]] || head -c 48 /dev/urandom | base64 | tr -d '\n' >"$DIR/jwt-secret"
-  cat "$DIR/jwt-secret"
-}
+# shellcheck source=scripts/lib.sh
+source "$REPO_ROOT/scripts/lib.sh"
 
 up() {
   local gateways=1
@@ -64,7 +36,7 @@ up() {
       *) die "unknown option $1" ;;
     esac
   done
-  mkdir -p "$DIR"
+  mkdir -p "$PROC_DIR"
   "$REPO_ROOT/scripts/services.sh" up zookeeper mariadb redis
   mysql -uroot -h127.0.0.1 -e "CREATE DATABASE IF NOT EXISTS \`$DB\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
   log "building (release)"
@@ -77,49 +49,41 @@ up() {
     MPIM_LOG__LEVEL=info
   )
   local db=MPIM_DATABASE__URL=mysql://root@127.0.0.1:3306/$DB
-  start im-user im-user "${common[@]}" "$db" MPIM_AUTH__JWT_SECRET="$(secret)"
-  start im-presence im-presence "${common[@]}"
-  start im-message im-message "${common[@]}" "$db"
-  start im-group im-group "${common[@]}" "$db"
-  for service in "${SERVICES[@]}"; do wait_log "$service" "metrics at /metrics"; done
+  proc_start im-user "${common[@]}" "$db" MPIM_AUTH__JWT_SECRET="$(jwt_secret)" "$BIN/im-user"
+  proc_start im-presence "${common[@]}" "$BIN/im-presence"
+  proc_start im-message "${common[@]}" "$db" "$BIN/im-message"
+  proc_start im-group "${common[@]}" "$db" "$BIN/im-group"
+  for service in "${SERVICES[@]}"; do proc_wait_log "$service" "metrics at /metrics"; done
   local i
   for ((i = 1; i <= gateways; i++)); do
     local offset=$((10 * (i - 1)))
-    start "im-gateway-$i" im-gateway "${common[@]}" \
+    proc_start "im-gateway-$i" "${common[@]}" \
       MPIM_SERVER__LISTEN=127.0.0.1:$((6000 + offset)) \
       MPIM_WS__LISTEN=127.0.0.1:$((6080 + offset)) \
-      MPIM_GATEWAY__ID="gw-$i"
-    wait_log "im-gateway-$i" "metrics at /metrics"
+      MPIM_GATEWAY__ID="gw-$i" "$BIN/im-gateway"
+    proc_wait_log "im-gateway-$i" "metrics at /metrics"
   done
   status
 }
 
 down() {
-  local name pid
-  for pidfile in "$DIR"/*.pid; do
-    [[ -e $pidfile ]] || continue
-    name=$(basename "$pidfile" .pid)
-    pid=$(cat "$pidfile")
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -TERM "$pid"
-      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-      log "$name: stopped"
-    fi
-    rm -f "$pidfile"
-  done
+  # The gateways (and their clients) first, then the services they call.
+  # shellcheck disable=SC2046 # names have no spaces
+  proc_stop_all 10 $(proc_names | grep '^im-gateway-')
+  # shellcheck disable=SC2046
+  proc_stop_all 10 $(proc_names)
 }
 
 status() {
-  local ok=0 name
-  for pidfile in "$DIR"/*.pid; do
-    [[ -e $pidfile ]] || { log "nothing started"; return 1; }
-    name=$(basename "$pidfile" .pid)
-    if running "$name"; then
-      printf '%-14s up    pid %-7s %s\n' "$name" "$(cat "$pidfile")" \
-        "$(grep -oE '(addr|tcp)=[^ ]*' "$DIR/$name.log" | sort -u | head -3 | tr '\n' ' ')"
+  local ok=0 name pid names
+  names=$(proc_names)
+  [[ -n $names ]] || { log "nothing started"; return 1; }
+  for name in $names; do
+    if pid=$(proc_pid "$name"); then
+      printf '%-14s up    pid %-7s %s\n' "$name" "$pid" \
+        "$(grep -oE '(addr|tcp)=[^ ]*' "$PROC_DIR/$name.log" | sort -u | head -3 | tr '\n' ' ')"
     else
-      printf '%-14s DOWN  (see %s)\n' "$name" "$DIR/$name.log"
+      printf '%-14s DOWN  (see %s)\n' "$name" "$PROC_DIR/$name.log"
       ok=1
     fi
   done

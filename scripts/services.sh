@@ -481,8 +481,14 @@ mariadb_up() {
 	log "mariadb: starting on $HOST:$MARIADB_PORT (log: $MARIADB_DIR/mariadb.log)"
 	# --no-defaults keeps /etc/mysql (socket, pid file, datadir of the
 	# system server) out of the picture; the charset matches Debian's.
+	# $MARIADB_DIR/server.cnf, when present, is the one option file read
+	# instead (scripts/cluster.sh puts binary logging there for its replica).
+	local defaults=(--no-defaults)
+	if [[ -f $MARIADB_DIR/server.cnf ]]; then
+		defaults=(--defaults-file="$MARIADB_DIR/server.cnf")
+	fi
 	spawn "$MARIADB_DIR/mariadb.log" "$MARIADB_DIR/pid" \
-		"$server" --no-defaults "${user[@]}" \
+		"$server" "${defaults[@]}" "${user[@]}" \
 		--datadir="$data" --socket="$sock" --pid-file="$MARIADB_DIR/run/mariadbd.pid" \
 		--bind-address="$HOST" --port="$MARIADB_PORT" \
 		--character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci

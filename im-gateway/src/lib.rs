@@ -2,7 +2,7 @@
 //! calls the services for them and pushes them what happens.
 //!
 //! Run it with `im-gateway --config im-gateway.toml` (every key and its default are in
-//! `im-gateway/im-gateway.toml`): clients on TCP port 6000 (u32 length + protobuf) and on
+//! `config/im-gateway.toml`): clients on TCP port 6000 (u32 length + protobuf) and on
 //! `ws://…:6080/ws` (binary frames: protobuf; text frames: protobuf JSON), the web client on
 //! `http://…:6080/`, `/metrics` on 7000. docs/client-protocol.md describes what clients say,
 //! docs/web-client.md the web client. The original system's line protocol

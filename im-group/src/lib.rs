@@ -1,7 +1,7 @@
 //! MPIM's group service: groups, their members and roles, join requests, mutes.
 //!
 //! Run it with `im-group --config im-group.toml` (every key and its default are in
-//! `im-group/im-group.toml`); it serves `mpim.GroupService` on port 6104 and `/metrics` on
+//! `config/im-group.toml`); it serves `mpim.GroupService` on port 6104 and `/metrics` on
 //! 7104, registers in ZooKeeper when `[discovery] zookeeper` is set, and stops gracefully on
 //! SIGINT/SIGTERM. It shares its database with the message service: a group's
 //! conversation (`g:<group id>`) gains and loses members in the same transaction as the

@@ -2,10 +2,12 @@
 
 use std::path::Path;
 
+/// The example configuration, with every key and its default.
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/im-group.toml");
+
 #[test]
 fn the_example_config_is_the_defaults() {
-    let config: im_group::Config =
-        im_common::config::load(Some(Path::new("im-group.toml")), &[]).unwrap();
+    let config: im_group::Config = im_common::config::load(Some(Path::new(EXAMPLE)), &[]).unwrap();
     let defaults = im_group::Config::default();
     assert_eq!(config.server.listen, "127.0.0.1:6104");
     assert_eq!(config.server.listen, defaults.server.listen);

@@ -2,7 +2,7 @@
 //! acknowledged only once committed.
 //!
 //! Run it with `im-message --config im-message.toml` (every key and its default are in
-//! `im-message/im-message.toml`); it serves `mpim.MessageService` on port 6103 and
+//! `config/im-message.toml`); it serves `mpim.MessageService` on port 6103 and
 //! `/metrics` on 7103, registers in ZooKeeper when `[discovery] zookeeper` is set, and stops
 //! gracefully on SIGINT/SIGTERM.
 //!

@@ -2,10 +2,13 @@
 
 use std::path::Path;
 
+/// The example configuration, with every key and its default.
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/im-message.toml");
+
 #[test]
 fn the_example_config_is_the_defaults() {
     let config: im_message::Config =
-        im_common::config::load(Some(Path::new("im-message.toml")), &[]).unwrap();
+        im_common::config::load(Some(Path::new(EXAMPLE)), &[]).unwrap();
     let defaults = im_message::Config::default();
     assert_eq!(config.server.listen, defaults.server.listen);
     assert_eq!(config.database.url, defaults.database.url);

@@ -1,6 +1,7 @@
 //! `im-message` as its own process on MariaDB and ZooKeeper: it registers, serves
 //! `/metrics`, loses nothing acknowledged when killed with SIGKILL and started again, and on
-//! SIGTERM deregisters and exits cleanly.
+//! SIGTERM deregisters and exits cleanly; a bad config stops it at start with one line naming
+//! the key.
 
 mod support;
 
@@ -9,13 +10,32 @@ use std::time::{Duration, Instant};
 use im_common::config::DiscoveryConfig;
 use im_common::proto::{MessageServiceClient, SendRequest, SyncRequest};
 use im_common::serve::Discovery;
-use im_common::serve::testing::{ServiceProcess, http_get, unique_root, wait_for};
+use im_common::serve::testing::{ServiceProcess, http_get, refused, unique_root, wait_for};
 use im_common::store::Sql;
 use im_common::store::testing::TestDb;
 use support::*;
 
 fn start(config: &std::path::Path) -> ServiceProcess {
     ServiceProcess::start(env!("CARGO_BIN_EXE_im-message"), config)
+}
+
+#[test]
+fn a_bad_config_stops_it_with_one_line_naming_the_key() {
+    for (config, key) in [
+        (
+            "[message]\nmax_body_bytes = \"lots\"\n",
+            "message.max_body_bytes",
+        ),
+        ("[message]\nfrends_only = false\n", "message.frends_only"),
+        (
+            "[database]\nmax_connections = -1\n",
+            "database.max_connections",
+        ),
+    ] {
+        let stderr = refused(env!("CARGO_BIN_EXE_im-message"), config);
+        assert!(stderr.contains(key), "{config:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{config:?}: {stderr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

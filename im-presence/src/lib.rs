@@ -2,7 +2,7 @@
 //! gateway.
 //!
 //! Run it with `im-presence --config im-presence.toml` (every key and its default are in
-//! `im-presence/im-presence.toml`); it serves `mpim.PresenceService` on port 6102 and
+//! `config/im-presence.toml`); it serves `mpim.PresenceService` on port 6102 and
 //! `/metrics` on 7102, registers in ZooKeeper when `[discovery] zookeeper` is set, and stops
 //! gracefully on SIGINT/SIGTERM. Several instances share one Redis (`[redis] url`); without
 //! one, routes live inside the process, which only suits a single process hosting every

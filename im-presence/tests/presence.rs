@@ -334,7 +334,7 @@ fn settings_are_checked() {
 
 #[test]
 fn the_example_config_is_the_defaults() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/im-presence.toml");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/im-presence.toml");
     let config: im_presence::Config =
         im_common::config::load(Some(std::path::Path::new(path)), &[]).unwrap();
     let defaults = im_presence::Config::default();

@@ -1,7 +1,7 @@
 //! MPIM's user service: accounts, logins and sessions, profiles, friends and blocks.
 //!
 //! Run it with `im-user --config im-user.toml` (every key and its default are in
-//! `im-user/im-user.toml`); it serves `mpim.UserService` on port 6101 and `/metrics` on
+//! `config/im-user.toml`); it serves `mpim.UserService` on port 6101 and `/metrics` on
 //! 7101, registers in ZooKeeper when `[discovery] zookeeper` is set, and stops gracefully
 //! on SIGINT/SIGTERM. It needs a token secret shared by every instance:
 //!

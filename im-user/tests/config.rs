@@ -2,10 +2,12 @@
 
 use std::path::Path;
 
+/// The example configuration, with every key and its default.
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/im-user.toml");
+
 #[test]
 fn the_example_config_is_the_defaults() {
-    let config: im_user::Config =
-        im_common::config::load(Some(Path::new("im-user.toml")), &[]).unwrap();
+    let config: im_user::Config = im_common::config::load(Some(Path::new(EXAMPLE)), &[]).unwrap();
     let defaults = im_user::Config::default();
     assert_eq!(config.server.listen, defaults.server.listen);
     assert_eq!(config.server.listen, "127.0.0.1:6101");
@@ -37,11 +39,8 @@ fn the_example_config_is_the_defaults() {
     let err = config.auth.validate().unwrap_err();
     assert!(err.to_string().starts_with("auth.jwt_secret:"), "{err}");
     let secret = "0123456789abcdef0123456789abcdef".to_owned();
-    let configured: im_user::Config = im_common::config::load(
-        Some(Path::new("im-user.toml")),
-        &[("auth.jwt_secret", secret)],
-    )
-    .unwrap();
+    let configured: im_user::Config =
+        im_common::config::load(Some(Path::new(EXAMPLE)), &[("auth.jwt_secret", secret)]).unwrap();
     configured.auth.validate().unwrap();
 }
 

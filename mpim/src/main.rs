@@ -8,7 +8,7 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(about = "MPIM in one process: every service and the gateway, on embedded storage")]
 struct Cli {
-    /// TOML configuration file (every key has a default; see mpim/mpim.toml).
+    /// TOML configuration file (every key has a default; see config/mpim.toml).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Directory for the database and the token secret (overrides `data`).

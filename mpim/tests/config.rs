@@ -2,9 +2,12 @@
 
 use std::path::Path;
 
+/// The example configuration, with every key and its default.
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/mpim.toml");
+
 #[test]
 fn the_example_config_is_the_defaults() {
-    let config: mpim::Config = im_common::config::load(Some(Path::new("mpim.toml")), &[]).unwrap();
+    let config: mpim::Config = im_common::config::load(Some(Path::new(EXAMPLE)), &[]).unwrap();
     assert_eq!(
         format!("{config:?}"),
         format!("{:?}", mpim::Config::default())

@@ -1,5 +1,6 @@
 //! The `mpim` binary as a person runs it: it says where to connect, serves a chat, stops
-//! gracefully, and keeps users, tokens and messages across a restart.
+//! gracefully, and keeps users, tokens and messages across a restart; a bad config stops it
+//! at start with one line naming the key.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -262,4 +263,17 @@ fn rand_suffix() -> String {
             .unwrap()
             .as_nanos()
     )
+}
+
+#[test]
+fn a_bad_config_stops_it_with_one_line_naming_the_key() {
+    for (config, key) in [
+        ("[gateway]\nmax_queud = 5\n", "gateway.max_queud"),
+        ("[auth]\ndev = \"yes\"\n", "auth.dev"),
+        ("[message]\nmax_body_bytes = -1\n", "message.max_body_bytes"),
+    ] {
+        let stderr = im_common::serve::testing::refused(BINARY, config);
+        assert!(stderr.contains(key), "{config:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{config:?}: {stderr}");
+    }
 }

@@ -1,0 +1,364 @@
+#!/usr/bin/env bash
+# Run MPIM on this host as the design draws it: nginx in front (plain and TLS), two gateways,
+# two instances of every service, ZooKeeper, Redis, and MariaDB with a replica.
+#
+#   scripts/cluster.sh up [--redis-cluster] [--gateways N] [--instances N]
+#   scripts/cluster.sh status          every process, its ports and health; exit 0 iff all healthy
+#   scripts/cluster.sh down [--purge]  stop what `up` started (--purge: and delete its state)
+#
+# `up` installs what is missing from Debian's packages (nginx and its stream module, openssl,
+# MariaDB), brings up ZooKeeper, MariaDB and Redis through scripts/services.sh (or, with
+# --redis-cluster, a three-master Redis Cluster through scripts/redis-cluster.sh instead of
+# the single Redis), turns on the primary's binary log when it is off (one restart of
+# MariaDB; see scripts/cluster-mariadb.sh), starts a MariaDB replica, makes a self-signed
+# certificate, builds the release binaries, starts N (default 2) instances of each service
+# and of the gateway, then nginx. It is idempotent: what runs is left running, what is
+# missing is started, and instances beyond N are stopped (after nginx stopped sending
+# clients to them), so `up --gateways 3` scales a tier out and `up --gateways 1` in.
+# A process keeps its binary until it is restarted: `down` and `up` after a rebuild.
+#
+# Ports, all on 127.0.0.1:
+#   nginx            6000 client TCP        6001 client TCP over TLS
+#                    6080 HTTP/WebSocket    6443 HTTPS/WSS (wss://127.0.0.1:6443/ws)
+#                    (GET /nginx-health on 6080/6443: nginx itself answers)
+#   gateway n        TCP 6200+n, HTTP/WebSocket 6280+n, /metrics 7200+n   (n = 1..9)
+#   service copy n   RPC 6100+10(n-1)+k, /metrics that + 1000              (n = 1..9)
+#                    k = 1 im-user, 2 im-presence, 3 im-message, 4 im-group
+#                    (copy 1: 6101-6104 and 7101-7104; copy 2: 6111-6114 and 7111-7114)
+#   MariaDB          primary 3306 (scripts/services.sh), replica 3307
+#   Redis 6379 (Cluster: scripts/redis-cluster.sh's nodes), ZooKeeper 2181
+#
+# nginx runs from its own configuration, generated from config/nginx/mpim.conf.in into
+# <state>/cluster/nginx/nginx.conf (`nginx -c <that> -p <state>/cluster/nginx/`; the system's
+# nginx and its sites are left alone). It spreads connections with least_conn. Its health
+# checks are passive, as open-source nginx has no active ones: a gateway that fails two
+# connections within 10 s is left out for 10 s, and the failed connection goes to the next.
+#
+# The replica (port 3307, data in <state>/cluster/replica/) starts from a consistent dump of
+# the primary and follows it by GTID (MASTER_USE_GTID=slave_pos); the services'
+# [database] replica_url points at it. See scripts/cluster-mariadb.sh.
+#
+# `status` judges each process from outside (scripts/cluster-check.sh): alive, its ports
+# answering, /metrics; through nginx, a Ping on 6000 and 6001 and a WebSocket upgrade on
+# 6080 and 6443; for the replica, both replication threads running and its lag.
+#
+# TLS: <state>/cluster/tls/ holds ca.pem (trust this one), ca.key, and server.pem/server.key
+# (signed by the CA, for 127.0.0.1, ::1 and localhost, plus CLUSTER_TLS_SAN), made with
+# openssl on the first `up` and again when within a week of expiring.
+#
+# State, logs and pid files are under <state>/cluster/: <name>.log and <name>.pid per process
+# (im-user-1, im-gateway-2, mariadb-replica, nginx), nginx/ (its config, logs), replica/
+# (the replica's data), tls/. The services read config/<binary>.toml, and the environment
+# sets what differs per instance. `down` leaves what scripts/services.sh started running
+# (ZooKeeper, MariaDB, Redis: `scripts/services.sh down` stops those), and the primary's
+# binary log on.
+#
+# Environment:
+#   MPIM_STATE_DIR        state directory (default: <repo>/.run)
+#   MARIADB_PORT          the primary's port, as for scripts/services.sh (default: 3306)
+#   CLUSTER_DB            database name (default: mpim)
+#   CLUSTER_PREFIX        Redis key prefix (default: empty)
+#   CLUSTER_REPLICA_PORT  the replica's port (default: 3307)
+#   CLUSTER_REDIS_NODES   Redis Cluster seed URLs, comma-separated
+#                         (default: what `scripts/redis-cluster.sh urls` prints)
+#   CLUSTER_TLS_SAN       more subjectAltNames for the certificate (DNS:im.example.com,IP:10.0.0.5)
+#   CLUSTER_NO_BUILD=1    use the binaries as built (CARGO_TARGET_DIR or <repo>/target)
+set -euo pipefail
+
+REPO_ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+STATE_DIR=${MPIM_STATE_DIR:-$REPO_ROOT/.run}
+[[ $STATE_DIR == /* ]] || STATE_DIR=$PWD/$STATE_DIR
+LOG_TAG=cluster
+PROC_DIR=$STATE_DIR/cluster
+BIN=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release
+SERVICES_SH=$REPO_ROOT/scripts/services.sh
+REDIS_CLUSTER_SH=$REPO_ROOT/scripts/redis-cluster.sh
+DB=${CLUSTER_DB:-mpim}
+PREFIX=${CLUSTER_PREFIX:-}
+PRIMARY_PORT=${MARIADB_PORT:-3306}
+REPLICA_PORT=${CLUSTER_REPLICA_PORT:-3307}
+SERVICES=(im-user im-presence im-message im-group)
+TLS_DIR=$PROC_DIR/tls
+NGINX_DIR=$PROC_DIR/nginx
+# What the last `up` was asked for; `status` and `down` read it.
+OPTIONS=$PROC_DIR/cluster.env
+GATEWAYS=2 INSTANCES=2 REDIS_CLUSTER=0
+
+# shellcheck source=scripts/lib.sh
+source "$REPO_ROOT/scripts/lib.sh"
+# shellcheck source=scripts/cluster-mariadb.sh
+source "$REPO_ROOT/scripts/cluster-mariadb.sh"
+# shellcheck source=scripts/cluster-check.sh
+source "$REPO_ROOT/scripts/cluster-check.sh"
+
+usage() {
+  sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
+  exit 2
+}
+
+service_port() {
+  local k
+  case $1 in
+    im-user) k=1 ;;
+    im-presence) k=2 ;;
+    im-message) k=3 ;;
+    im-group) k=4 ;;
+  esac
+  echo $((6100 + 10 * ($2 - 1) + k))
+}
+gateway_tcp() { echo $((6200 + $1)); }
+gateway_http() { echo $((6280 + $1)); }
+
+# Serialises runs over the same state; fd 8 is closed for everything started under it.
+lock() {
+  mkdir -p "$PROC_DIR"
+  exec 8>"$PROC_DIR/.lock"
+  flock -w 600 8 || die "timed out waiting for $PROC_DIR/.lock"
+}
+
+# ---------------------------------------------------------------- packages, TLS
+
+NGINX=
+install_packages() {
+  local missing=()
+  NGINX=$(find_cmd nginx) || missing+=(nginx libnginx-mod-stream)
+  if [[ -n $NGINX ]] && "$NGINX" -V 2>&1 | grep -q -- '--with-stream=dynamic' &&
+    [[ ! -e $(nginx_modules)/ngx_stream_module.so ]]; then
+    missing+=(libnginx-mod-stream)
+  fi
+  command -v openssl >/dev/null || missing+=(openssl)
+  if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
+  NGINX=$(find_cmd nginx) || die "nginx is missing after installing it"
+}
+
+nginx_modules() {
+  "$NGINX" -V 2>&1 | grep -oE -- '--modules-path=[^ ]+' | cut -d= -f2 || echo /usr/lib/nginx/modules
+}
+
+# A CA and a server certificate it signs, for 127.0.0.1, ::1, localhost (and CLUSTER_TLS_SAN).
+tls_ensure() {
+  local fresh=(-checkend 604800 -noout -in)
+  if openssl x509 "${fresh[@]}" "$TLS_DIR/server.pem" >/dev/null 2>&1 &&
+    openssl x509 "${fresh[@]}" "$TLS_DIR/ca.pem" >/dev/null 2>&1; then
+    return
+  fi
+  log "tls: making a CA and a server certificate in $TLS_DIR"
+  mkdir -p "$TLS_DIR"
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256)
+  (
+    cd "$TLS_DIR" && umask 077
+    openssl req -x509 "${ec[@]}" -days 3650 -subj "/CN=MPIM cluster CA" \
+      -keyout ca.key -out ca.pem -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign"
+    openssl req -new "${ec[@]}" -subj "/CN=localhost" -keyout server.key -out server.csr
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost${CLUSTER_TLS_SAN:+,$CLUSTER_TLS_SAN}" \
+      basicConstraints=CA:FALSE keyUsage=critical,digitalSignature \
+      extendedKeyUsage=serverAuth >server.ext
+    openssl x509 -req -sha256 -days 825 -in server.csr -CA ca.pem -CAkey ca.key \
+      -CAcreateserial -extfile server.ext -out server.pem
+    rm -f server.csr server.ext
+    chmod 644 ca.pem server.pem
+  ) >"$PROC_DIR/tls.log" 2>&1 || die "openssl failed; see $PROC_DIR/tls.log"
+}
+
+# ---------------------------------------------------------------- MPIM processes
+
+build() {
+  if [[ ${CLUSTER_NO_BUILD:-0} == 1 ]]; then return; fi
+  command -v cargo >/dev/null || die "cargo is missing (https://rustup.rs), or set CLUSTER_NO_BUILD=1"
+  log "building (release)"
+  (cd "$REPO_ROOT" && cargo build --release --locked -p im-user -p im-presence -p im-message \
+    -p im-group -p im-gateway)
+}
+
+# The Redis Cluster's seed URLs, comma-separated.
+redis_nodes() {
+  if [[ -n ${CLUSTER_REDIS_NODES:-} ]]; then
+    echo "$CLUSTER_REDIS_NODES"
+  else
+    "$REDIS_CLUSTER_SH" urls
+  fi
+}
+
+# What every process shares: discovery, Redis, logging.
+common_env() {
+  COMMON=(MPIM_DISCOVERY__ZOOKEEPER=127.0.0.1:2181 MPIM_REDIS__PREFIX="$PREFIX" MPIM_LOG__LEVEL=info)
+  if ((REDIS_CLUSTER)); then
+    COMMON+=("MPIM_REDIS__CLUSTER=$(redis_nodes)")
+  else
+    COMMON+=(MPIM_REDIS__URL=redis://127.0.0.1:6379)
+  fi
+}
+
+service_start() {
+  local service=$1 n=$2 env=("${COMMON[@]}")
+  env+=("MPIM_SERVER__LISTEN=$HOST:$(service_port "$service" "$n")")
+  case $service in
+    im-user | im-message | im-group)
+      env+=("MPIM_DATABASE__URL=mysql://root@$HOST:$PRIMARY_PORT/$DB"
+        "MPIM_DATABASE__REPLICA_URL=mysql://root@$HOST:$REPLICA_PORT/$DB") ;;
+  esac
+  case $service in
+    im-user) env+=(MPIM_AUTH__JWT_SECRET="$(jwt_secret)") ;;
+    # Message ids carry the node number: unique per instance.
+    im-message) env+=(MPIM_MESSAGE__NODE="$n") ;;
+  esac
+  proc_start "$service-$n" "${env[@]}" "$BIN/$service" --config "$REPO_ROOT/config/$service.toml"
+}
+
+gateway_start() {
+  local n=$1
+  proc_start "im-gateway-$n" "${COMMON[@]}" MPIM_GATEWAY__ID="gw-$n" \
+    MPIM_SERVER__LISTEN="$HOST:$(gateway_tcp "$n")" MPIM_WS__LISTEN="$HOST:$(gateway_http "$n")" \
+    "$BIN/im-gateway" --config "$REPO_ROOT/config/im-gateway.toml"
+}
+
+mpim_up() {
+  local n service
+  common_env
+  for ((n = 1; n <= INSTANCES; n++)); do
+    for service in "${SERVICES[@]}"; do service_start "$service" "$n"; done
+  done
+  for ((n = 1; n <= INSTANCES; n++)); do
+    for service in "${SERVICES[@]}"; do proc_wait_log "$service-$n" "metrics at /metrics"; done
+  done
+  # Each connection is a descriptor: as many as the hard limit allows.
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  for ((n = 1; n <= GATEWAYS; n++)); do gateway_start "$n"; done
+  for ((n = 1; n <= GATEWAYS; n++)); do proc_wait_log "im-gateway-$n" "metrics at /metrics"; done
+}
+
+# Stops the instances beyond the counts asked for (nginx no longer sends clients to them).
+mpim_trim() {
+  local name extra=()
+  for name in $(proc_names); do
+    if [[ $name =~ ^im-gateway-([0-9]+)$ ]]; then
+      ((BASH_REMATCH[1] <= GATEWAYS)) || extra+=("$name")
+    elif [[ $name =~ ^im-[a-z]+-([0-9]+)$ ]]; then
+      ((BASH_REMATCH[1] <= INSTANCES)) || extra+=("$name")
+    fi
+  done
+  proc_stop_all 15 "${extra[@]}"
+}
+
+# ---------------------------------------------------------------- nginx
+
+nginx_config() {
+  local text tcp='' http='' n load=''
+  text=$(<"$REPO_ROOT/config/nginx/mpim.conf.in")
+  for ((n = 1; n <= GATEWAYS; n++)); do
+    tcp+="        server $HOST:$(gateway_tcp "$n") max_fails=2 fail_timeout=10s;  # gw-$n"$'\n'
+    http+="        server $HOST:$(gateway_http "$n") max_fails=2 fail_timeout=10s;  # gw-$n"$'\n'
+  done
+  if "$NGINX" -V 2>&1 | grep -q -- '--with-stream=dynamic'; then
+    load="load_module $(nginx_modules)/ngx_stream_module.so;"
+  fi
+  text=${text//@LOAD_STREAM@/"$load"}
+  text=${text//@PREFIX@/"$NGINX_DIR"}
+  text=${text//@TLS@/"$TLS_DIR"}
+  text=${text//@HOST@/"$HOST"}
+  local nofile
+  nofile=$(ulimit -Hn)
+  [[ $nofile =~ ^[0-9]+$ ]] && ((nofile <= 1048576)) || nofile=1048576
+  text=${text//@NOFILE@/"$nofile"}
+  text=${text//@CONNECTIONS@/"$((nofile / 2))"}
+  text=${text//@TCP_SERVERS@/"${tcp%$'\n'}"}
+  text=${text//@HTTP_SERVERS@/"${http%$'\n'}"}
+  printf '%s\n' "$text"
+}
+
+nginx_up() {
+  local conf=$NGINX_DIR/nginx.conf pid
+  local run=(-p "$NGINX_DIR/" -e "$NGINX_DIR/logs/error.log")
+  mkdir -p "$NGINX_DIR/logs" "$NGINX_DIR/temp"
+  nginx_config >"$conf.new"
+  "$NGINX" -t -q -c "$conf.new" "${run[@]}" 2>"$NGINX_DIR/test.log" ||
+    die "the nginx configuration is refused: $(cat "$NGINX_DIR/test.log")"
+  if pid=$(proc_pid nginx); then
+    # A reload moves new connections to new workers: only when something changed.
+    if cmp -s "$conf.new" "$conf"; then
+      rm -f "$conf.new"
+      log "nginx: already running (pid $pid)"
+    else
+      mv -f "$conf.new" "$conf"
+      kill -HUP "$pid"
+      log "nginx: configuration reloaded (pid $pid)"
+    fi
+    return
+  fi
+  mv -f "$conf.new" "$conf"
+  PROC_PATTERN=$conf proc_start nginx "$NGINX" -c "$conf" "${run[@]}" -g 'daemon off;'
+  wait_for 30 port_open 6080 || die "nginx did not start; see $NGINX_DIR/logs/error.log"
+  proc_running nginx || die "nginx exited; see $NGINX_DIR/logs/error.log and $PROC_DIR/nginx.log"
+}
+
+# ---------------------------------------------------------------- commands
+
+up() {
+  while (($#)); do
+    case $1 in
+      --redis-cluster) REDIS_CLUSTER=1 ;;
+      --gateways) GATEWAYS=${2:-}; shift ;;
+      --instances) INSTANCES=${2:-}; shift ;;
+      *) usage ;;
+    esac
+    shift
+  done
+  [[ $GATEWAYS =~ ^[1-9]$ && $INSTANCES =~ ^[1-9]$ ]] || die "--gateways and --instances: 1 to 9"
+  lock
+  install_packages
+  if ((REDIS_CLUSTER)); then
+    "$SERVICES_SH" up zookeeper mariadb 8>&-
+    [[ -x $REDIS_CLUSTER_SH ]] || die "$REDIS_CLUSTER_SH is missing"
+    "$REDIS_CLUSTER_SH" up 8>&-
+  else
+    "$SERVICES_SH" up zookeeper mariadb redis 8>&-
+  fi
+  mariadb_tools
+  primary_enable_binlog
+  primary -e "CREATE DATABASE IF NOT EXISTS \`$DB\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+  primary_replication_user
+  replica_up
+  tls_ensure
+  build
+  printf 'GATEWAYS=%s\nINSTANCES=%s\nREDIS_CLUSTER=%s\n' "$GATEWAYS" "$INSTANCES" \
+    "$REDIS_CLUSTER" >"$OPTIONS"
+  mpim_up
+  nginx_up
+  mpim_trim
+  log "up: nginx on $HOST:6000 (TCP), :6001 (TLS), :6080 (HTTP/WebSocket), :6443 (HTTPS/WSS)"
+  status
+}
+
+down() {
+  local purge=0 name
+  case ${1:-} in
+    --purge) purge=1 ;;
+    '') ;;
+    *) usage ;;
+  esac
+  lock
+  # shellcheck disable=SC1090 # written by up
+  [[ -f $OPTIONS ]] && source "$OPTIONS"
+  # Clients first, then what they call, then what that reads.
+  proc_stop nginx 15
+  # shellcheck disable=SC2046 # names have no spaces
+  proc_stop_all 15 $(proc_names | grep '^im-gateway-')
+  # shellcheck disable=SC2046
+  proc_stop_all 15 $(proc_names | grep '^im-')
+  proc_stop mariadb-replica 90
+  if ((REDIS_CLUSTER)) && [[ -x $REDIS_CLUSTER_SH ]]; then "$REDIS_CLUSTER_SH" down 8>&-; fi
+  rm -f "$OPTIONS"
+  if ((purge)); then
+    log "deleting $PROC_DIR (the replica's data, the certificates, the logs)"
+    find "$PROC_DIR" -mindepth 1 -maxdepth 1 ! -name .lock -exec rm -rf {} +
+  fi
+  log "down; ZooKeeper, MariaDB and Redis keep running (scripts/services.sh down stops them)"
+}
+
+case ${1:-} in
+  up) shift; up "$@" ;;
+  down) shift; down "$@" ;;
+  status) status ;;
+  *) usage ;;
+esac
