@@ -125,5 +125,7 @@ status() {
   status_services
   status_gateways
   status_nginx
+  local pid
+  if pid=$(proc_pid supervisor); then verdict supervisor "$pid" -; else verdict supervisor - - " not running"; fi
   return "$HEALTHY"
 }

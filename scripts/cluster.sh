@@ -38,6 +38,10 @@
 # the primary and follows it by GTID (MASTER_USE_GTID=slave_pos); the services'
 # [database] replica_url points at it. See scripts/cluster-mariadb.sh.
 #
+# A supervisor (`cluster.sh supervise`, pid file supervisor.pid) starts again, within a
+# second, any of these processes that dies, as systemd's Restart=always would; a process
+# named in <state>/cluster/hold/ is left down (scripts/drills.sh uses that).
+#
 # `status` judges each process from outside (scripts/cluster-check.sh): alive, its ports
 # answering, /metrics; through nginx, a Ping on 6000 and 6001 and a WebSocket upgrade on
 # 6080 and 6443; for the replica, both replication threads running and its lag.
@@ -63,6 +67,8 @@
 #                         (default: what `scripts/redis-cluster.sh urls` prints)
 #   CLUSTER_TLS_SAN       more subjectAltNames for the certificate (DNS:im.example.com,IP:10.0.0.5)
 #   CLUSTER_NO_BUILD=1    use the binaries as built (CARGO_TARGET_DIR or <repo>/target)
+#   CLUSTER_PROFILE       release (default) or debug: which build to run (CI runs the debug
+#                         binaries its tests built)
 set -euo pipefail
 
 REPO_ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
@@ -70,7 +76,8 @@ STATE_DIR=${MPIM_STATE_DIR:-$REPO_ROOT/.run}
 [[ $STATE_DIR == /* ]] || STATE_DIR=$PWD/$STATE_DIR
 LOG_TAG=cluster
 PROC_DIR=$STATE_DIR/cluster
-BIN=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release
+PROFILE=${CLUSTER_PROFILE:-release}
+BIN=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/$PROFILE
 SERVICES_SH=$REPO_ROOT/scripts/services.sh
 REDIS_CLUSTER_SH=$REPO_ROOT/scripts/redis-cluster.sh
 DB=${CLUSTER_DB:-mpim}
@@ -166,9 +173,11 @@ tls_ensure() {
 build() {
   if [[ ${CLUSTER_NO_BUILD:-0} == 1 ]]; then return; fi
   command -v cargo >/dev/null || die "cargo is missing (https://rustup.rs), or set CLUSTER_NO_BUILD=1"
-  log "building (release)"
-  (cd "$REPO_ROOT" && cargo build --release --locked -p im-user -p im-presence -p im-message \
-    -p im-group -p im-gateway)
+  log "building ($PROFILE)"
+  local profile=(--release)
+  [[ $PROFILE == debug ]] && profile=()
+  (cd "$REPO_ROOT" && cargo build "${profile[@]}" --locked -p im-user -p im-presence \
+    -p im-message -p im-group -p im-gateway)
 }
 
 # The Redis Cluster's seed URLs, comma-separated.
@@ -292,6 +301,45 @@ nginx_up() {
   proc_running nginx || die "nginx exited; see $NGINX_DIR/logs/error.log and $PROC_DIR/nginx.log"
 }
 
+# ---------------------------------------------------------------- supervision
+
+# Starts `name` with the rest of the line unless it runs or is held (<state>/cluster/hold/<name>,
+# which scripts/drills.sh makes to keep a process down for a while).
+revive() {
+  local name=$1
+  shift
+  [[ -e $PROC_DIR/hold/$name ]] && return
+  proc_running "$name" && return
+  log "supervise: $name is not running; starting it"
+  # In a subshell: a start that fails (die) must not end the supervisor.
+  ("$@") || log "supervise: $name did not start; trying again"
+}
+
+# What systemd's Restart=always does for the units in config/systemd/: every second, each
+# process of the cluster that died is started again. `up` starts it; `down` stops it first.
+supervise() {
+  # shellcheck disable=SC1090 # written by up
+  source "$OPTIONS"
+  common_env
+  install_packages >/dev/null
+  mariadb_tools
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  local n service
+  while [[ -f $OPTIONS ]]; do
+    revive mariadb-replica replica_start
+    for ((n = 1; n <= INSTANCES; n++)); do
+      for service in "${SERVICES[@]}"; do revive "$service-$n" service_start "$service" "$n"; done
+    done
+    for ((n = 1; n <= GATEWAYS; n++)); do revive "im-gateway-$n" gateway_start "$n"; done
+    revive nginx nginx_up
+    sleep 1
+  done
+}
+
+supervisor_up() {
+  PROC_PATTERN="cluster.sh supervise" proc_start supervisor "$REPO_ROOT/scripts/cluster.sh" supervise
+}
+
 # ---------------------------------------------------------------- commands
 
 up() {
@@ -326,6 +374,8 @@ up() {
   mpim_up
   nginx_up
   mpim_trim
+  rm -rf "$PROC_DIR/hold"
+  supervisor_up
   log "up: nginx on $HOST:6000 (TCP), :6001 (TLS), :6080 (HTTP/WebSocket), :6443 (HTTPS/WSS)"
   status
 }
@@ -340,7 +390,9 @@ down() {
   lock
   # shellcheck disable=SC1090 # written by up
   [[ -f $OPTIONS ]] && source "$OPTIONS"
-  # Clients first, then what they call, then what that reads.
+  # The supervisor first (it would start again what stops), then clients, then what they
+  # call, then what that reads.
+  proc_stop supervisor 5
   proc_stop nginx 15
   # shellcheck disable=SC2046 # names have no spaces
   proc_stop_all 15 $(proc_names | grep '^im-gateway-')
@@ -357,6 +409,7 @@ down() {
 }
 
 case ${1:-} in
+  supervise) supervise ;;
   up) shift; up "$@" ;;
   down) shift; down "$@" ;;
   status) status ;;
