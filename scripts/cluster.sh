@@ -318,6 +318,8 @@ revive() {
 # What systemd's Restart=always does for the units in config/systemd/: every second, each
 # process of the cluster that died is started again. `up` starts it; `down` stops it first.
 supervise() {
+  # Inherited from the `up` that started this; the processes started here name their own.
+  unset PROC_PATTERN
   # shellcheck disable=SC1090 # written by up
   source "$OPTIONS"
   common_env
