@@ -29,6 +29,7 @@ const SHORT_TTL: Duration = Duration::from_millis(300);
 im_common::on_every_bus!(
     bind_query_unbind,
     heartbeat_keeps_routes,
+    heartbeat_says_whether_the_gateway_was_known,
     lapsed_gateway_is_hidden_then_swept,
     many_users_in_one_query,
     streams_keep_entries_until_acked,
@@ -130,6 +131,43 @@ async fn bind_query_unbind(bus: Bus) {
         vec![(2, true), (1, false), (3, false)],
         "in the order asked"
     );
+}
+
+async fn heartbeat_says_whether_the_gateway_was_known(bus: Bus) {
+    let routes = &bus.routes;
+    // A bind alone does not make the gateway known: after a flush, one login must not hide
+    // that the gateway's other routes are gone.
+    let bound = route(7, "phone", DeviceKind::Mobile, "gw-known");
+    routes.bind(bound, LONG_TTL).await.unwrap();
+    assert!(
+        !routes.heartbeat("gw-known".into(), LONG_TTL).await.unwrap(),
+        "first beat"
+    );
+    assert!(
+        routes.heartbeat("gw-known".into(), LONG_TTL).await.unwrap(),
+        "next beat"
+    );
+    // A gateway whose beats lapsed is not known at its next beat.
+    let lapsing = route(8, "phone", DeviceKind::Mobile, "gw-lapsing");
+    routes.bind(lapsing.clone(), SHORT_TTL).await.unwrap();
+    routes
+        .heartbeat("gw-lapsing".into(), SHORT_TTL)
+        .await
+        .unwrap();
+    let start = Instant::now();
+    while query(&bus, &[8]).await.contains(&lapsing) {
+        assert!(start.elapsed() < DEADLINE, "the route never lapsed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The route lapses with the beat's ttl (both were set together): poll the beat too.
+    while routes
+        .heartbeat("gw-lapsing".into(), Duration::from_millis(1))
+        .await
+        .unwrap()
+    {
+        assert!(start.elapsed() < DEADLINE, "the beat never lapsed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn heartbeat_keeps_routes(bus: Bus) {

@@ -16,6 +16,8 @@ pub(crate) struct Session {
     pub(crate) user: u64,
     pub(crate) device: String,
     pub(crate) session: String,
+    /// What kind of device logged in (its route says so).
+    pub(crate) kind: im_proto::DeviceKind,
 }
 
 impl Session {
@@ -240,6 +242,24 @@ impl Registry {
             return true;
         }
         false
+    }
+
+    /// Every (user, device, kind) with a connection here, each once: the routes this
+    /// gateway should hold.
+    pub(crate) fn devices(&self) -> Vec<(u64, String, im_proto::DeviceKind)> {
+        let mut devices = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.lock();
+            for conns in shard.values() {
+                for session in conns.iter().filter_map(|c| c.session()) {
+                    let device = (session.user, session.device.clone(), session.kind);
+                    if !devices.contains(&device) {
+                        devices.push(device);
+                    }
+                }
+            }
+        }
+        devices
     }
 
     /// The user's connections here.

@@ -150,11 +150,16 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             .heartbeat_with(&request, &options)
             .await
         {
-            // Well within the routes' lifetime, so that one lost beat loses nothing.
-            Ok(reply) if reply.ttl_ms > 0 => {
-                period = configured.min(Duration::from_millis(reply.ttl_ms / 3).max(MIN_PERIOD));
+            Ok(reply) => {
+                if reply.ttl_ms > 0 {
+                    // Well within the routes' lifetime, so that one lost beat loses nothing.
+                    period =
+                        configured.min(Duration::from_millis(reply.ttl_ms / 3).max(MIN_PERIOD));
+                }
+                if !reply.known {
+                    rebind(&shared).await;
+                }
             }
-            Ok(_) => {}
             Err(err) => warn!(cause = %err, "heartbeat failed"),
         }
         tokio::select! {
@@ -165,3 +170,31 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
 }
 
 const MIN_PERIOD: Duration = Duration::from_millis(100);
+
+/// Binds again every route this gateway holds: the bus did not know the gateway (Redis
+/// restarted empty or was flushed, or the routes lapsed), so pushes would find no route.
+/// Through the lanes, so that a connection closing meanwhile is unbound after its bind.
+async fn rebind(shared: &Shared) {
+    use futures::StreamExt as _;
+    let devices = shared.registry.devices();
+    if devices.is_empty() {
+        return;
+    }
+    let count = devices.len();
+    let failed = futures::stream::iter(devices)
+        .map(|(user, device, kind)| async move {
+            shared
+                .lanes
+                .bind(&shared.id, user, &device, kind)
+                .await
+                .is_err()
+        })
+        .buffer_unordered(64)
+        .filter(|failed| futures::future::ready(*failed))
+        .count()
+        .await;
+    warn!(
+        routes = count,
+        failed, "presence did not know this gateway: routes bound again"
+    );
+}

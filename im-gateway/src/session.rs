@@ -71,6 +71,7 @@ impl Shared {
             user,
             device: session.device_id.clone(),
             session: session.session_id.clone(),
+            kind,
         });
         let conversations = self
             .services
@@ -159,6 +160,7 @@ impl Shared {
             user: proven.user,
             device: proven.device,
             session: proven.session,
+            kind,
         };
         let options = self.options_for(&session);
         let profile = match proven.profile {

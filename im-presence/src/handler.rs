@@ -210,12 +210,14 @@ impl proto::PresenceService for Presence {
     ) -> Result<HeartbeatReply, Status> {
         internal(&ctx)?;
         gateway_id(&request.gateway_id)?;
-        self.bus
+        let known = self
+            .bus
             .routes
             .heartbeat(request.gateway_id, self.settings.route_ttl())
             .await?;
         Ok(HeartbeatReply {
             ttl_ms: self.settings.route_ttl_ms,
+            known,
         })
     }
 

@@ -139,6 +139,17 @@ pub async fn soak(run: &SoakRun) -> anyhow::Result<SoakReport> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    for (from, id) in acked
+        .iter()
+        .filter(|(from, id)| !users[from ^ 1].received.lock().contains_key(id))
+        .take(10)
+    {
+        eprintln!(
+            "soak: lost: message {id} from user {} to user {}",
+            users[*from].id,
+            users[from ^ 1].id
+        );
+    }
     if let Some(path) = &run.record {
         write_record(path, &sent)?;
     }

@@ -41,6 +41,8 @@ struct RouteTable {
     users: HashMap<u64, HashMap<String, Route>>,
     /// gateway → when its routes lapse.
     gateways: HashMap<String, Instant>,
+    /// gateway → until when its last heartbeat counts (binds do not set this).
+    beats: HashMap<String, Instant>,
     /// user → when last seen online (ms), recorded as routes go away.
     last_seen: HashMap<u64, i64>,
 }
@@ -147,12 +149,15 @@ impl Routes for Memory {
         futures::future::ready(Ok(())).boxed()
     }
 
-    fn heartbeat(&self, gateway: String, ttl: Duration) -> BoxFuture<'_, BusResult<()>> {
-        self.routes
-            .lock()
-            .gateways
-            .insert(gateway, Instant::now() + ttl);
-        futures::future::ready(Ok(())).boxed()
+    fn heartbeat(&self, gateway: String, ttl: Duration) -> BoxFuture<'_, BusResult<bool>> {
+        let now = Instant::now();
+        let mut table = self.routes.lock();
+        table.gateways.insert(gateway.clone(), now + ttl);
+        let known = table
+            .beats
+            .insert(gateway, now + ttl)
+            .is_some_and(|until| until > now);
+        futures::future::ready(Ok(known)).boxed()
     }
 
     fn query(&self, users: Vec<u64>) -> BoxFuture<'_, BusResult<Vec<Route>>> {

@@ -39,8 +39,12 @@ pub trait Routes: Send + Sync + 'static {
     fn bind(&self, route: Route, ttl: Duration) -> BoxFuture<'_, BusResult<()>>;
     /// Removes the route of `user`'s `device` if `gateway` still holds it.
     fn unbind(&self, user: u64, device: String, gateway: String) -> BoxFuture<'_, BusResult<()>>;
-    /// Keeps every route of `gateway` alive for another `ttl`.
-    fn heartbeat(&self, gateway: String, ttl: Duration) -> BoxFuture<'_, BusResult<()>>;
+    /// Keeps every route of `gateway` alive for another `ttl`; returns whether the bus knew
+    /// the gateway from an earlier heartbeat still within its ttl. False means the routes
+    /// may be gone (the first beat, a lapse, or a bus that lost its data) and the gateway
+    /// should bind them again. Binds do not count: after a flush, one new login must not
+    /// hide that every other route is gone.
+    fn heartbeat(&self, gateway: String, ttl: Duration) -> BoxFuture<'_, BusResult<bool>>;
     /// The live routes of `users` (users without any are absent).
     fn query(&self, users: Vec<u64>) -> BoxFuture<'_, BusResult<Vec<Route>>>;
     /// Whether each of `users` is online (has a live route) and when it was last seen

@@ -92,6 +92,10 @@ impl Redis {
         gateway_routes_key(&self.prefix, gateway)
     }
 
+    fn beat_key(&self, gateway: &str) -> String {
+        format!("{}mpim:gateway-beat:{{{gateway}}}", self.prefix)
+    }
+
     fn gateways_key(&self) -> String {
         format!("{}mpim:gateways", self.prefix)
     }
@@ -331,7 +335,7 @@ impl Routes for Redis {
         .boxed()
     }
 
-    fn heartbeat(&self, gateway: String, ttl: Duration) -> BoxFuture<'_, BusResult<()>> {
+    fn heartbeat(&self, gateway: String, ttl: Duration) -> BoxFuture<'_, BusResult<bool>> {
         async move {
             let mut batch = Batch::new();
             batch
@@ -342,7 +346,17 @@ impl Routes for Redis {
             // Again each time: a sweep racing a bind may have forgotten the gateway.
             batch.cmd("SADD", &self.gateways_key()).arg(&gateway);
             batch.exec(&self.conn).await?;
-            Ok(())
+            // Only heartbeats set this key (binds set the liveness key too): its absence
+            // says that the routes may be gone, even after a login re-created the other.
+            let before: Option<String> = redis::cmd("SET")
+                .arg(self.beat_key(&gateway))
+                .arg(1)
+                .arg("PX")
+                .arg(ttl_ms(ttl))
+                .arg("GET")
+                .query_async(&mut self.conn())
+                .await?;
+            Ok(before.is_some())
         }
         .boxed()
     }
