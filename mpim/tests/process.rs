@@ -2,9 +2,6 @@
 //! gracefully, and keeps users, tokens and messages across a restart; a bad config stops it
 //! at start with one line naming the key.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -19,69 +16,9 @@ use im_proto::{
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_mpim");
+mod support;
 
-/// A running `mpim` and the client address it logged.
-struct Mpim {
-    child: Child,
-    tcp: String,
-    /// The legacy line protocol's address, or `off`.
-    legacy: String,
-}
-
-impl Mpim {
-    fn start(data: &Path) -> Mpim {
-        Mpim::start_with(data, &[])
-    }
-
-    fn start_with(data: &Path, args: &[&str]) -> Mpim {
-        let mut child = Command::new(BINARY)
-            .args(["--data", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-            .args(["--ws-listen", "127.0.0.1:0"])
-            .args(args)
-            .env("MPIM_SERVER__METRICS_LISTEN", "off")
-            .env("MPIM_AUTH__ARGON2_MEMORY_KIB", "1024")
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("mpim starts");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let ready = loop {
-            let line = lines.next().expect("mpim logs before exiting").unwrap();
-            eprintln!("{line}");
-            if line.contains("mpim ready") {
-                assert!(line.contains("im-cli -- --server"), "{line}");
-                break line;
-            }
-        };
-        let field = |key: &str| {
-            let value = ready.split(key).nth(1).unwrap().split_whitespace().next();
-            value.unwrap().to_owned()
-        };
-        let (tcp, legacy) = (field(" tcp="), field(" legacy="));
-        std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("{l}")));
-        Mpim { child, tcp, legacy }
-    }
-
-    fn terminate(mut self) -> bool {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        self.child.wait().unwrap().success()
-    }
-}
-
-impl Drop for Mpim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::{BINARY, Mpim};
 
 struct Client {
     framed: Framed<TcpStream, Codec<ServerMessage>>,
@@ -137,7 +74,7 @@ impl Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mpim_serves_a_chat_and_keeps_it_across_a_restart() {
     let data = std::env::temp_dir().join(format!("mpim-process-{}", rand_suffix()));
-    let mpim = Mpim::start(&data);
+    let mpim = Mpim::start(&data, "127.0.0.1:0", "127.0.0.1:0");
     let mut ada = Client::connect(&mpim.tcp).await;
     let mut bob = Client::connect(&mpim.tcp).await;
     for (client, name) in [(&mut ada, "ada"), (&mut bob, "bob")] {
@@ -202,7 +139,7 @@ async fn mpim_serves_a_chat_and_keeps_it_across_a_restart() {
     assert!(stopping.await.unwrap(), "mpim exits 0 on SIGTERM");
 
     // Restarted on the same data: the token still works and the history is there.
-    let mpim = Mpim::start(&data);
+    let mpim = Mpim::start(&data, "127.0.0.1:0", "127.0.0.1:0");
     let mut bob = Client::connect(&mpim.tcp).await;
     let login = Login {
         token: bob_session.token.clone(),
@@ -232,10 +169,15 @@ async fn mpim_answers_the_legacy_line_protocol() {
     use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
     let data = std::env::temp_dir().join(format!("mpim-legacy-{}", rand_suffix()));
-    let plain = Mpim::start(&data);
+    let plain = Mpim::start(&data, "127.0.0.1:0", "127.0.0.1:0");
     assert_eq!(plain.legacy, "off");
     drop(plain);
-    let mpim = Mpim::start_with(&data, &["--legacy-listen", "127.0.0.1:0"]);
+    let mpim = Mpim::start_with(
+        &data,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &["--legacy-listen", "127.0.0.1:0"],
+    );
     let stream = TcpStream::connect(&mpim.legacy).await.unwrap();
     let (read, mut write) = stream.into_split();
     write

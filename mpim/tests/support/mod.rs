@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_mpim");
+pub(crate) const BINARY: &str = env!("CARGO_BIN_EXE_mpim");
 
 /// A running `mpim` and the addresses it logged.
 pub(crate) struct Mpim {
@@ -17,11 +17,18 @@ pub(crate) struct Mpim {
     pub(crate) tcp: String,
     /// The HTTP/WebSocket address (`host:port`).
     pub(crate) http: String,
+    /// The legacy line protocol's address, or `off`.
+    pub(crate) legacy: String,
 }
 
 impl Mpim {
     /// Starts mpim on `data`, with the client listeners on `tcp` and `http` (`:0` for any).
     pub(crate) fn start(data: &Path, tcp: &str, http: &str) -> Mpim {
+        Mpim::start_with(data, tcp, http, &[])
+    }
+
+    /// As [`Mpim::start`], with more command-line arguments.
+    pub(crate) fn start_with(data: &Path, tcp: &str, http: &str, args: &[&str]) -> Mpim {
         let mut child = Command::new(BINARY)
             .args([
                 "--data",
@@ -31,6 +38,7 @@ impl Mpim {
                 "--ws-listen",
                 http,
             ])
+            .args(args)
             .env("MPIM_SERVER__METRICS_LISTEN", "off")
             .env("MPIM_AUTH__ARGON2_MEMORY_KIB", "1024")
             .env("RUST_LOG", "info")
@@ -42,6 +50,7 @@ impl Mpim {
             let line = lines.next().expect("mpim logs before exiting").unwrap();
             eprintln!("{line}");
             if line.contains("mpim ready") {
+                assert!(line.contains("im-cli -- --server"), "{line}");
                 break line;
             }
         };
@@ -49,16 +58,29 @@ impl Mpim {
             let value = ready.split(key).nth(1).unwrap().split_whitespace().next();
             value.unwrap().to_owned()
         };
-        let tcp = field("tcp=");
+        let (tcp, legacy) = (field(" tcp="), field(" legacy="));
         let http = field("websocket=ws://").trim_end_matches("/ws").to_owned();
         std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("{l}")));
-        Mpim { child, tcp, http }
+        Mpim {
+            child,
+            tcp,
+            http,
+            legacy,
+        }
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.
     pub(crate) fn kill(mut self) {
         self.child.kill().expect("kill mpim");
         self.child.wait().expect("mpim reaped");
+    }
+
+    /// Stops it with SIGTERM; whether it exited with success.
+    pub(crate) fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        self.child.wait().unwrap().success()
     }
 }
 
