@@ -39,46 +39,20 @@ STATE_DIR=${MPIM_STATE_DIR:-$REPO_ROOT/.run}
 [[ $STATE_DIR == /* ]] || STATE_DIR=$PWD/$STATE_DIR
 CLUSTER_DIR=$STATE_DIR/redis-cluster
 
-HOST=127.0.0.1
 read -r -a PORTS <<<"${REDIS_CLUSTER_PORTS:-7001 7002 7003}"
 REPLICAS=${REDIS_CLUSTER_REPLICAS:-0}
 NODE_TIMEOUT_MS=${REDIS_CLUSTER_NODE_TIMEOUT_MS:-5000}
 WAIT_SECS=${SERVICES_TIMEOUT:-60}
 
-log() { printf 'redis-cluster: %s\n' "$*" >&2; }
-
-die() {
-	log "error: $*"
-	exit 1
-}
+LOG_TAG=redis-cluster
+# lib.sh keeps its apt log there.
+PROC_DIR=$CLUSTER_DIR
+# shellcheck source=scripts/lib.sh
+source "$REPO_ROOT/scripts/lib.sh"
 
 usage() {
 	sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
 	exit 2
-}
-
-as_root() {
-	if [[ $EUID -eq 0 ]]; then
-		"$@"
-	elif command -v sudo >/dev/null; then
-		sudo -n "$@"
-	else
-		die "need root to run: $*"
-	fi
-}
-
-apt_install() {
-	local apt_log=$STATE_DIR/apt.log
-	mkdir -p "$STATE_DIR"
-	log "apt-get install $* (log: $apt_log)"
-	# The lock timeout lets a concurrent apt/dpkg run finish instead of failing.
-	local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=600
-		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
-	if ! as_root "${apt[@]}" update </dev/null >>"$apt_log" 2>&1 ||
-		! as_root "${apt[@]}" install -y --no-install-recommends "$@" </dev/null >>"$apt_log" 2>&1; then
-		tail -n 20 "$apt_log" >&2
-		die "apt-get install $* failed (full log: $apt_log)"
-	fi
 }
 
 server_bin() {
