@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use im_client::{Client, Event, Options};
 use support::mpim::Mpim;
-use support::next_event;
+use support::{alice_befriends_bob, next_event};
 
 fn options(address: &str, device: &str) -> Options {
     Options::new(address)
@@ -33,14 +33,7 @@ async fn users_chat_through_mpim_and_its_restart_loses_nothing() {
     let (alice, mut alice_events) = Client::connect(options(&mpim.address, "a1")).await.unwrap();
     // Bob over WebSocket: both transports meet in one conversation.
     let (bob, mut bob_events) = Client::connect(options(&mpim.ws, "b1")).await.unwrap();
-    alice.register("alice", "secret-alice").await.unwrap();
-    bob.register("bob", "secret-bob").await.unwrap();
-    alice.login("alice", "secret-alice").await.unwrap();
-    bob.login("bob", "secret-bob").await.unwrap();
-
-    let bob_id = alice.search_user("bob").await.unwrap().profiles[0].user_id;
-    let request = alice.add_friend(bob_id, "hi").await.unwrap();
-    bob.respond_friend(request.request_id, true).await.unwrap();
+    let bob_id = alice_befriends_bob(&alice, &bob).await;
 
     let ack = alice.send(bob_id, "one").await.unwrap();
     assert_eq!(ack.seq, 1);

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use im_client::{Client, Error, Event, Options};
 use support::mpim::Mpim;
-use support::next_event;
 use support::tls::{TestCa, TlsProxy};
+use support::{alice_befriends_bob, next_event};
 
 fn options(address: String, ca: &TestCa) -> Options {
     Options::new(address)
@@ -52,13 +52,7 @@ async fn tls_and_wss_through_a_terminating_proxy_and_untrusted_servers_refused()
     let (bob, mut bob_events) = Client::connect(options(wss_url.clone(), &ca))
         .await
         .unwrap();
-    alice.register("alice", "secret-alice").await.unwrap();
-    bob.register("bob", "secret-bob").await.unwrap();
-    alice.login("alice", "secret-alice").await.unwrap();
-    bob.login("bob", "secret-bob").await.unwrap();
-    let bob_id = alice.search_user("bob").await.unwrap().profiles[0].user_id;
-    let request = alice.add_friend(bob_id, "hi").await.unwrap();
-    bob.respond_friend(request.request_id, true).await.unwrap();
+    let bob_id = alice_befriends_bob(&alice, &bob).await;
     let ack = alice.send(bob_id, "over tls").await.unwrap();
     loop {
         if let Event::Message(m) = next_event(&mut bob_events).await {

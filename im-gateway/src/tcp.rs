@@ -102,25 +102,29 @@ impl Transport for Tcp {
     }
 
     async fn close(&mut self) {
-        // Send what was written, then read what the client still sends for a moment:
-        // closing with unread bytes would reset the connection and could lose the last
-        // frame (an error saying why it closes) on its way.
-        let _ = self.stream.shutdown().await;
-        let mut chunk = [0u8; 1024];
-        let drain = async {
-            let mut left = 256 * 1024usize;
-            while left > 0 {
-                if self.stream.readable().await.is_err() {
-                    return;
-                }
-                match self.stream.try_read(&mut chunk) {
-                    Ok(0) => return,
-                    Ok(n) => left = left.saturating_sub(n),
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
+        close(&mut self.stream).await;
     }
+}
+
+/// Ends a client connection: sends what was written, then reads what the client still
+/// sends for a moment, since closing with unread bytes would reset the connection and could
+/// lose the last frame or line (an error saying why it closes) on its way.
+pub(crate) async fn close(stream: &mut TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut chunk = [0u8; 1024];
+    let drain = async {
+        let mut left = 256 * 1024usize;
+        while left > 0 {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match stream.try_read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => left = left.saturating_sub(n),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
 }

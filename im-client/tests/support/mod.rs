@@ -152,6 +152,18 @@ pub async fn login(client: &Client, conn: &mut Conn, conversations: &[(&str, u64
     assert_eq!(session.user_id, 1);
 }
 
+/// Registers and logs in alice and bob on their clients and makes them friends; bob's id.
+pub async fn alice_befriends_bob(alice: &Client, bob: &Client) -> u64 {
+    alice.register("alice", "secret-alice").await.unwrap();
+    bob.register("bob", "secret-bob").await.unwrap();
+    alice.login("alice", "secret-alice").await.unwrap();
+    bob.login("bob", "secret-bob").await.unwrap();
+    let bob_id = alice.search_user("bob").await.unwrap().profiles[0].user_id;
+    let request = alice.add_friend(bob_id, "hi").await.unwrap();
+    bob.respond_friend(request.request_id, true).await.unwrap();
+    bob_id
+}
+
 /// The next event, or a failure after the deadline.
 pub async fn next_event(events: &mut Events) -> Event {
     tokio::time::timeout(DEADLINE, events.recv())

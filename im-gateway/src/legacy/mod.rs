@@ -308,26 +308,8 @@ impl Legacy<'_> {
         }
     }
 
-    /// Sends what was written, then reads what the client still sends for a moment (see
-    /// the TCP transport's close: unread bytes would reset the connection and could lose
-    /// the last line).
+    /// Ends the connection as the TCP transport does (what was written goes out first).
     async fn close(&mut self) {
-        let _ = self.stream.shutdown().await;
-        let drain = async {
-            let mut chunk = [0u8; 1024];
-            let mut left = 256 * 1024usize;
-            while left > 0 {
-                if self.stream.readable().await.is_err() {
-                    return;
-                }
-                match self.stream.try_read(&mut chunk) {
-                    Ok(0) => return,
-                    Ok(n) => left = left.saturating_sub(n),
-                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
+        crate::tcp::close(&mut self.stream).await;
     }
 }
