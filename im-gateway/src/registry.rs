@@ -247,19 +247,16 @@ impl Registry {
     /// Every (user, device, kind) with a connection here, each once: the routes this
     /// gateway should hold.
     pub(crate) fn devices(&self) -> Vec<(u64, String, im_proto::DeviceKind)> {
-        let mut devices = Vec::new();
+        let mut devices = std::collections::HashSet::new();
         for shard in &self.shards {
             let shard = shard.lock();
             for conns in shard.values() {
                 for session in conns.iter().filter_map(|c| c.session()) {
-                    let device = (session.user, session.device.clone(), session.kind);
-                    if !devices.contains(&device) {
-                        devices.push(device);
-                    }
+                    devices.insert((session.user, session.device.clone(), session.kind));
                 }
             }
         }
-        devices
+        devices.into_iter().collect()
     }
 
     /// The user's connections here.

@@ -128,22 +128,22 @@ pub async fn soak(run: &SoakRun) -> anyhow::Result<SoakReport> {
         .filter_map(|s| s.acked.map(|id| (s.from, id)))
         .collect();
     // Wait until every acknowledged message reached its recipient (or the drain ends).
-    let deadline = Instant::now() + run.drain;
-    let missing = loop {
-        let missing = acked
+    let not_received = || -> Vec<(usize, u64)> {
+        acked
             .iter()
             .filter(|(from, id)| !users[from ^ 1].received.lock().contains_key(id))
-            .count();
-        if missing == 0 || Instant::now() > deadline {
-            break missing as u64;
+            .copied()
+            .collect()
+    };
+    let deadline = Instant::now() + run.drain;
+    let missing = loop {
+        let missing = not_received();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    for (from, id) in acked
-        .iter()
-        .filter(|(from, id)| !users[from ^ 1].received.lock().contains_key(id))
-        .take(10)
-    {
+    for (from, id) in missing.iter().take(10) {
         eprintln!(
             "soak: lost: message {id} from user {} to user {}",
             users[*from].id,
@@ -168,7 +168,7 @@ pub async fn soak(run: &SoakRun) -> anyhow::Result<SoakReport> {
         acked: acked.len() as u64,
         failed: (sent.len() - acked.len()) as u64,
         delivered,
-        lost: missing,
+        lost: missing.len() as u64,
         dup,
         latency: Some(latency),
     })
