@@ -30,6 +30,18 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+/**
+ * Replaces `node`'s children with `build()` only when `key` (what they show) changed: a list
+ * drawn again under the pointer can split a click between the old element and its copy, and
+ * the click is lost. Returns whether it drew.
+ */
+function redraw(node, key, build) {
+  if (node.dataset.drawn === key) return false;
+  node.dataset.drawn = key;
+  node.replaceChildren(...build());
+  return true;
+}
+
 function randomHex(bytes) {
   const buf = new Uint8Array(bytes);
   crypto.getRandomValues(buf);
@@ -573,6 +585,8 @@ function endSession(why) {
   link.close();
   Object.assign(state, { me: null, open: null, friends: [], panelGroup: null });
   for (const key of ['convs', 'names', 'groups', 'online', 'outbox', 'typing']) state[key].clear();
+  // The next session draws afresh (what is drawn holds this session's objects).
+  for (const node of document.querySelectorAll('[data-drawn]')) delete node.dataset.drawn;
   $('main').hidden = true;
   $('login').hidden = false;
   $('login-error').textContent = why;
@@ -833,7 +847,9 @@ function renderConversations() {
     .filter((c) => c.last || c.kind === 'GROUP' || c.id === state.open)
     .sort((a, b) => num(b.last?.serverTimeMs) - num(a.last?.serverTimeMs));
   $('no-conversations').hidden = convs.length > 0;
-  $('conversations').replaceChildren(...convs.map((conv) => el('li', {
+  const key = JSON.stringify(convs.map((c) => [c.id, title(c), preview(c), c.last?.serverTimeMs,
+    c.unread, c.id === state.open, state.online.get(c.peer)]));
+  redraw($('conversations'), key, () => convs.map((conv) => el('li', {
     class: `conversation${conv.id === state.open ? ' open' : ''}`,
     'data-conv': conv.id,
     'data-title': title(conv),
@@ -866,8 +882,13 @@ function messageItem(conv, m) {
     el('span', {}, clock(m.serverTimeMs)),
     m.edited && !m.recalled ? el('span', {}, 'edited') : null,
     status,
-    mine && !m.recalled ? el('button', { class: 'link', onclick: () => edit(conv, m) }, 'edit') : null,
-    mine && !m.recalled ? el('button', { class: 'link', onclick: () => recall(conv, m) }, 'recall') : null));
+    mine && !m.recalled ? el('button', { class: 'link', onclick: () => edit(conv, current(conv, m)) }, 'edit') : null,
+    mine && !m.recalled ? el('button', { class: 'link', onclick: () => recall(conv, current(conv, m)) }, 'recall') : null));
+}
+
+/** The message as `conv` holds it now (a sync may have replaced the object drawn). */
+function current(conv, m) {
+  return conv.messages.get(num(m.seq)) || m;
 }
 
 function pendingItem(entry) {
@@ -901,20 +922,30 @@ function renderChat() {
   const box = $('messages');
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 60;
   const fromBottom = box.scrollHeight - box.scrollTop;
+  const seqs = [...conv.messages.keys()].sort((a, b) => a - b);
+  const pending = [...state.outbox.values()].filter((entry) => entry.convId === conv.id);
+  const key = JSON.stringify([conv.id, conv.loaded, conv.loading, conv.minSeq, conv.peerReadSeq,
+    seqs.map((seq) => {
+      const m = conv.messages.get(seq);
+      return [seq, m.hidden, m.body, m.recalled, m.edited, nameOf(m.senderId)];
+    }),
+    pending.map((entry) => [entry.clientMsgId, entry.state, entry.error])]);
+  if (redraw(box, key, () => messageItems(conv, seqs, pending)) || conv.stickToBottom) {
+    box.scrollTop = atBottom || conv.stickToBottom ? box.scrollHeight : box.scrollHeight - fromBottom;
+  }
+  conv.stickToBottom = false;
+}
+
+function messageItems(conv, seqs, pending) {
   const items = [];
   if (conv.loaded && conv.minSeq > 1) items.push(el('div', { class: 'more' }, conv.loading ? 'loading…' : 'scroll up for older messages'));
   if (conv.loaded && conv.minSeq <= 1) items.push(el('div', { class: 'more' }, 'the beginning of this conversation'));
-  const seqs = [...conv.messages.keys()].sort((a, b) => a - b);
   for (const seq of seqs) {
     const m = conv.messages.get(seq);
     if (!m.hidden) items.push(messageItem(conv, m));
   }
-  for (const entry of state.outbox.values()) {
-    if (entry.convId === conv.id) items.push(pendingItem(entry));
-  }
-  box.replaceChildren(...items);
-  box.scrollTop = atBottom || conv.stickToBottom ? box.scrollHeight : box.scrollHeight - fromBottom;
-  conv.stickToBottom = false;
+  for (const entry of pending) items.push(pendingItem(entry));
+  return items;
 }
 
 function renderTyping() {
@@ -930,17 +961,18 @@ function renderFriends() {
   const count = $('request-count');
   count.hidden = requests.length === 0;
   count.textContent = requests.length;
-  $('friend-requests').replaceChildren(...requests.map((r) => el('li', { 'data-user': r.fromUserId },
+  const names = (ids) => JSON.stringify(ids.map((id) => [id, nameOf(id), state.online.get(id)]));
+  redraw($('friend-requests'), JSON.stringify(requests.map((r) => [r.requestId, nameOf(r.fromUserId), r.message])), () => requests.map((r) => el('li', { 'data-user': r.fromUserId },
     el('span', { class: 'name' }, nameOf(r.fromUserId), r.message ? ` — ${r.message}` : ''),
     el('button', { class: 'small accept', onclick: () => attempt('friends-status', () => respondFriend(r, true)) }, 'Accept'),
     el('button', { class: 'small secondary', onclick: () => attempt('friends-status', () => respondFriend(r, false)) }, 'Decline'))));
-  $('friends').replaceChildren(...state.friends.map((f) => el('li', { 'data-user': f.userId },
+  redraw($('friends'), names(state.friends.map((f) => f.userId)), () => state.friends.map((f) => el('li', { 'data-user': f.userId },
     el('span', { class: `dot${state.online.get(f.userId) ? ' on' : ''}` }),
     el('span', { class: 'name' }, nameOf(f.userId)),
     el('button', { class: 'small chat', onclick: () => openConversation(conversation(directId(state.me.userId, f.userId))) }, 'Chat'),
     el('button', { class: 'link', onclick: () => befriendAction('removeFriend', f.userId, 'Removed.') }, 'remove'),
     el('button', { class: 'link', onclick: () => befriendAction('block', f.userId, 'Blocked: no longer friends, no messages from them.') }, 'block'))));
-  $('blocked').replaceChildren(...(state.blocked || []).map((id) => el('li', { 'data-user': id },
+  redraw($('blocked'), names(state.blocked || []), () => (state.blocked || []).map((id) => el('li', { 'data-user': id },
     el('span', { class: 'name' }, nameOf(id)),
     el('button', { class: 'link', onclick: () => befriendAction('unblock', id, 'Unblocked.') }, 'unblock'))));
 }
@@ -955,7 +987,8 @@ function befriendAction(command, userId, said) {
 
 function renderGroups() {
   const groups = [...state.groups.values()].sort((a, b) => a.name.localeCompare(b.name));
-  $('groups').replaceChildren(...groups.map((g) => el('li', {
+  const key = JSON.stringify(groups.map((g) => [g.groupId, g.name, g.memberCount]));
+  redraw($('groups'), key, () => groups.map((g) => el('li', {
     class: 'conversation',
     'data-group': g.groupId,
     onclick: () => openConversation(conversation(`g:${g.groupId}`)),
