@@ -94,7 +94,10 @@ pub trait Streams: Send + Sync + 'static {
 pub trait PubSub: Send + Sync + 'static {
     /// Publishes `payload` on `channel`.
     fn publish(&self, channel: String, payload: Bytes) -> BoxFuture<'_, BusResult<()>>;
-    /// Subscribes to `channel`; dropping the receiver ends the subscription.
+    /// Subscribes to `channel`; dropping the receiver ends the subscription. The receiver
+    /// gets what is published from now on; on a Redis Cluster, an event published just
+    /// before, while the channel had no receiver in this process, may still arrive (the
+    /// cluster bus forwards asynchronously).
     fn subscribe(&self, channel: String) -> BoxFuture<'_, BusResult<mpsc::Receiver<Bytes>>>;
 }
 

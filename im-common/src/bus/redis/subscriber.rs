@@ -9,13 +9,17 @@
 //! in between is missed, as pub/sub events are ephemeral.
 //!
 //! On a Redis Cluster the connection goes to one node: a `PUBLISH` on any node is forwarded
-//! to every other over the cluster bus, so one node hears every channel. When connecting to
-//! a node fails, the next attempt tries the next node given; the channels are subscribed
-//! again there. (Sharded pub/sub, `SSUBSCRIBE`, would spread the load over the nodes, at the
-//! price of one connection per node and following slot moves; one node's share of the
-//! traffic is small next to the streams'.)
+//! to every other over the cluster bus, so one node hears every channel. A process picks its
+//! node at random and keeps it for as long as it answers: the forwarding is asynchronous, so
+//! a new subscription on another node could still hear what was published before it. When
+//! connecting to a node fails, the next attempt tries the next node given; the channels are
+//! subscribed again there. (Sharded pub/sub, `SSUBSCRIBE`, would spread the load over the
+//! nodes, at the price of one connection per node and following slot moves; one node's share
+//! of the traffic is small next to the streams'.)
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,6 +54,9 @@ struct Request {
 pub(super) struct Handle {
     /// The servers to subscribe on, in the order to try them (never empty).
     nodes: Vec<Client>,
+    /// The index (modulo the count) of the node to subscribe on, shared with the task,
+    /// which moves it on when that node fails.
+    node: Arc<AtomicUsize>,
     /// The running task and its queue. A parking_lot mutex: held only to look at or replace
     /// them, never across an `.await`.
     task: Mutex<Option<(mpsc::Sender<Request>, JoinHandle<()>)>>,
@@ -59,6 +66,8 @@ impl Handle {
     pub(super) fn new(nodes: Vec<Client>) -> Handle {
         Handle {
             nodes,
+            // Processes start on different nodes of a cluster, spreading the load.
+            node: Arc::new(AtomicUsize::new(rand::random::<u16>().into())),
             task: Mutex::new(None),
         }
     }
@@ -94,8 +103,7 @@ impl Handle {
         let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
         let subscriber = Subscriber {
             nodes: self.nodes.clone(),
-            // Processes start on different nodes of a cluster, spreading the load.
-            next: rand::random::<u16>().into(),
+            node: Arc::clone(&self.node),
             requests: queue,
             channels: HashMap::new(),
             gone: FuturesUnordered::new(),
@@ -125,7 +133,7 @@ enum End {
 struct Subscriber {
     nodes: Vec<Client>,
     /// The index (modulo the count) of the node to connect to.
-    next: usize,
+    node: Arc<AtomicUsize>,
     requests: mpsc::Receiver<Request>,
     /// Channel → its receivers' senders; never an empty list.
     channels: HashMap<String, Vec<mpsc::Sender<Bytes>>>,
@@ -147,7 +155,7 @@ impl Subscriber {
                 },
                 Err(err) => {
                     // That node may be down: the next time, another.
-                    self.next = self.next.wrapping_add(1);
+                    self.node.fetch_add(1, Ordering::Relaxed);
                     err
                 }
             };
@@ -163,7 +171,7 @@ impl Subscriber {
     async fn connect(&mut self) -> RedisResult<PubSub> {
         let client = self
             .nodes
-            .get(self.next % self.nodes.len().max(1))
+            .get(self.node.load(Ordering::Relaxed) % self.nodes.len().max(1))
             .ok_or_else(closed)?;
         let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
             .await
