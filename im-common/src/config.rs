@@ -220,8 +220,9 @@ pub struct DatabaseConfig {
     /// `mysql://user:password@host:3306/db` or `sqlite://path/to/file.db`. Default
     /// `sqlite://mpim-data/mpim.db` (created when missing).
     pub url: String,
-    /// A read replica, for reads that tolerate lag (profiles, search, member lists); never
-    /// used for message sync. Default: none.
+    /// A MySQL/MariaDB read replica, for reads that tolerate lag (profiles, search, member
+    /// lists); never used for message sync. While it fails, those reads go to the primary.
+    /// Default: none.
     pub replica_url: Option<String>,
     /// Connections in the pool. Default 16.
     pub max_connections: u32,

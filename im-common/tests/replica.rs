@@ -2,14 +2,21 @@
 //! everything else, message sync above all, stays on the primary. The "replica" here is a
 //! second database that nothing replicates into, so each read shows where it went.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::net::{TcpListener, TcpStream};
+
 use im_common::config::DatabaseConfig;
 use im_common::ids::ConversationId;
 use im_common::proto::{JoinPolicy, MessageKind};
-use im_common::store::Sql;
 use im_common::store::groups::{GroupStore, NewGroup};
 use im_common::store::messages::{MessageStore, NewMessage};
 use im_common::store::testing::TestDb;
 use im_common::store::users::{NewUser, UserStore};
+use im_common::store::{Sql, replica};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_tolerant_reads_go_to_the_replica_and_sync_never_does() {
@@ -81,6 +88,136 @@ async fn lag_tolerant_reads_go_to_the_replica_and_sync_never_does() {
         .unwrap();
     let (synced, _, last) = sql.sync(message.conversation, 0, 10).await.unwrap();
     assert_eq!((synced.len(), last), (1, 1));
+
+    sql.close().await;
+    replica.close().await;
+    primary_db.drop().await.unwrap();
+    replica_db.drop().await.unwrap();
+}
+
+/// A TCP relay to the MySQL test server that can be cut: while it is down it closes every
+/// relayed connection and each new one at once, as a replica that died would.
+struct Relay {
+    addr: std::net::SocketAddr,
+    target: Arc<Mutex<String>>,
+    down: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start() -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = Arc::new(Mutex::new(String::new()));
+        let down = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (to, is_down, held) = (Arc::clone(&target), Arc::clone(&down), Arc::clone(&conns));
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if is_down.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let target = to.lock().clone();
+                held.lock().push(tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                }));
+            }
+        });
+        Relay {
+            addr,
+            target,
+            down,
+            conns,
+        }
+    }
+
+    fn target(&self, server: String) {
+        *self.target.lock() = server;
+    }
+
+    fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for conn in self.conns.lock().drain(..) {
+            conn.abort();
+        }
+    }
+
+    fn mend(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+/// `mysql://user@host:port/db` as its `host:port` and the URL with `host:port` replaced by
+/// `relay`.
+fn relayed(url: &str, relay: std::net::SocketAddr) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (authority, path) = rest.split_once('/').unwrap();
+    let (user, server) = authority.rsplit_once('@').unwrap();
+    (
+        server.to_owned(),
+        format!("{scheme}://{user}@{relay}/{path}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_to_the_primary_while_the_replica_is_down_then_back() {
+    let primary_db = TestDb::mysql().await.expect("MariaDB at 127.0.0.1:3306");
+    let replica_db = TestDb::mysql().await.unwrap();
+    let replica = Sql::connect(&replica_db.config()).await.unwrap();
+    let relay = Relay::start().await;
+    let (server, url) = relayed(&replica_db.url, relay.addr);
+    relay.target(server);
+
+    // A replica that is down when the service starts does not keep it from starting.
+    relay.cut();
+    let sql = Sql::connect(&DatabaseConfig {
+        replica_url: Some(url),
+        ..primary_db.config()
+    })
+    .await
+    .expect("starts while its replica is down");
+    let user = |name: &str| NewUser {
+        name: name.into(),
+        password_hash: "x".into(),
+        nickname: name.into(),
+    };
+    let id = sql.create_user(user("ada")).await.unwrap().user_id;
+    let ghost = replica.create_user(user("ghost")).await.unwrap().user_id;
+    assert_eq!(id, ghost, "both databases start their ids at 1");
+    let name = |sql: &Sql| {
+        let sql = sql.clone();
+        async move {
+            sql.user(id)
+                .await
+                .expect("a profile read never fails")
+                .unwrap()
+                .name
+        }
+    };
+    assert_eq!(name(&sql).await, "ada", "read from the primary");
+
+    // The replica comes back: within its retry interval reads go to it again.
+    relay.mend();
+    let deadline = Instant::now() + replica::RETRY_AFTER * 3;
+    while name(&sql).await != "ghost" {
+        assert!(
+            Instant::now() < deadline,
+            "reads never went back to the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // It dies with connections open: every read still answers, from the primary.
+    relay.cut();
+    for _ in 0..5 {
+        assert_eq!(name(&sql).await, "ada");
+    }
+    let (members, _) = sql.members(1, 0, 10).await.unwrap();
+    assert!(members.is_empty());
+    assert!(sql.user_by_name("ada").await.unwrap().is_some());
+    assert_eq!(sql.users(&[id]).await.unwrap().len(), 1);
 
     sql.close().await;
     replica.close().await;

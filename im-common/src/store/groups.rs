@@ -256,7 +256,8 @@ impl GroupStore for Sql {
     }
 
     async fn group_from_replica(&self, group: u64) -> Result<Option<GroupInfo>, StoreError> {
-        read_group(self.reader(), group).await
+        self.read(|pool| async move { read_group(&pool, group).await })
+            .await
     }
 
     async fn member(&self, group: u64, user: u64) -> Result<Option<GroupMember>, StoreError> {

@@ -4,15 +4,20 @@
 //! migrated at connect. Each store is a trait the services program against; `Sql`
 //! implements every one of them for both engines, writing portable SQL and asking
 //! [`Dialect`] for the few statements that differ. The same test suite runs against both.
+//! Reads that tolerate replication lag go through [`Sql::read`]: to the replica when one is
+//! configured and answering, else to the primary ([`replica`]).
 //!
 //! All SQL is parameterised: values only ever travel as bind parameters.
 
 pub mod groups;
 pub mod messages;
+pub mod replica;
 mod schema;
 pub mod users;
 
+use std::future::Future;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -22,6 +27,7 @@ use tracing::info;
 use crate::config::DatabaseConfig;
 use crate::error::StoreError;
 use crate::ids::now_ms;
+use replica::Replica;
 
 /// The SQL engine behind a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,13 +79,15 @@ impl Dialect {
 #[derive(Debug, Clone)]
 pub struct Sql {
     pool: AnyPool,
-    replica: Option<AnyPool>,
+    replica: Option<Arc<Replica>>,
     dialect: Dialect,
 }
 
 impl Sql {
-    /// Connects to `config.url` (and its replica), creating an SQLite file and its directory
-    /// when missing, and applies the migrations the database lacks.
+    /// Connects to `config.url`, creating an SQLite file and its directory when missing, and
+    /// applies the migrations the database lacks. The replica (`config.replica_url`) is
+    /// connected on first use, so a replica that is down does not keep a service from
+    /// starting (see [`replica`]).
     ///
     /// # Errors
     /// [`StoreError::Database`] when the database cannot be reached or migrated.
@@ -88,7 +96,10 @@ impl Sql {
         let dialect = Dialect::of_url(&config.url)?;
         let pool = open(&config.url, dialect, config.max_connections).await?;
         let replica = match &config.replica_url {
-            Some(url) => Some(open(url, Dialect::of_url(url)?, config.max_connections).await?),
+            Some(url) => Some(Arc::new(Replica::new(open_replica(
+                url,
+                config.max_connections,
+            )?))),
             None => None,
         };
         let sql = Sql {
@@ -105,9 +116,21 @@ impl Sql {
         &self.pool
     }
 
-    /// The pool for reads that tolerate replication lag: the replica when configured.
-    pub fn reader(&self) -> &AnyPool {
-        self.replica.as_ref().unwrap_or(&self.pool)
+    /// Runs a read that tolerates replication lag: on the replica when one is configured and
+    /// answering, else on the primary (a read that fails on the replica runs again on the
+    /// primary; see [`replica`]). `read` gets the pool to run on and may be called twice.
+    ///
+    /// # Errors
+    /// The error of the read on the primary.
+    pub async fn read<T, F, Fut>(&self, read: F) -> Result<T, StoreError>
+    where
+        F: Fn(AnyPool) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        match &self.replica {
+            Some(replica) => replica.read(&self.pool, read).await,
+            None => read(self.pool.clone()).await,
+        }
     }
 
     /// Begins a write transaction on the primary that takes the write lock at once on SQLite
@@ -132,7 +155,7 @@ impl Sql {
     pub async fn close(&self) {
         self.pool.close().await;
         if let Some(replica) = &self.replica {
-            replica.close().await;
+            replica.pool().close().await;
         }
     }
 
@@ -193,6 +216,21 @@ async fn open(url: &str, dialect: Dialect, max: u32) -> Result<AnyPool, StoreErr
         });
     }
     Ok(pool.connect_with(options).await?)
+}
+
+/// The replica's pool, connecting on first use, with a short wait for a connection: a read
+/// that cannot have one soon goes to the primary.
+fn open_replica(url: &str, max: u32) -> Result<AnyPool, StoreError> {
+    if Dialect::of_url(url)? != Dialect::MySql {
+        return Err(StoreError::Precondition(
+            "replica_url must be a mysql:// URL (SQLite has no replicas)".to_owned(),
+        ));
+    }
+    let options = AnyConnectOptions::from_str(url)?.disable_statement_logging();
+    Ok(AnyPoolOptions::new()
+        .max_connections(max.max(1))
+        .acquire_timeout(replica::ACQUIRE_TIMEOUT)
+        .connect_lazy_with(options))
 }
 
 /// An SQLite URL that creates its file (and the file's directory) when missing. In-memory

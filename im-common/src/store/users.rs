@@ -2,7 +2,7 @@
 //!
 //! - A user's login name is unique (byte for byte on both engines); a second user with the
 //!   same name is [`StoreError::Conflict`]`("user name")`.
-//! - Profile reads and search go to [`Sql::reader`] (they tolerate replication lag); the
+//! - Profile reads and search go to [`Sql::read`] (they tolerate replication lag); the
 //!   password hash, sessions and the social graph are read from the primary, since a login
 //!   right after registering, or a check right after accepting, must see the write.
 //! - A friendship is two rows in `friends`, one per direction, written and removed together.

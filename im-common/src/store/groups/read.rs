@@ -117,11 +117,14 @@ impl Sql {
             "SELECT {MEMBER_COLUMNS} FROM group_members WHERE group_id = ? AND user_id > ? \
              ORDER BY user_id LIMIT ?"
         );
-        let rows = sqlx::query(AssertSqlSafe(select))
-            .bind(i64_of(group))
-            .bind(i64_of(after_user))
-            .bind(i64::from(limit) + 1)
-            .fetch_all(self.reader())
+        let rows = self
+            .read(|pool| {
+                let query = sqlx::query(AssertSqlSafe(select.as_str()))
+                    .bind(i64_of(group))
+                    .bind(i64_of(after_user))
+                    .bind(i64::from(limit) + 1);
+                async move { Ok(query.fetch_all(&pool).await?) }
+            })
             .await?;
         let mut members = rows.iter().map(member_of).collect::<Result<Vec<_>, _>>()?;
         let has_more = members.len() > limit as usize;
@@ -135,9 +138,11 @@ impl Sql {
              JOIN chat_groups g ON g.group_id = m.group_id \
              WHERE m.user_id = ? AND g.dismissed_at IS NULL ORDER BY g.group_id"
         );
-        let rows = sqlx::query(AssertSqlSafe(select))
-            .bind(i64_of(user))
-            .fetch_all(self.reader())
+        let rows = self
+            .read(|pool| {
+                let query = sqlx::query(AssertSqlSafe(select.as_str())).bind(i64_of(user));
+                async move { Ok(query.fetch_all(&pool).await?) }
+            })
             .await?;
         rows.iter().map(group_of).collect()
     }

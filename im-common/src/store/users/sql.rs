@@ -36,24 +36,26 @@ impl UserStore for Sql {
 
     async fn user(&self, id: u64) -> Result<Option<UserProfile>, StoreError> {
         let statement = format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?");
-        sqlx::query(AssertSqlSafe(statement))
-            .bind(i64_of(id))
-            .fetch_optional(self.reader())
-            .await?
-            .as_ref()
-            .map(profile_of)
-            .transpose()
+        self.read(|pool| {
+            let query = sqlx::query(AssertSqlSafe(statement.as_str())).bind(i64_of(id));
+            async move { Ok(query.fetch_optional(&pool).await?) }
+        })
+        .await?
+        .as_ref()
+        .map(profile_of)
+        .transpose()
     }
 
     async fn user_by_name(&self, name: &str) -> Result<Option<UserProfile>, StoreError> {
         let statement = format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?");
-        sqlx::query(AssertSqlSafe(statement))
-            .bind(name)
-            .fetch_optional(self.reader())
-            .await?
-            .as_ref()
-            .map(profile_of)
-            .transpose()
+        self.read(|pool| {
+            let query = sqlx::query(AssertSqlSafe(statement.as_str())).bind(name);
+            async move { Ok(query.fetch_optional(&pool).await?) }
+        })
+        .await?
+        .as_ref()
+        .map(profile_of)
+        .transpose()
     }
 
     async fn users(&self, ids: &[u64]) -> Result<Vec<UserProfile>, StoreError> {
@@ -61,12 +63,17 @@ impl UserStore for Sql {
         for chunk in ids.chunks(IN_CHUNK) {
             let marks = vec!["?"; chunk.len()].join(", ");
             let statement = format!("SELECT {USER_COLUMNS} FROM users WHERE user_id IN ({marks})");
-            let mut query = sqlx::query(AssertSqlSafe(statement));
-            for &id in chunk {
-                query = query.bind(i64_of(id));
-            }
-            for row in query.fetch_all(self.reader()).await? {
-                profiles.push(profile_of(&row)?);
+            let rows = self
+                .read(|pool| {
+                    let mut query = sqlx::query(AssertSqlSafe(statement.as_str()));
+                    for &id in chunk {
+                        query = query.bind(i64_of(id));
+                    }
+                    async move { Ok(query.fetch_all(&pool).await?) }
+                })
+                .await?;
+            for row in &rows {
+                profiles.push(profile_of(row)?);
             }
         }
         Ok(profiles)
