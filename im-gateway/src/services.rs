@@ -1,5 +1,6 @@
 //! The four services the gateway calls for its clients.
 
+use im_common::identity::ServiceIdentity;
 use im_common::proto::{
     GroupServiceClient, MessageServiceClient, PresenceServiceClient, UserServiceClient,
 };
@@ -50,5 +51,28 @@ impl Services {
                     .await?,
             ),
         })
+    }
+
+    /// Clients of the four services served in this process, through mprpc's in-process
+    /// transport: no socket, the same calls, interceptors and deadlines. Each call names
+    /// `caller` as its service identity (`mpim` names itself; the gateway is [`NAME`]).
+    pub fn in_process(
+        caller: &'static str,
+        user: &mprpc::Server,
+        presence: &mprpc::Server,
+        message: &mprpc::Server,
+        group: &mprpc::Server,
+    ) -> Services {
+        let client = |server: &mprpc::Server| {
+            mprpc::Client::builder()
+                .intercept(ServiceIdentity::new(caller))
+                .in_process(server)
+        };
+        Services {
+            user: UserServiceClient::new(client(user)),
+            presence: PresenceServiceClient::new(client(presence)),
+            message: MessageServiceClient::new(client(message)),
+            group: GroupServiceClient::new(client(group)),
+        }
     }
 }

@@ -27,14 +27,9 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use im_common::bus::Bus;
 use im_common::config::{DatabaseConfig, LogConfig, ServerConfig};
-use im_common::identity::ServiceIdentity;
-use im_common::proto::{
-    GroupServiceClient, MessageServiceClient, PresenceServiceClient, UserServiceClient,
-};
 use im_common::store::Sql;
 use im_gateway::{Gateway, Services};
 use im_presence::Sweeper;
-use mprpc::Client;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tracing::info;
@@ -146,12 +141,13 @@ impl Embedded {
             im_presence::Presence::new(bus.clone(), config.presence.clone()).context("presence")?;
         let messages = im_message::Messages::new(sql.clone(), bus.clone(), config.message.clone());
         let groups = im_group::Groups::new(sql.clone(), bus.clone(), config.group.clone());
-        let services = Services {
-            user: UserServiceClient::new(local(&im_user::server(users))),
-            presence: PresenceServiceClient::new(local(&im_presence::server(presence))),
-            message: MessageServiceClient::new(local(&im_message::server(messages))),
-            group: GroupServiceClient::new(local(&im_group::server(groups))),
-        };
+        let services = Services::in_process(
+            "mpim",
+            &im_user::server(users),
+            &im_presence::server(presence),
+            &im_message::server(messages),
+            &im_group::server(groups),
+        );
         let sweeper = config
             .presence
             .sweep_interval()
@@ -171,13 +167,6 @@ impl Embedded {
         }
         self.sql.close().await;
     }
-}
-
-/// An in-process client of `server`, naming this process as the gateway does.
-fn local(server: &mprpc::Server) -> Client {
-    Client::builder()
-        .intercept(ServiceIdentity::new("mpim"))
-        .in_process(server)
 }
 
 /// Runs everything until `shutdown` completes: the services, then the gateway on the

@@ -13,10 +13,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::{SinkExt as _, StreamExt as _};
 use im_common::bus::Bus;
-use im_common::identity::ServiceIdentity;
-use im_common::proto::{
-    GroupServiceClient, MessageServiceClient, PresenceServiceClient, UserServiceClient,
-};
 use im_common::store::Sql;
 use im_common::store::testing::TestDb;
 use im_gateway::{Gateway, Services, Settings};
@@ -74,17 +70,13 @@ impl Cluster {
             bus.clone(),
             im_group::Settings::default(),
         ));
-        let client = |server: &mprpc::Server| {
-            mprpc::Client::builder()
-                .intercept(ServiceIdentity::new("im-gateway"))
-                .in_process(server)
-        };
-        let services = Services {
-            user: UserServiceClient::new(client(&users)),
-            presence: PresenceServiceClient::new(client(&presence)),
-            message: MessageServiceClient::new(client(&messages)),
-            group: GroupServiceClient::new(client(&groups)),
-        };
+        let services = Services::in_process(
+            im_gateway::services::NAME,
+            &users,
+            &presence,
+            &messages,
+            &groups,
+        );
         Cluster {
             sql,
             bus,
