@@ -20,7 +20,9 @@ pub struct Options {
     pub device_id: String,
     /// What kind of device this is. Default: terminal.
     pub device_kind: DeviceKind,
-    /// How long a call waits for its reply. Default: 10 s.
+    /// How long a call waits for its reply. Default: 10 s. A connection on which a request
+    /// has waited this long with nothing at all heard from the gateway is taken for dead
+    /// (a frozen gateway, a route that dropped it without a reset) and replaced.
     pub request_timeout: Duration,
     /// How long a send waits for its ack, reconnects included. Default: 60 s. A send that
     /// runs out of time stays queued and is resent after the next reconnect all the same.

@@ -7,6 +7,8 @@ use im_client::im_proto::client::request::Command;
 use im_client::im_proto::client::server_message::Body;
 use im_client::im_proto::client::{Behind, Code, Pong, Resumed};
 use im_client::im_proto::{Profiles, SendAck, SyncReply, UserProfile};
+use std::time::Duration;
+
 use im_client::{Client, Error, Event};
 use support::*;
 
@@ -277,4 +279,46 @@ async fn an_ack_ahead_of_pushes_waits_for_them() {
     conn.reply(id, Body::Synced(page)).await;
     conn.push(Body::Message(entry("d:1:2", 4, 2))).await;
     assert_eq!(seq_of(&next_entry(&mut events).await), 4);
+}
+
+#[tokio::test]
+async fn a_gateway_that_stops_answering_is_left_for_a_new_connection() {
+    let gateway = FakeGateway::start().await;
+    let mut options = gateway.options();
+    options.request_timeout = Duration::from_millis(300);
+    let (client, mut events) = Client::connect(options).await.unwrap();
+    let mut frozen = gateway.accept().await;
+    login(&client, &mut frozen, &[]).await;
+    assert_eq!(next_event(&mut events).await, Event::Connected);
+
+    // The gateway goes silent with the connection open: a request is never answered.
+    let send = tokio::spawn({
+        let client = client.clone();
+        async move { client.send(2, "hello").await }
+    });
+    let (_, command) = frozen.recv().await;
+    let Command::Send(first) = command else {
+        panic!("{command:?}")
+    };
+
+    // The client gives the connection up and resumes on a new one, resending there.
+    let mut conn = gateway.accept().await;
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Disconnected { .. }
+    ));
+    let (id, command) = conn.recv().await;
+    assert!(matches!(command, Command::Resume(_)), "{command:?}");
+    conn.reply(id, Body::Resumed(Resumed::default())).await;
+    let (id, command) = conn.recv().await;
+    assert_eq!(command, Command::Send(first), "the same send, once more");
+    let ack = SendAck {
+        msg_id: 9,
+        seq: 1,
+        conversation_id: "d:1:2".into(),
+        ..SendAck::default()
+    };
+    conn.reply(id, Body::Ack(ack.clone())).await;
+    assert_eq!(send.await.unwrap().unwrap(), ack);
+    drop(frozen);
 }

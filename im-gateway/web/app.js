@@ -131,10 +131,18 @@ class Link {
       return Promise.reject(new Failure('UNAVAILABLE', 'not connected', true));
     }
     const id = String(this.nextId++);
+    const ws = this.ws;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiting.delete(id);
         reject(new Failure('DEADLINE_EXCEEDED', 'no reply in time', true));
+        // The server answers every request: silence means the connection is dead even if
+        // the socket has not noticed (a frozen server, a dropped route). Leave it now;
+        // the browser may take long to report the close of a socket nobody answers.
+        if (this.ws === ws) {
+          ws.close();
+          this.closed(ws);
+        }
       }, timeoutMs);
       this.waiting.set(id, { resolve, reject, timer });
       this.ws.send(JSON.stringify({ id, [command]: body }));

@@ -234,10 +234,21 @@ impl Driver {
         let mut keepalive = time::interval(self.options.keepalive);
         keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
         keepalive.reset();
+        // The gateway answers every request. When one waits and nothing at all is heard for
+        // `request_timeout`, the connection is dead even if no error says so (a gateway
+        // that froze, a route that dropped the connection without a reset): reconnect.
+        // The keepalive ping makes sure something waits now and then.
+        let mut waiting_since: Option<Instant> = None;
+        let silence = time::sleep(self.options.request_timeout);
+        tokio::pin!(silence);
         loop {
+            let mut heard = false;
             let result = tokio::select! {
                 message = transport.recv() => match message {
-                    Ok(Some(message)) => self.on_message(transport, message).await,
+                    Ok(Some(message)) => {
+                        heard = true;
+                        self.on_message(transport, message).await
+                    }
                     Ok(None) => Err(End::Lost("the gateway closed the connection".into())),
                     Err(err) => Err(End::Lost(err.to_string())),
                 },
@@ -249,9 +260,26 @@ impl Driver {
                     let ping = Command::Ping(Ping {});
                     self.request(transport, ping, Pending::Ping).await.map_err(lost)
                 }
+                () = &mut silence, if waiting_since.is_some() => Err(End::Lost(format!(
+                    "the gateway did not answer for {:?}",
+                    self.options.request_timeout
+                ))),
             };
             if let Err(end) = result {
                 return end;
+            }
+            let since = match waiting_since {
+                _ if self.pending.is_empty() => None,
+                Some(since) if !heard => Some(since),
+                _ => Some(Instant::now()),
+            };
+            if since != waiting_since {
+                waiting_since = since;
+                if let Some(since) = since {
+                    silence
+                        .as_mut()
+                        .reset((since + self.options.request_timeout).into());
+                }
             }
         }
     }
