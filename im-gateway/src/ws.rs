@@ -1,6 +1,6 @@
 //! The HTTP listener: WebSocket clients on `/ws` (binary frames carry protobuf, text frames
-//! protobuf JSON) and the web client on `/` (`web`). [`router`] is the one place routes are
-//! added.
+//! protobuf JSON), the web client on `/` (`web`) and a readiness check on `/healthz`.
+//! [`router`] is the one place routes are added.
 
 use std::io;
 use std::sync::Arc;
@@ -25,8 +25,24 @@ const READ_BUFFER: usize = 4096;
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/ws", get(upgrade))
+        .route("/healthz", get(health))
         .merge(crate::web::router())
         .with_state(shared)
+}
+
+/// Whether this gateway takes new clients: `200 ok` while it does, `503` once it is shutting
+/// down or full, so that a balancer's health check sends new clients elsewhere (and a
+/// gateway that froze does not answer at all). The services and Redis behind are not
+/// checked: every gateway shares them, and taking every gateway out of the balancer for
+/// them would only add an outage to theirs.
+async fn health(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
+    if shared.stop.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else if shared.connections.available_permits() == 0 {
+        (StatusCode::SERVICE_UNAVAILABLE, "full\n")
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
 }
 
 async fn upgrade(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Response {

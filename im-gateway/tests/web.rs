@@ -60,3 +60,36 @@ async fn the_page_its_script_and_style() {
     }
     cluster.close().await;
 }
+
+#[tokio::test]
+async fn health_says_whether_the_gateway_takes_clients() {
+    let cluster = Cluster::start(Bus::in_process(), true).await;
+    let settings = Settings {
+        max_connections: 1,
+        ..Settings::default()
+    };
+    let gateway = cluster.gateway("health", settings).await;
+    let (head, body) = get(gateway.ws, "/healthz").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, "ok\n");
+
+    // Full: its one connection is taken.
+    let mut client = Client::tcp(gateway.tcp).await;
+    client.register_login(&name("health"), "d1").await;
+    let (head, body) = get(gateway.ws, "/healthz").await;
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    assert_eq!(body, "full\n");
+    drop(client);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !get(gateway.ws, "/healthz")
+        .await
+        .0
+        .starts_with("http/1.1 200")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed connection is let go"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
