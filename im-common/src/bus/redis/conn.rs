@@ -9,9 +9,9 @@
 //! - **Pipelines.** The crate's async cluster connection sends a pipeline to one node and
 //!   refuses one whose keys span slots (`CROSSSLOT`; redis 1.2 does not split them). A
 //!   [`Batch`] is the bus's non-atomic pipeline: one pipeline on a single server; on a
-//!   cluster, one pipeline per hash slot, all sent at once. Commands of one slot keep their
-//!   order; commands of different slots may run in any order, and nothing in the bus relies
-//!   on that order.
+//!   cluster, one pipeline per hash slot, up to 64 in flight at once. Commands of one slot
+//!   keep their order; commands of different slots may run in any order, and nothing in the
+//!   bus relies on that order.
 //! - **Dedicated connections** ([`Server::dedicated`]), for blocking stream reads: a
 //!   multiplexed connection of their own on a single server; on a cluster, a cluster
 //!   connection of their own, which routes the read to the master owning the stream (and
@@ -234,6 +234,11 @@ fn parse_masters(nodes: &str) -> Vec<Node> {
         .collect()
 }
 
+/// Per-slot pipelines of one [`Batch`] in flight at once on a cluster. A batch over
+/// thousands of users spans thousands of slots: all sent at once, the last in the queue
+/// would wait out the response timeout behind the others on a busy machine.
+const SLOTS_IN_FLIGHT: usize = 64;
+
 /// Commands sent together, each on its own (not atomic): see the module docs.
 #[derive(Default)]
 pub(super) struct Batch {
@@ -297,8 +302,10 @@ impl Batch {
         self.query::<Value>(conn).await.map(drop)
     }
 
-    /// One pipeline per slot, all at once; the replies back in the order of the commands.
+    /// One pipeline per slot, [`SLOTS_IN_FLIGHT`] at a time; the replies back in the order
+    /// of the commands.
     async fn query_by_slot(self, cluster: &ClusterConnection) -> RedisResult<Vec<Value>> {
+        use futures::{StreamExt as _, TryStreamExt as _};
         let total = self.commands.len();
         let mut groups: HashMap<Slot, (Vec<usize>, Pipeline)> = HashMap::new();
         for (index, (slot, cmd)) in self.commands.into_iter().enumerate() {
@@ -306,14 +313,17 @@ impl Batch {
             indices.push(index);
             pipe.add_command(cmd);
         }
-        let replies = futures::future::try_join_all(groups.into_values().map(|(indices, pipe)| {
-            let mut conn = cluster.clone();
-            async move {
-                let values: Vec<Value> = pipe.query_async(&mut conn).await?;
-                Ok::<_, RedisError>((indices, values))
-            }
-        }))
-        .await?;
+        let replies: Vec<(Vec<usize>, Vec<Value>)> = futures::stream::iter(groups.into_values())
+            .map(|(indices, pipe)| {
+                let mut conn = cluster.clone();
+                async move {
+                    let values: Vec<Value> = pipe.query_async(&mut conn).await?;
+                    Ok::<_, RedisError>((indices, values))
+                }
+            })
+            .buffer_unordered(SLOTS_IN_FLIGHT)
+            .try_collect()
+            .await?;
         let mut values = vec![Value::Nil; total];
         for (indices, group) in replies {
             for (index, value) in indices.into_iter().zip(group) {
