@@ -135,6 +135,15 @@ async fn offline_messages_are_pulled_once_in_order_and_kept() {
     };
     let bodies: Vec<&str> = synced.messages.iter().map(|m| m.body.as_str()).collect();
     assert_eq!(bodies, ["one", "two", "three", "four"]);
+
+    // A last line without a newline, and the client closes its side (`printf … | nc -N`):
+    // it is carried out and answered, then the connection closes.
+    ada.send_raw(format!("SEND {} last words", bob.uid).as_bytes())
+        .await;
+    ada.finish().await;
+    assert!(ada.reply().await.starts_with("+OK "));
+    assert_eq!(ada.line().await, None);
+    assert_eq!(field(&bob.push().await, "text"), "last words");
     cluster.close().await;
 }
 

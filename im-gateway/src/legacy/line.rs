@@ -33,6 +33,9 @@ pub(crate) struct Lines {
     max: usize,
     /// Inside a line that was too long: drop bytes up to its end.
     discarding: bool,
+    /// The client closed its side; what it sent last, without a newline, was taken as a
+    /// line.
+    ended: bool,
 }
 
 impl Lines {
@@ -41,6 +44,7 @@ impl Lines {
             buf: BytesMut::new(),
             max,
             discarding: false,
+            ended: false,
         }
     }
 
@@ -63,7 +67,15 @@ impl Lines {
                 return Line::Failed(err.to_string());
             }
             match self.fill(stream) {
-                Ok(0) => return Line::Closed,
+                Ok(0) if self.ended || self.discarding || self.buf.is_empty() => {
+                    return Line::Closed;
+                }
+                // The last line, cut by the end of the stream rather than a newline: it is
+                // a line all the same (`printf 'PULL' | nc -N`), answered before the close.
+                Ok(0) => {
+                    self.ended = true;
+                    self.buf.extend_from_slice(b"\n");
+                }
                 Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                 Err(err) => return Line::Failed(err.to_string()),
@@ -172,6 +184,23 @@ mod tests {
         let got = lines(4, &[b"abcdef\nPULL\n"]);
         assert_eq!(got, [Line::TooLong, text("PULL")]);
         assert_eq!(lines(4, &[b"abcd\r\n"]), [text("abcd")]);
+    }
+
+    #[tokio::test]
+    async fn the_last_line_needs_no_newline() {
+        use tokio::io::AsyncWriteExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        client.write_all(b"PING\nLOGIN a b").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut lines = Lines::new(100);
+        assert_eq!(lines.read(&server).await, text("PING"));
+        assert_eq!(lines.read(&server).await, text("LOGIN a b"));
+        assert_eq!(lines.read(&server).await, Line::Closed);
+        assert_eq!(lines.read(&server).await, Line::Closed);
     }
 
     #[test]

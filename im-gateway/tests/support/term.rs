@@ -48,6 +48,11 @@ impl Term {
         self.writer.write_all(bytes).await.unwrap();
     }
 
+    /// Closes the writing side, as `nc -N` does at the end of its input.
+    pub async fn finish(&mut self) {
+        self.writer.shutdown().await.unwrap();
+    }
+
     pub async fn send(&mut self, line: &str) {
         self.send_raw(format!("{line}\n").as_bytes()).await;
     }
