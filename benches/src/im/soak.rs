@@ -8,6 +8,10 @@
 //! (the same `client_msg_id`, so a resend never stores twice). "Shown twice" is counted on
 //! what the SDK hands the application. Each send's start, end and outcome can be written to
 //! a CSV file (`--record`) from which `scripts/drills.sh` reads the time to recover.
+//!
+//! Beside the sends, ten times a second one of the users looks its friend up by name (a
+//! read that goes to the database replica when there is one): `reads` and `reads_failed`
+//! say whether lookups kept working through the fault.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -49,11 +53,15 @@ pub struct SoakRun {
     pub ca: Option<PathBuf>,
 }
 
-/// One user: its client, its friend's id, and the ids of the messages it received.
+/// Friend lookups by name per second, all users together.
+const READS_PER_SEC: u32 = 10;
+
+/// One user: its client, its friend's id and name, and the ids of the messages it received.
 struct User {
     client: Client,
     id: u64,
     peer: u64,
+    peer_name: String,
     received: Arc<Mutex<HashMap<u64, u32>>>,
 }
 
@@ -78,6 +86,8 @@ pub struct SoakReport {
     lost: u64,
     dup: u64,
     latency: Option<Histogram<u64>>,
+    reads: u64,
+    reads_failed: u64,
 }
 
 impl SoakReport {
@@ -93,7 +103,7 @@ impl fmt::Display for SoakReport {
         write!(
             f,
             "RESULT mode=soak connections={} sent={} acked={} failed={} delivered={} lost={} \
-             dup={} p50_ms={} p99_ms={} max_ms={}",
+             dup={} p50_ms={} p99_ms={} max_ms={} reads={} reads_failed={}",
             self.users,
             self.sent,
             self.acked,
@@ -104,6 +114,8 @@ impl fmt::Display for SoakReport {
             q(0.5),
             q(0.99),
             q(1.0),
+            self.reads,
+            self.reads_failed,
         )
     }
 }
@@ -122,7 +134,11 @@ pub async fn soak(run: &SoakRun) -> anyhow::Result<SoakReport> {
     let users = setup(run).await?;
     eprintln!("soak: {} users in {} pairs ready", users.len(), run.pairs);
     let users = Arc::new(users);
+    let stop_reading = tokio_util::sync::CancellationToken::new();
+    let reader = tokio::spawn(read_all(users.clone(), stop_reading.clone()));
     let sent = send_all(run, &users).await;
+    stop_reading.cancel();
+    let (reads, reads_failed) = reader.await.unwrap_or_default();
     let acked: Vec<(usize, u64)> = sent
         .iter()
         .filter_map(|s| s.acked.map(|id| (s.from, id)))
@@ -171,7 +187,32 @@ pub async fn soak(run: &SoakRun) -> anyhow::Result<SoakReport> {
         lost: missing.len() as u64,
         dup,
         latency: Some(latency),
+        reads,
+        reads_failed,
     })
+}
+
+/// Looks friends up by name, [`READS_PER_SEC`] times a second, until `stop`; the lookups
+/// made and those that failed or did not find the friend.
+async fn read_all(users: Arc<Vec<User>>, stop: tokio_util::sync::CancellationToken) -> (u64, u64) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / READS_PER_SEC);
+    let (mut reads, mut failed) = (0u64, 0u64);
+    for n in 0usize.. {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => break,
+        }
+        let user = &users[n % users.len()];
+        reads += 1;
+        match user.client.search_user(&user.peer_name).await {
+            Ok(found) if found.profiles.iter().any(|p| p.user_id == user.peer) => {}
+            outcome => {
+                failed += 1;
+                eprintln!("soak: looking up {} failed: {outcome:?}", user.peer_name);
+            }
+        }
+    }
+    (reads, failed)
 }
 
 /// Registers and logs in every user, and makes each pair friends.
@@ -209,6 +250,7 @@ async fn setup(run: &SoakRun) -> anyhow::Result<Vec<User>> {
             client,
             id,
             peer: ids[i ^ 1],
+            peer_name: format!("{}-{}", run.prefix, i ^ 1),
             received,
         });
     }
