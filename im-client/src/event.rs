@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 
 use futures::Stream;
 use im_proto::client::{ReadReceipt, TypingNotice};
-use im_proto::{ChatMessage, MessageKind, PresenceChanged};
+use im_proto::{ChatMessage, FriendRequest, MessageKind, PresenceChanged};
 use tokio::sync::mpsc;
 
 /// One event. Conversation entries (messages, recalls, edits) come in per-conversation
@@ -38,6 +38,14 @@ pub enum Event {
     Typing(TypingNotice),
     /// A friend came online or went offline.
     Presence(PresenceChanged),
+    /// Someone (`from_user_id`) asked to be this user's friend: answer with
+    /// [`Client::respond_friend`](crate::Client::respond_friend). Only devices connected at
+    /// the time hear it; [`Client::list_friend_requests`](crate::Client::list_friend_requests) lists
+    /// the rest.
+    FriendRequested(FriendRequest),
+    /// A friend request between this user and another was answered (`state` says how):
+    /// when accepted the two are friends now, on every device of both.
+    FriendResponded(FriendRequest),
     /// The session ended (logged out elsewhere, or it could not be resumed): log in again.
     Kicked {
         /// Why, for people.

@@ -9,7 +9,8 @@ use im_client::im_proto::client::request::Command;
 use im_client::im_proto::client::server_message::Body;
 use im_client::im_proto::client::{Code, Recalled};
 use im_client::im_proto::{
-    Conversation, Conversations, GroupInfo, MessageKind, Profiles, SendAck, UserProfile,
+    Conversation, Conversations, FriendRequest, FriendRequestState, GroupInfo, MessageKind,
+    Profiles, SendAck, UserProfile,
 };
 use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -206,6 +207,51 @@ async fn a_person_logs_in_chats_and_mistypes() {
     conn.fail(id, Code::AlreadyExists, "already friends with bob")
         .await;
     cli.expect("error: already friends with bob").await;
+
+    // Friend requests pushed: one to alice from carol, and bob's answer to alice's.
+    let asked = FriendRequest {
+        request_id: 7,
+        from_user_id: 3,
+        to_user_id: 1,
+        message: "it's carol".into(),
+        state: FriendRequestState::Pending as i32,
+        ..FriendRequest::default()
+    };
+    conn.push(Body::FriendRequested(asked)).await;
+    let (id, command) = conn.recv().await;
+    assert!(
+        matches!(command, Command::GetProfiles(ref r) if r.user_ids == [3]),
+        "{command:?}"
+    );
+    conn.reply(
+        id,
+        Body::Profiles(Profiles {
+            profiles: vec![profile(3, "carol")],
+        }),
+    )
+    .await;
+    cli.expect("-- friend request from carol: it's carol  (/accept 7 or /reject 7)")
+        .await;
+    for (state, said) in [
+        (
+            FriendRequestState::Rejected,
+            "-- bob declined your friend request",
+        ),
+        (
+            FriendRequestState::Accepted,
+            "-- bob accepted your friend request",
+        ),
+    ] {
+        let answered = FriendRequest {
+            request_id: 8,
+            from_user_id: 1,
+            to_user_id: 2,
+            state: state as i32,
+            ..FriendRequest::default()
+        };
+        conn.push(Body::FriendResponded(answered)).await;
+        cli.expect(said).await;
+    }
 
     cli.type_line("/quit").await;
     let status = tokio::time::timeout(DEADLINE, cli.child.wait())

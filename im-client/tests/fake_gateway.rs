@@ -1,14 +1,17 @@
 //! The client against a scripted gateway: replies matched to requests, reconnect and
-//! resume, resend of unacknowledged sends, gaps filled by sync, duplicates dropped.
+//! resume, resend of unacknowledged sends, gaps filled by sync, duplicates dropped, friend
+//! request pushes.
 
 mod support;
+
+use std::time::Duration;
 
 use im_client::im_proto::client::request::Command;
 use im_client::im_proto::client::server_message::Body;
 use im_client::im_proto::client::{Behind, Code, Pong, Resumed};
-use im_client::im_proto::{Profiles, SendAck, SyncReply, UserProfile};
-use std::time::Duration;
-
+use im_client::im_proto::{
+    FriendRequest, FriendRequestState, Profiles, SendAck, SyncReply, UserProfile,
+};
 use im_client::{Client, Error, Event};
 use support::*;
 
@@ -321,4 +324,34 @@ async fn a_gateway_that_stops_answering_is_left_for_a_new_connection() {
     conn.reply(id, Body::Ack(ack.clone())).await;
     assert_eq!(send.await.unwrap().unwrap(), ack);
     drop(frozen);
+}
+
+#[tokio::test]
+async fn friend_request_pushes_are_events() {
+    let gateway = FakeGateway::start().await;
+    let (client, mut events) = Client::connect(gateway.options()).await.unwrap();
+    let mut conn = gateway.accept().await;
+    login(&client, &mut conn, &[]).await;
+    let asked = FriendRequest {
+        request_id: 7,
+        from_user_id: 2,
+        to_user_id: 1,
+        message: "it's bob".into(),
+        state: FriendRequestState::Pending as i32,
+        created_at_ms: 1_764_392_400_000,
+    };
+    let answered = FriendRequest {
+        request_id: 8,
+        from_user_id: 1,
+        to_user_id: 3,
+        state: FriendRequestState::Accepted as i32,
+        ..FriendRequest::default()
+    };
+    conn.push(Body::FriendRequested(asked.clone())).await;
+    conn.push(Body::FriendResponded(answered.clone())).await;
+    assert_eq!(next_entry(&mut events).await, Event::FriendRequested(asked));
+    assert_eq!(
+        next_entry(&mut events).await,
+        Event::FriendResponded(answered)
+    );
 }

@@ -143,19 +143,21 @@ fn two_people_chat_in_tmux() {
         tmux.wait_for(name, &format!("-- logged in as {name}"));
     }
 
+    // The request shows on bob's screen by itself, and the answer on alice's.
     tmux.type_line("alice", "/add bob");
     tmux.wait_for("alice", "-- friend request #");
-    tmux.type_line("bob", "/requests");
-    let request = tmux.wait_for("bob", "from alice");
+    let request = tmux.wait_for("bob", "-- friend request from alice");
     let id = request
-        .trim()
-        .trim_start_matches('#')
-        .split(' ')
-        .next()
+        .split("(/accept ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
         .unwrap()
         .to_owned();
+    tmux.type_line("bob", "/requests");
+    tmux.wait_for("bob", &format!("#{id} from alice"));
     tmux.type_line("bob", &format!("/accept {id}"));
     tmux.wait_for("bob", "-- you and alice are friends now");
+    tmux.wait_for("alice", "-- bob accepted your friend request");
 
     tmux.type_line("alice", "/chat bob");
     tmux.wait_for("alice", "-- talking to bob");

@@ -1,5 +1,5 @@
-//! Ephemeral events from pub/sub: this gateway's channel (kicks, typing, read receipts for
-//! its users) and the broadcast channel (presence changes).
+//! Ephemeral events from pub/sub: this gateway's channel (kicks, typing, read receipts and
+//! friend requests for its users) and the broadcast channel (presence changes).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use bytes::Bytes;
 use im_common::bus::channels;
 use im_proto::client::server_message::Body;
 use im_proto::client::{Kicked, ReadReceipt, TypingNotice};
-use im_proto::{Event, PresenceChanged, event};
+use im_proto::{Event, FriendNotice, FriendRequestState, PresenceChanged, event};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -106,6 +106,7 @@ impl Shared {
                 }));
                 self.push_to(&read.to_user_ids, &push);
             }
+            event::Event::Friend(notice) => self.on_friend(notice),
             event::Event::Presence(presence) => {
                 let watchers = self.registry.watchers(presence.user_id);
                 if watchers.is_empty() {
@@ -118,6 +119,24 @@ impl Shared {
                 self.push_to(&watchers, &push);
             }
         }
+    }
+
+    /// A friend request made (for its target) or answered (for both users); an accepted one
+    /// also enters the friends index, so that the two see each other's presence from now.
+    fn on_friend(&self, notice: FriendNotice) {
+        let Some(request) = notice.request else {
+            return;
+        };
+        let body = if request.state == FriendRequestState::Pending as i32 {
+            Body::FriendRequested(request)
+        } else {
+            if request.state == FriendRequestState::Accepted as i32 {
+                self.registry
+                    .befriend(request.from_user_id, request.to_user_id);
+            }
+            Body::FriendResponded(request)
+        };
+        self.push_to(&notice.to_user_ids, &Encoded::push(body));
     }
 
     /// Pushes `push` to every connection of `users` here (no delivery token: events are

@@ -52,7 +52,7 @@
 //!   (docs/legacy-protocol.md);
 //! - `registry`: user → connections, their queues, the friends index;
 //! - `delivery`: the delivery stream and its acknowledgements;
-//! - `events`: kicks, typing, read receipts and presence from pub/sub;
+//! - `events`: kicks, typing, read receipts, friend requests and presence from pub/sub;
 //! - `routes`: bind, unbind, heartbeat;
 //! - `limit`: the rate limit; `nofile`: the open-file limit; `stats`: metrics.
 

@@ -1,5 +1,6 @@
 //! Users chatting through the gateway: login, send, ack, push, sync, groups, multi-device,
-//! kicks, resume, typing, read receipts and GoAway; over TCP and WebSocket.
+//! kicks, resume, typing, read receipts (and the peer's cursor in the conversation list) and
+//! GoAway; over TCP and WebSocket.
 
 mod support;
 
@@ -356,6 +357,18 @@ async fn typing_and_read_receipts_reach_the_peer_on_another_gateway() {
         };
         assert_eq!((receipt.user_id, receipt.read_seq), (ada.user_id(), 1));
     }
+    // A client that just connected learns the same from its conversation list.
+    let mut bob_again = Client::ws(here.ws, true).await;
+    bob_again
+        .login(&bob.session.clone().unwrap().profile.unwrap().name, "web")
+        .await;
+    let Body::Conversations(listed) = bob_again.ok(Command::ListConversations(Empty {})).await
+    else {
+        panic!("conversations")
+    };
+    let conversation = &listed.conversations[0];
+    assert_eq!(conversation.conversation_id, ack.conversation_id);
+    assert_eq!((conversation.read_seq, conversation.peer_read_seq), (0, 1));
     here.stopped().await;
     there.stopped().await;
     cluster.close().await;

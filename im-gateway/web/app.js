@@ -345,6 +345,8 @@ async function refreshConversations() {
       conv.last = summary.lastMessage;
     }
     conv.readSeq = Math.max(conv.readSeq, num(summary.readSeq));
+    // How far the peer read: "read" marks hold after a reload, before any receipt comes.
+    conv.peerReadSeq = Math.max(conv.peerReadSeq, num(summary.peerReadSeq));
     conv.unread = num(summary.unread);
   }
   const open = state.convs.get(state.open);
@@ -377,6 +379,8 @@ async function onPush(message) {
     else if (message.edited) await onMessage(message.edited.event);
     else if (message.readReceipt) onReadReceipt(message.readReceipt);
     else if (message.typing) onTyping(message.typing);
+    else if (message.friendRequested) await onFriendRequested(message.friendRequested);
+    else if (message.friendResponded) await onFriendResponded(message.friendResponded);
     else if (message.presence) {
       state.online.set(message.presence.userId, !!message.presence.online);
       render();
@@ -517,6 +521,24 @@ async function edit(conv, m) {
 }
 
 // ---------------------------------------------------------------- session
+
+/** Someone asked to be friends: the request joins the list at once. */
+async function onFriendRequested(request) {
+  await learnNames([request.fromUserId]);
+  state.requests = (state.requests || []).filter((r) => r.requestId !== request.requestId);
+  state.requests.push(request);
+  render();
+}
+
+/** A request to or from this user was answered (here, on another device, or by the peer). */
+async function onFriendResponded(request) {
+  await refreshFriends();
+  if (request.fromUserId !== state.me.userId) return;
+  const who = nameOf(request.toUserId);
+  $('friends-status').textContent = request.state === 'ACCEPTED'
+    ? `${who} accepted your friend request.`
+    : `${who} declined your friend request.`;
+}
 
 async function login(name, password, register) {
   await link.connect();
@@ -1122,10 +1144,6 @@ function wire() {
     const conv = state.convs.get(state.open);
     if (conv && !document.hidden) markRead(conv);
   });
-  // Friend requests have no push: look again now and then.
-  setInterval(() => {
-    if (state.loggedIn && link.open) refreshFriends().catch(() => {});
-  }, 15000);
 }
 
 function start() {

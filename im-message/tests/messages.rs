@@ -247,6 +247,18 @@ async fn read_cursors_and_unread_counts(sql: Sql) {
         .await
         .unwrap();
     assert_eq!(list.conversations[0].unread, 0);
+    // The sender's listing carries how far the peer read.
+    let mine = client
+        .list_conversations_with(&Empty {}, &as_user(a))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            mine.conversations[0].read_seq,
+            mine.conversations[0].peer_read_seq
+        ),
+        (0, 5)
+    );
 }
 on_both!(unread_counts, read_cursors_and_unread_counts);
 

@@ -4,25 +4,22 @@
 //! checks the signature and expiry, then that the session still stands (through the cache,
 //! which Logout clears, so a revocation takes effect at once).
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use bytes::Bytes;
-use im_common::bus::channels;
 use im_common::identity;
 use im_common::ids::now_ms;
 use im_common::proto::{
-    Empty, Event, Kick, LoginReply, LoginRequest, LogoutRequest, RegisterRequest, UserProfile,
+    Empty, Kick, LoginReply, LoginRequest, LogoutRequest, RegisterRequest, UserProfile,
     VerifyTokenReply, VerifyTokenRequest, event,
 };
 use im_common::store::users::{NewUser, Session, UserStore};
 use im_common::validate::{self, MAX_NAME_BYTES};
 use mprpc::{Context, Status};
-use prost::Message as _;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::auth::{Claims, TokenError};
 use crate::handler::Users;
+use crate::notify;
 
 /// The device of a login that names none.
 pub(crate) const DEFAULT_DEVICE: &str = "default";
@@ -194,26 +191,12 @@ pub(crate) async fn logout(
 /// Tells the gateways holding the user's connections to close the session's. Best effort: a
 /// gateway that misses it still finds the session revoked at its next check.
 async fn kick(users: &Users, user: u64, session: &str, reason: &str) {
-    let routes = match users.bus.routes.query(vec![user]).await {
-        Ok(routes) => routes,
-        Err(err) => {
-            warn!(cause = %err, user_id = user, "kick not published: routes unknown");
-            return;
-        }
-    };
-    let gateways: BTreeSet<String> = routes.into_iter().map(|r| r.gateway_id).collect();
-    let event = Event {
-        event: Some(event::Event::Kick(Kick {
+    notify::publish(users, vec![user], "kick", |_| {
+        event::Event::Kick(Kick {
             user_id: user,
             session_id: session.to_owned(),
             reason: reason.to_owned(),
-        })),
-    };
-    let payload = Bytes::from(event.encode_to_vec());
-    for gateway in gateways {
-        let channel = channels::gateway(&gateway);
-        if let Err(err) = users.bus.pubsub.publish(channel, payload.clone()).await {
-            warn!(cause = %err, user_id = user, gateway, "kick not published");
-        }
-    }
+        })
+    })
+    .await;
 }

@@ -7,6 +7,9 @@
 //!   is (the rpc is idempotent), the other way is `FAILED_PRECONDITION`.
 //! - Blocking ends the friendship and rejects what was pending between the two.
 //!
+//! A new request is pushed to its target's connected devices, an answered one to both
+//! users' (`notify`); a device that was away lists the requests instead.
+//!
 //! Friend and block lists are cached on the bus (as `UserIds`, which the message service
 //! reads too); every write deletes both users' lists after the database commit.
 
@@ -21,6 +24,7 @@ use mprpc::{Context, Status};
 
 use crate::cache::{Cached, List};
 use crate::handler::Users;
+use crate::notify;
 use crate::profiles;
 
 /// Most requests ListFriendRequests returns (the newest).
@@ -54,12 +58,16 @@ pub(crate) async fn send_request(
             .settle_friend_request(theirs.request_id, true)
             .await?;
         users.cache.forget(Cached::graph_keys(caller, to)).await;
+        notify::friend_request(users, &accepted).await;
         return Ok(accepted);
     }
-    Ok(users
+    let created = users
         .sql
         .create_friend_request(caller, to, &req.message)
-        .await?)
+        .await?;
+    // Asking again (the pending request comes back) tells the target again.
+    notify::friend_request(users, &created).await;
+    Ok(created)
 }
 
 pub(crate) async fn respond(
@@ -99,6 +107,7 @@ pub(crate) async fn respond(
             .forget(Cached::graph_keys(caller, request.from_user_id))
             .await;
     }
+    notify::friend_request(users, &settled).await;
     Ok(settled)
 }
 

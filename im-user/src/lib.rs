@@ -21,6 +21,8 @@
 //!   connections);
 //! - every call acting for a user takes the user from the call's identity metadata, never
 //!   from the request body;
+//! - a friend request is pushed to its target's connected devices, and its answer to both
+//!   users' (pub/sub, best effort: requests made meanwhile are listed on connect);
 //! - profiles and friend/block lists are cached on the bus; writes delete what they make
 //!   stale, and a flushed or failing cache only costs database reads.
 //!
@@ -30,6 +32,8 @@
 //!   - `profiles`: GetProfile(s), SearchUser, UpdateProfile;
 //!   - `friends`: friend requests, friends, blocks;
 //! - [`auth`]: password hashing and tokens, [`AuthSettings`];
+//! - `notify`: events for the gateways holding users' connections (kicks, friend
+//!   requests);
 //! - `cache`: the typed, never-failing view of the bus cache, [`CacheSettings`];
 //! - [`Config`], [`run`], [`server`]: the process.
 
@@ -40,6 +44,7 @@ pub mod auth;
 mod cache;
 mod friends;
 mod handler;
+mod notify;
 mod profiles;
 
 use im_common::bus::Bus;

@@ -58,16 +58,25 @@ async fn open_chat(page: &Page, title: &str) {
     page.wait_text("#chat-title", title).await;
 }
 
-/// `page` sends a friend request to `name`; `other` accepts it.
+/// `page` sends a friend request to `name`; `other`, its Friends tab open already, sees the
+/// request come (a push: no reload, no tab switch) and accepts it; `page` hears the answer
+/// the same way.
 async fn befriend(page: &Page, other: &Page, name: &str, other_name: &str) {
+    other.click("[data-tab=friends]").await;
     page.click("[data-tab=friends]").await;
     page.fill("#add-friend-name", name).await;
     page.click("#add-friend-form button").await;
     page.wait_text("#friends-status", "Friend request sent")
         .await;
-    other.click("[data-tab=friends]").await;
+    other.wait_text("#friend-requests .name", other_name).await;
     other.click("#friend-requests .accept").await;
     other.wait_text("#friends .name", other_name).await;
+    page.wait_text(
+        "#friends-status",
+        &format!("{name} accepted your friend request"),
+    )
+    .await;
+    page.wait_text("#friends .name", name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,12 +124,14 @@ async fn two_people_chat_reload_and_outlive_a_crash() {
     assert!(bob.client.get_alert_text().await.is_err(), "no alert ran");
     bob.screenshot("chat").await;
 
-    // A reload keeps the session and the history.
+    // A reload keeps the session and the history, and Bob's message still shows read (the
+    // conversation list says how far Alice read; no receipt comes after the reload).
     bob.client.refresh().await.unwrap();
     open_chat(&bob, "alice").await;
     for text in ["hi alice", "hello bob", XSS] {
         shows_once(&bob, text).await;
     }
+    bob.wait_text(".message.mine .status", "read").await;
 
     // The server dies mid-conversation; Alice writes while it is down and sees it pending.
     server.kill();

@@ -172,6 +172,8 @@ impl Driver {
             Body::ReadReceipt(r) => self.emit(Event::ReadReceipt(r)).await,
             Body::Typing(t) => self.emit(Event::Typing(t)).await,
             Body::Presence(p) => self.emit(Event::Presence(p)).await,
+            Body::FriendRequested(r) => self.emit(Event::FriendRequested(r)).await,
+            Body::FriendResponded(r) => self.emit(Event::FriendResponded(r)).await,
             Body::Kicked(k) => {
                 let err = Error::Server {
                     code: Code::Unauthenticated,

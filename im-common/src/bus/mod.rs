@@ -304,8 +304,9 @@ pub mod testing {
 
 /// Pub/sub channels.
 pub mod channels {
-    /// Events for the connections one gateway holds (kick, typing, read receipts): the
-    /// sender looks up the routes of the users concerned and publishes once per gateway.
+    /// Events for the connections one gateway holds (kick, typing, read receipts, friend
+    /// requests): the sender looks up the routes of the users concerned and publishes once
+    /// per gateway.
     pub fn gateway(gateway: &str) -> String {
         format!("mpim:events:gateway:{gateway}")
     }

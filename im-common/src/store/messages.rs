@@ -529,9 +529,14 @@ impl MessageStore for Sql {
     }
 
     async fn conversations(&self, user: u64, limit: u32) -> Result<Vec<Conversation>, StoreError> {
+        // The peer's cursor comes in the same query: a direct conversation has exactly two
+        // member rows (a group's are left out of the join, whatever their number).
         let rows = sqlx::query(
-            "SELECT m.conv_id, m.read_seq, c.last_seq FROM conv_members m \
+            "SELECT m.conv_id, m.read_seq, c.last_seq, COALESCE(p.read_seq, 0) AS peer_read_seq \
+             FROM conv_members m \
              JOIN conversations c ON c.conv_id = m.conv_id \
+             LEFT JOIN conv_members p ON p.conv_id = m.conv_id AND p.user_id <> m.user_id \
+                 AND m.conv_id LIKE 'd:%' \
              WHERE m.user_id = ? ORDER BY c.updated_at DESC, m.conv_id LIMIT ?",
         )
         .bind(i64_of(user))
@@ -545,7 +550,11 @@ impl MessageStore for Sql {
                 .map_err(|_| StoreError::Corrupt(format!("conversation id {conv:?}")))?;
             let read_seq = u64_of(&row, "read_seq")?;
             let last_seq = u64_of(&row, "last_seq")?;
-            out.push(self.conversation(id, user, read_seq, last_seq).await?);
+            let mut conversation = self.conversation(id, user, read_seq, last_seq).await?;
+            if matches!(id, ConversationId::Direct(..)) {
+                conversation.peer_read_seq = u64_of(&row, "peer_read_seq")?;
+            }
+            out.push(conversation);
         }
         Ok(out)
     }
@@ -676,6 +685,7 @@ impl Sql {
             last_seq,
             read_seq,
             unread: u64::try_from(unread).unwrap_or(0),
+            peer_read_seq: 0,
         })
     }
 }

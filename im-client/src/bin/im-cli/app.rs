@@ -169,7 +169,8 @@ impl App {
 
     async fn history(&mut self, n: u32) -> Result<(), String> {
         let (id, label) = self.conversation()?;
-        let last = self.find(&id).await?.map_or(0, |c| c.last_seq);
+        let found = self.find(&id).await?.unwrap_or_default();
+        let (last, peer_read) = (found.last_seq, found.peer_read_seq);
         if last == 0 {
             say(&format!("-- no messages with {label} yet"));
             return Ok(());
@@ -182,6 +183,9 @@ impl App {
         say(&format!("-- history with {label}:"));
         for entry in page.messages {
             self.show_entry(Event::Message(entry)).await;
+        }
+        if peer_read > 0 {
+            say(&format!("-- {label} read up to seq {peer_read}"));
         }
         Ok(())
     }

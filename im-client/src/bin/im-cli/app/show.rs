@@ -1,7 +1,7 @@
 //! Events as lines on the screen.
 
 use im_client::Event;
-use im_client::im_proto::ChatMessage;
+use im_client::im_proto::{ChatMessage, FriendRequestState};
 
 use super::App;
 use crate::view::{Route, clock, message_line, say};
@@ -35,8 +35,33 @@ impl App {
                 let who = self.name_of(r.user_id).await;
                 say(&format!("{} {who} read up to seq {}", clock(0), r.read_seq));
             }
+            Event::FriendRequested(request) => {
+                let from = self.name_of(request.from_user_id).await;
+                let note = if request.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", request.message)
+                };
+                say(&format!(
+                    "-- friend request from {from}{note}  (/accept {0} or /reject {0})",
+                    request.request_id
+                ));
+            }
+            // Only the requester's devices say it: the answering one said so already.
+            Event::FriendResponded(request) if Some(request.from_user_id) == self.me_id() => {
+                let who = self.name_of(request.to_user_id).await;
+                say(&if request.state() == FriendRequestState::Accepted {
+                    format!("-- {who} accepted your friend request; /chat {who} to talk")
+                } else {
+                    format!("-- {who} declined your friend request")
+                });
+            }
             other => self.show_entry(other).await,
         }
+    }
+
+    fn me_id(&self) -> Option<u64> {
+        self.me.as_ref().map(|m| m.0)
     }
 
     pub(super) async fn show_entry(&mut self, event: Event) {
