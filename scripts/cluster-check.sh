@@ -2,7 +2,8 @@
 # `scripts/cluster.sh status` (sourced, not run): every process of the cluster, its pid, its
 # ports and whether it is healthy, judged from outside as a client or a scraper would:
 #   services   process alive, RPC port accepting, /metrics answering 200
-#   gateways   process alive, a Ping on the TCP port answered, GET / and /metrics 200
+#   gateways   process alive, a Ping on the TCP port answered, GET /healthz and /metrics 200,
+#              and not taken out of nginx by the supervisor's health checks
 #   nginx      process alive, and through each of its ports a gateway answering: a Ping on
 #              6000 and (TLS) 6001, a WebSocket upgrade on 6080 and (TLS) 6443, GET / on 6443
 #   replica    process alive, both replication threads running, and how far behind it is
@@ -97,8 +98,9 @@ status_gateways() {
     tcp=$(gateway_tcp "$n") http=$(gateway_http "$n")
     pid=$(proc_pid "im-gateway-$n") || { verdict "im-gateway-$n" - "$tcp" " not running"; continue; }
     verdict "im-gateway-$n" "$pid" "tcp $tcp http $http metrics $((tcp + 1000))" \
-      "$(ping_answered "$tcp" || echo " tcp-ping")" "$(http_ok "$http" / || echo " http")" \
-      "$(http_ok $((tcp + 1000)) /metrics || echo " /metrics")"
+      "$(ping_answered "$tcp" || echo " tcp-ping")" "$(http_ok "$http" /healthz || echo " /healthz")" \
+      "$(http_ok $((tcp + 1000)) /metrics || echo " /metrics")" \
+      "$([[ ! -e $HEALTH_DIR/gw-$n.out ]] || echo " out of nginx (failed /healthz)")"
   done
 }
 

@@ -30,9 +30,13 @@
 #
 # nginx runs from its own configuration, generated from config/nginx/mpim.conf.in into
 # <state>/cluster/nginx/nginx.conf (`nginx -c <that> -p <state>/cluster/nginx/`; the system's
-# nginx and its sites are left alone). It spreads connections with least_conn. Its health
-# checks are passive, as open-source nginx has no active ones: a gateway that fails two
+# nginx and its sites are left alone). It spreads connections with least_conn. Its own health
+# checks are passive (open-source nginx has no active ones): a gateway that fails two
 # connections within 10 s is left out for 10 s, and the failed connection goes to the next.
+# A frozen gateway fails none (its kernel still accepts), so the supervisor checks actively:
+# every second GET /healthz on each gateway's HTTP port, one second to answer `200`; after
+# two failures in a row the gateway is marked `down` in both upstreams (nginx reloads), and
+# after two successes it is back. The last gateway still in is never taken out.
 #
 # The replica (port 3307, data in <state>/cluster/replica/) starts from a consistent dump of
 # the primary and follows it by GTID (MASTER_USE_GTID=slave_pos); the services'
@@ -87,6 +91,9 @@ REPLICA_PORT=${CLUSTER_REPLICA_PORT:-3307}
 SERVICES=(im-user im-presence im-message im-group)
 TLS_DIR=$PROC_DIR/tls
 NGINX_DIR=$PROC_DIR/nginx
+# Per gateway: failures or successes in a row (gw-<n>.count), and gw-<n>.out while it is out
+# of nginx's upstreams.
+HEALTH_DIR=$PROC_DIR/health
 # What the last `up` was asked for; `status` and `down` read it.
 OPTIONS=$PROC_DIR/cluster.env
 GATEWAYS=2 INSTANCES=2 REDIS_CLUSTER=0
@@ -255,9 +262,12 @@ mpim_trim() {
 nginx_config() {
   local text tcp='' http='' n load=''
   text=$(<"$REPO_ROOT/config/nginx/mpim.conf.in")
+  local down
   for ((n = 1; n <= GATEWAYS; n++)); do
-    tcp+="        server $HOST:$(gateway_tcp "$n") max_fails=2 fail_timeout=10s;  # gw-$n"$'\n'
-    http+="        server $HOST:$(gateway_http "$n") max_fails=2 fail_timeout=10s;  # gw-$n"$'\n'
+    down=''
+    [[ -e $HEALTH_DIR/gw-$n.out ]] && down=' down'
+    tcp+="        server $HOST:$(gateway_tcp "$n") max_fails=2 fail_timeout=10s$down;  # gw-$n"$'\n'
+    http+="        server $HOST:$(gateway_http "$n") max_fails=2 fail_timeout=10s$down;  # gw-$n"$'\n'
   done
   if "$NGINX" -V 2>&1 | grep -q -- '--with-stream=dynamic'; then
     load="load_module $(nginx_modules)/ngx_stream_module.so;"
@@ -315,6 +325,47 @@ revive() {
   ("$@") || log "supervise: $name did not start; trying again"
 }
 
+# The status code of GET /healthz on gateway $1's HTTP port, within a second (empty when
+# nothing answers in time: a frozen gateway still accepts the connection).
+gateway_health() {
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  timeout 1 bash -c 'exec 3<>"/dev/tcp/$0/$1" || exit 1
+    env printf "GET /healthz HTTP/1.0\r\nHost: %s\r\n\r\n" "$0" >&3
+    head -c 64 <&3' "$HOST" "$(gateway_http "$1")" 2>/dev/null | head -n 1 | cut -d' ' -f2 || true
+}
+
+# One round of the active health checks; rewrites nginx's configuration when a gateway goes
+# out or comes back.
+check_gateways() {
+  mkdir -p "$HEALTH_DIR"
+  local n code count out healthy changed=0 in=0
+  for ((n = 1; n <= GATEWAYS; n++)); do [[ -e $HEALTH_DIR/gw-$n.out ]] || in=$((in + 1)); done
+  for ((n = 1; n <= GATEWAYS; n++)); do
+    code=$(gateway_health "$n")
+    count=$(cat "$HEALTH_DIR/gw-$n.count" 2>/dev/null || echo 0)
+    out=0
+    [[ -e $HEALTH_DIR/gw-$n.out ]] && out=1
+    healthy=0
+    [[ $code == 200 ]] && healthy=1
+    # Counts what disagrees with the gateway's standing: failures while in, successes while out.
+    if ((healthy == out)); then count=$((count + 1)); else count=0; fi
+    if ((count >= 2)); then
+      count=0
+      if ((out)); then
+        rm -f "$HEALTH_DIR/gw-$n.out"
+        in=$((in + 1)) changed=1
+        log "health: im-gateway-$n answers /healthz again; back in nginx"
+      elif ((in > 1)); then
+        touch "$HEALTH_DIR/gw-$n.out"
+        in=$((in - 1)) changed=1
+        log "health: im-gateway-$n failed /healthz twice (${code:-no answer in 1 s}); out of nginx"
+      fi
+    fi
+    echo "$count" >"$HEALTH_DIR/gw-$n.count"
+  done
+  if ((changed)); then (nginx_up) || log "health: nginx did not take the new configuration"; fi
+}
+
 # What systemd's Restart=always does for the units in config/systemd/: every second, each
 # process of the cluster that died is started again. `up` starts it; `down` stops it first.
 supervise() {
@@ -334,6 +385,7 @@ supervise() {
     done
     for ((n = 1; n <= GATEWAYS; n++)); do revive "im-gateway-$n" gateway_start "$n"; done
     revive nginx nginx_up
+    check_gateways
     sleep 1
   done
 }
@@ -403,6 +455,7 @@ down() {
   proc_stop mariadb-replica 90
   if ((REDIS_CLUSTER)) && [[ -x $REDIS_CLUSTER_SH ]]; then "$REDIS_CLUSTER_SH" down 8>&-; fi
   rm -f "$OPTIONS"
+  rm -rf "$HEALTH_DIR"
   if ((purge)); then
     log "deleting $PROC_DIR (the replica's data, the certificates, the logs)"
     find "$PROC_DIR" -mindepth 1 -maxdepth 1 ! -name .lock -exec rm -rf {} +

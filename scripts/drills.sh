@@ -9,10 +9,13 @@
 #   im-user im-presence im-message im-group
 #                  kill -9 the first instance of that service
 #   gateway        kill -9 the first gateway
+#   freeze         freeze the first gateway for 15 s (SIGSTOP, then SIGCONT): alive, its
+#                  kernel accepting connections, nothing answered
 #   redis-restart  stop Redis (SHUTDOWN) and start it again with its own configuration
 #   redis-flush    FLUSHALL
 #   zookeeper      stop ZooKeeper and start it again
-#   replica        restart the MariaDB replica (SIGTERM; the supervisor starts it again)
+#   replica        restart the MariaDB replica (SIGTERM; the supervisor starts it again);
+#                  no friend lookup (a read the replica serves) may fail meanwhile
 #   nginx          stop nginx for 5 s
 #   rolling        restart every process one at a time, gracefully (SIGTERM, wait until
 #                  healthy, next): no send may fail
@@ -48,8 +51,8 @@ SECONDS_OF_LOAD=${DRILL_SECONDS:-25}
 FAULT_AT=${DRILL_FAULT_AT:-8}
 TARGET_MS=${DRILL_TARGET_MS:-250}
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
-ALL=(e2e im-user im-presence im-message im-group gateway redis-restart redis-flush zookeeper
-  replica nginx rolling)
+ALL=(e2e im-user im-presence im-message im-group gateway freeze redis-restart redis-flush
+  zookeeper replica nginx rolling)
 
 # shellcheck source=scripts/lib.sh
 source "$REPO_ROOT/scripts/lib.sh"
@@ -116,10 +119,22 @@ hold_down() {
   rm -f "$PROC_DIR/hold/$name"
 }
 
+# Freezes the first gateway for $1 seconds: its connections stay open and its kernel still
+# accepts new ones, but nothing is answered, so only the clients' silence timeout and the
+# supervisor's active health checks notice.
+freeze() {
+  local pid
+  pid=$(pid_of im-gateway-1)
+  kill -STOP "$pid"
+  sleep "$1"
+  kill -CONT "$pid"
+}
+
 fault() {
   case $1 in
     im-user | im-presence | im-message | im-group) kill -9 "$(pid_of "$1-1")" ;;
     gateway) kill -9 "$(pid_of im-gateway-1)" ;;
+    freeze) freeze 15 ;;
     redis-restart) redis_restart ;;
     redis-flush) redis_cli flushall >/dev/null ;;
     zookeeper)
@@ -204,13 +219,16 @@ row() {
   local first=${recovery% *} p99=${recovery#* } healthy_s=-
   [[ $health =~ ^[0-9]+$ ]] && healthy_s=$(awk -v ms="$health" 'BEGIN { printf "%.1f", ms / 1000 }')
   [[ $health == -1 ]] && healthy_s=never
-  printf '| %s | %s | %s | %s | %s | %s | %s s | %s s | %s s |\n' "$name" "$(field sent)" \
-    "$(field acked)" "$(field failed)" "$(field lost)" "$(field dup)" "$first" "$p99" \
-    "$healthy_s" | tee -a "$OUT/results.md"
+  printf '| %s | %s | %s | %s | %s | %s | %s s | %s s | %s s | %s/%s |\n' "$name" \
+    "$(field sent)" "$(field acked)" "$(field failed)" "$(field lost)" "$(field dup)" "$first" \
+    "$p99" "$healthy_s" "$(field reads_failed)" "$(field reads)" | tee -a "$OUT/results.md"
   if [[ $rc != 0 || $(field lost) != 0 || $(field dup) != 0 || $healthy_s == never ]]; then
     FAILED+=("$name")
   fi
   if [[ $name == rolling && $(field failed) != 0 ]]; then FAILED+=("$name (failed sends)"); fi
+  if [[ $name == replica && $(field reads_failed) != 0 ]]; then
+    FAILED+=("$name (failed lookups)")
+  fi
 }
 
 # No fault: im-bench pairs through every nginx port.
@@ -254,8 +272,8 @@ main() {
     if [[ $name == e2e ]]; then e2e; continue; fi
     if ((!header)); then
       header=1
-      printf '| drill | sent | acked | failed | lost | dup | first ok | p99 ok | healthy |\n' | tee -a "$OUT/results.md"
-      printf '|---|---|---|---|---|---|---|---|---|\n' | tee -a "$OUT/results.md"
+      printf '| drill | sent | acked | failed | lost | dup | first ok | p99 ok | healthy | lookups failed |\n' | tee -a "$OUT/results.md"
+      printf '|---|---|---|---|---|---|---|---|---|---|\n' | tee -a "$OUT/results.md"
     fi
     drill "$name"
   done
