@@ -31,7 +31,7 @@
 #
 # Environment: DRILL_PAIRS (20), DRILL_RATE (200 msgs/s), DRILL_SECONDS (25),
 # DRILL_FAULT_AT (8), DRILL_TARGET_MS (250), IM_BENCH (default: target/release/im-bench, else
-# target/debug/im-bench), MPIM_STATE_DIR.
+# target/debug/im-bench, else built with cargo), MPIM_STATE_DIR.
 set -euo pipefail
 
 REPO_ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
@@ -62,7 +62,13 @@ bench_binary() {
   for profile in release debug; do
     [[ -x $TARGET_DIR/$profile/im-bench ]] && { echo "$TARGET_DIR/$profile/im-bench"; return; }
   done
-  die "no im-bench: cargo build --release -p benches --bin im-bench (or set IM_BENCH)"
+  # `cluster.sh up` builds the servers only.
+  command -v cargo >/dev/null ||
+    die "no im-bench: cargo build --release -p benches --bin im-bench (or set IM_BENCH)"
+  log "building im-bench (release)"
+  (cd "$REPO_ROOT" && cargo build --release --locked -p benches --bin im-bench >&2) ||
+    die "building im-bench failed"
+  echo "$TARGET_DIR/release/im-bench"
 }
 
 healthy() { "$CLUSTER" status >/dev/null 2>&1; }
@@ -246,6 +252,7 @@ main() {
     shift
   done
   ((${#drills[@]})) || drills=("${ALL[@]}")
+  IM_BENCH=$(bench_binary)
   mkdir -p "$OUT"
   : >"$OUT/results.md"
   FAILED=()
