@@ -9,7 +9,8 @@
 #   im-user im-presence im-message im-group
 #                  kill -9 the first instance of that service
 #   gateway        kill -9 the first gateway
-#   redis-restart  stop Redis (SHUTDOWN) and start it again with its own configuration
+#   redis-restart  stop Redis and start it again: with systemctl when systemd runs it, with
+#                  scripts/services.sh when that started it, else SHUTDOWN and its own configuration
 #   redis-flush    FLUSHALL
 #   zookeeper      stop ZooKeeper and start it again
 #   replica        restart the MariaDB replica (SIGTERM; the supervisor starts it again)
@@ -90,8 +91,22 @@ pid_of() { proc_pid "$1" || die "$1 is not running"; }
 
 redis_cli() { redis-cli -h 127.0.0.1 -p "${REDIS_PORT:-6379}" "$@"; }
 
+# Stops Redis and starts it again the way it runs: a server of systemd's unit (the package's,
+# Restart=always: it would come back on its own, beside one started here) through systemctl,
+# one of scripts/services.sh through it, any other with SHUTDOWN and its own configuration.
 redis_restart() {
-  local config dir
+  local pid config dir
+  pid=$(redis_cli info server | tr -d '\r' | sed -n 's/^process_id://p')
+  if [[ -d /run/systemd/system && -n $pid ]] &&
+    [[ $(systemctl show -p MainPID --value redis-server 2>/dev/null) == "$pid" ]]; then
+    as_root systemctl restart redis-server
+    return
+  fi
+  if [[ $("$SERVICES_SH" status redis 2>/dev/null) == *"started by services.sh"* ]]; then
+    "$SERVICES_SH" down redis >/dev/null 2>&1
+    "$SERVICES_SH" up redis >/dev/null 2>&1
+    return
+  fi
   config=$(redis_cli info server | tr -d '\r' | sed -n 's/^config_file://p')
   dir=$(redis_cli config get dir | tr -d '\r' | sed -n 2p)
   redis_cli shutdown >/dev/null 2>&1 || true
