@@ -342,7 +342,9 @@ supervise() {
 }
 
 supervisor_up() {
-  PROC_PATTERN="cluster.sh supervise" proc_start supervisor "$REPO_ROOT/scripts/cluster.sh" supervise
+  # proc_start passes on only the MPIM_* variables named: the state directory is one.
+  PROC_PATTERN="cluster.sh supervise" proc_start supervisor MPIM_STATE_DIR="$STATE_DIR" \
+    "$REPO_ROOT/scripts/cluster.sh" supervise
 }
 
 # ---------------------------------------------------------------- commands
