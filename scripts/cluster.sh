@@ -11,7 +11,8 @@
 # --redis-cluster, a three-master Redis Cluster through scripts/redis-cluster.sh instead of
 # the single Redis), turns on the primary's binary log when it is off (one restart of
 # MariaDB; see scripts/cluster-mariadb.sh), starts a MariaDB replica, makes a self-signed
-# certificate, builds the release binaries, starts N (default 2) instances of each service
+# certificate, builds the release binaries (installing gcc and libc6-dev first when there is
+# no C compiler: rustup brings none), starts N (default 2) instances of each service
 # and of the gateway, then nginx. It is idempotent: what runs is left running, what is
 # missing is started, and instances beyond N are stopped (after nginx stopped sending
 # clients to them), so `up --gateways 3` scales a tier out and `up --gateways 1` in.
@@ -180,6 +181,8 @@ tls_ensure() {
 build() {
   if [[ ${CLUSTER_NO_BUILD:-0} == 1 ]]; then return; fi
   command -v cargo >/dev/null || die "cargo is missing (https://rustup.rs), or set CLUSTER_NO_BUILD=1"
+  # rustc links through the system's C compiler, and ring compiles C: rustup brings neither.
+  command -v cc >/dev/null || apt_install gcc libc6-dev
   log "building ($PROFILE)"
   local profile=(--release)
   [[ $PROFILE == debug ]] && profile=()
@@ -391,7 +394,9 @@ supervise() {
 }
 
 supervisor_up() {
-  PROC_PATTERN="cluster.sh supervise" proc_start supervisor "$REPO_ROOT/scripts/cluster.sh" supervise
+  # proc_start passes on only the MPIM_* variables named: the state directory is one.
+  PROC_PATTERN="cluster.sh supervise" proc_start supervisor MPIM_STATE_DIR="$STATE_DIR" \
+    "$REPO_ROOT/scripts/cluster.sh" supervise
 }
 
 # ---------------------------------------------------------------- commands

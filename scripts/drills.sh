@@ -11,7 +11,8 @@
 #   gateway        kill -9 the first gateway
 #   freeze         freeze the first gateway for 15 s (SIGSTOP, then SIGCONT): alive, its
 #                  kernel accepting connections, nothing answered
-#   redis-restart  stop Redis (SHUTDOWN) and start it again with its own configuration
+#   redis-restart  stop Redis and start it again: with systemctl when systemd runs it, with
+#                  scripts/services.sh when that started it, else SHUTDOWN and its own configuration
 #   redis-flush    FLUSHALL
 #   zookeeper      stop ZooKeeper and start it again
 #   replica        restart the MariaDB replica (SIGTERM; the supervisor starts it again);
@@ -34,7 +35,7 @@
 #
 # Environment: DRILL_PAIRS (20), DRILL_RATE (200 msgs/s), DRILL_SECONDS (25),
 # DRILL_FAULT_AT (8), DRILL_TARGET_MS (250), IM_BENCH (default: target/release/im-bench, else
-# target/debug/im-bench), MPIM_STATE_DIR.
+# target/debug/im-bench, else built with cargo), MPIM_STATE_DIR.
 set -euo pipefail
 
 REPO_ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
@@ -65,7 +66,13 @@ bench_binary() {
   for profile in release debug; do
     [[ -x $TARGET_DIR/$profile/im-bench ]] && { echo "$TARGET_DIR/$profile/im-bench"; return; }
   done
-  die "no im-bench: cargo build --release -p benches --bin im-bench (or set IM_BENCH)"
+  # `cluster.sh up` builds the servers only.
+  command -v cargo >/dev/null ||
+    die "no im-bench: cargo build --release -p benches --bin im-bench (or set IM_BENCH)"
+  log "building im-bench (release)"
+  (cd "$REPO_ROOT" && cargo build --release --locked -p benches --bin im-bench >&2) ||
+    die "building im-bench failed"
+  echo "$TARGET_DIR/release/im-bench"
 }
 
 healthy() { "$CLUSTER" status >/dev/null 2>&1; }
@@ -87,8 +94,22 @@ pid_of() { proc_pid "$1" || die "$1 is not running"; }
 
 redis_cli() { redis-cli -h 127.0.0.1 -p "${REDIS_PORT:-6379}" "$@"; }
 
+# Stops Redis and starts it again the way it runs: a server of systemd's unit (the package's,
+# Restart=always: it would come back on its own, beside one started here) through systemctl,
+# one of scripts/services.sh through it, any other with SHUTDOWN and its own configuration.
 redis_restart() {
-  local config dir
+  local pid config dir
+  pid=$(redis_cli info server | tr -d '\r' | sed -n 's/^process_id://p')
+  if [[ -d /run/systemd/system && -n $pid ]] &&
+    [[ $(systemctl show -p MainPID --value redis-server 2>/dev/null) == "$pid" ]]; then
+    as_root systemctl restart redis-server
+    return
+  fi
+  if [[ $("$SERVICES_SH" status redis 2>/dev/null) == *"started by services.sh"* ]]; then
+    "$SERVICES_SH" down redis >/dev/null 2>&1
+    "$SERVICES_SH" up redis >/dev/null 2>&1
+    return
+  fi
   config=$(redis_cli info server | tr -d '\r' | sed -n 's/^config_file://p')
   dir=$(redis_cli config get dir | tr -d '\r' | sed -n 2p)
   redis_cli shutdown >/dev/null 2>&1 || true
@@ -264,6 +285,7 @@ main() {
     shift
   done
   ((${#drills[@]})) || drills=("${ALL[@]}")
+  IM_BENCH=$(bench_binary)
   mkdir -p "$OUT"
   : >"$OUT/results.md"
   FAILED=()
