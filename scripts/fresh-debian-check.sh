@@ -45,11 +45,9 @@ WORK=$(mktemp -d /tmp/mpim-fresh.XXXXXX)
 LOG_TAG=fresh-debian-check
 KEEP=0 UP_ARGS=()
 
-log() { printf '%s: %s\n' "$LOG_TAG" "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+# shellcheck source=scripts/lib.sh
+source "$REPO_ROOT/scripts/lib.sh"
+
 usage() {
   sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
   exit 2

@@ -1,6 +1,6 @@
 //! Users and friends: search, requests, the friend list, blocks, and opening a chat.
 
-use im_client::im_proto::FriendRequestState;
+use im_client::im_proto::{FriendRequest, FriendRequestState};
 
 use super::{App, Target, text};
 use crate::view::say;
@@ -46,16 +46,8 @@ impl App {
             say("-- no friend requests");
         }
         for request in pending {
-            let from = self.name_of(request.from_user_id).await;
-            let note = if request.message.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", request.message)
-            };
-            say(&format!(
-                "  #{} from {from}{note}  (/accept {0} or /reject {0})",
-                request.request_id
-            ));
+            let text = self.request_text(&request).await;
+            say(&format!("  #{} {text}", request.request_id));
         }
         Ok(())
     }
@@ -121,5 +113,19 @@ impl App {
         ));
         self.current = Some(Target::User { id, name });
         Ok(())
+    }
+
+    /// `from NAME: MESSAGE  (/accept N or /reject N)` for a pending request.
+    pub(super) async fn request_text(&mut self, request: &FriendRequest) -> String {
+        let from = self.name_of(request.from_user_id).await;
+        let note = if request.message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", request.message)
+        };
+        format!(
+            "from {from}{note}  (/accept {0} or /reject {0})",
+            request.request_id
+        )
     }
 }

@@ -36,16 +36,8 @@ impl App {
                 say(&format!("{} {who} read up to seq {}", clock(0), r.read_seq));
             }
             Event::FriendRequested(request) => {
-                let from = self.name_of(request.from_user_id).await;
-                let note = if request.message.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", request.message)
-                };
-                say(&format!(
-                    "-- friend request from {from}{note}  (/accept {0} or /reject {0})",
-                    request.request_id
-                ));
+                let text = self.request_text(&request).await;
+                say(&format!("-- friend request {text}"));
             }
             // Only the requester's devices say it: the answering one said so already.
             Event::FriendResponded(request) if Some(request.from_user_id) == self.me_id() => {
