@@ -74,20 +74,23 @@ async fn main() -> ExitCode {
     let mut lines = LineReader::new(BufReader::new(tokio::io::stdin()), MAX_LINE);
     loop {
         tokio::select! {
-            line = lines.next_line() => match line {
-                Ok(None) => break,
-                Ok(Some(Line::Text(line))) => match command::parse(&line) {
-                    Ok(input) => if let Flow::Quit = app.input(input).await { break },
-                    Err(usage) => say(&format!("error: {usage}")),
-                },
-                Ok(Some(Line::TooLong)) => {
-                    say(&format!("error: line longer than {MAX_LINE} bytes, not sent"));
+            line = lines.next_line() => {
+                view::typed();
+                match line {
+                    Ok(None) => break,
+                    Ok(Some(Line::Text(line))) => match command::parse(&line) {
+                        Ok(input) => if let Flow::Quit = app.input(input).await { break },
+                        Err(usage) => say(&format!("error: {usage}")),
+                    },
+                    Ok(Some(Line::TooLong)) => {
+                        say(&format!("error: line longer than {MAX_LINE} bytes, not sent"));
+                    }
+                    Err(err) => {
+                        say(&format!("error: cannot read input: {err}"));
+                        break;
+                    }
                 }
-                Err(err) => {
-                    say(&format!("error: cannot read input: {err}"));
-                    break;
-                }
-            },
+            }
             event = events.recv() => match event {
                 Some(event) => app.show(event).await,
                 None => break,

@@ -2,6 +2,7 @@
 
 use std::io::{IsTerminal as _, Write as _};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use im_client::im_proto::ChatMessage;
@@ -11,6 +12,9 @@ fn terminal() -> bool {
     static TERMINAL: OnceLock<bool> = OnceLock::new();
     *TERMINAL.get_or_init(|| std::io::stdout().is_terminal())
 }
+
+/// Whether the prompt is on the last line, with nothing written after it.
+static PROMPT_SHOWN: AtomicBool = AtomicBool::new(false);
 
 /// Writes one line to stdout (over the prompt, on a terminal); a closed stdout is not
 /// worth a panic.
@@ -22,11 +26,18 @@ pub(crate) fn say(line: &str) {
     }
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+    PROMPT_SHOWN.store(false, Ordering::Relaxed);
 }
 
-/// Shows `context> ` on a terminal, where the next line is typed.
+/// The person ended a line: the prompt they typed after is gone.
+pub(crate) fn typed() {
+    PROMPT_SHOWN.store(false, Ordering::Relaxed);
+}
+
+/// Shows `context> ` on a terminal, where the next line is typed, unless it is showing
+/// already (an event that printed nothing leaves it as it is).
 pub(crate) fn prompt(context: &str) {
-    if terminal() {
+    if terminal() && !PROMPT_SHOWN.swap(true, Ordering::Relaxed) {
         let mut out = std::io::stdout().lock();
         let _ = write!(out, "{context}> ");
         let _ = out.flush();
