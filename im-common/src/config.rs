@@ -224,6 +224,10 @@ pub struct DatabaseConfig {
     /// lists); never used for message sync. While it fails, those reads go to the primary.
     /// Default: none.
     pub replica_url: Option<String>,
+    /// How far behind the primary the replica may be, in ms, before those reads go to the
+    /// primary until it has caught up; measured every second through a heartbeat row the
+    /// services stamp on the primary. 0: not measured. Default 10000.
+    pub replica_max_lag_ms: u64,
     /// Connections in the pool. Default 16.
     pub max_connections: u32,
 }
@@ -233,6 +237,7 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: "sqlite://mpim-data/mpim.db".to_owned(),
             replica_url: None,
+            replica_max_lag_ms: 10_000,
             max_connections: 16,
         }
     }

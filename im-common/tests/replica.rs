@@ -26,6 +26,8 @@ async fn lag_tolerant_reads_go_to_the_replica_and_sync_never_does() {
     let replica = Sql::connect(&replica_db.config()).await.unwrap();
     let sql = Sql::connect(&DatabaseConfig {
         replica_url: Some(replica_db.url.clone()),
+        // Nothing replicates into this "replica": its lag is not measured here.
+        replica_max_lag_ms: 0,
         ..primary_db.config()
     })
     .await
@@ -174,6 +176,7 @@ async fn reads_go_to_the_primary_while_the_replica_is_down_then_back() {
     relay.cut();
     let sql = Sql::connect(&DatabaseConfig {
         replica_url: Some(url),
+        replica_max_lag_ms: 0,
         ..primary_db.config()
     })
     .await
@@ -218,6 +221,72 @@ async fn reads_go_to_the_primary_while_the_replica_is_down_then_back() {
     assert!(members.is_empty());
     assert!(sql.user_by_name("ada").await.unwrap().is_some());
     assert_eq!(sql.users(&[id]).await.unwrap().len(), 1);
+
+    sql.close().await;
+    replica.close().await;
+    primary_db.drop().await.unwrap();
+    replica_db.drop().await.unwrap();
+}
+
+/// Stamps the replica's heartbeat row as replication would copy the primary's.
+async fn replicate_heartbeat(replica: &Sql) {
+    sqlx::query("UPDATE replica_heartbeat SET beat_ms = ? WHERE id = 1")
+        .bind(im_common::ids::now_ms())
+        .execute(replica.pool())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_to_the_primary_while_the_replica_is_behind() {
+    let primary_db = TestDb::mysql().await.expect("MariaDB at 127.0.0.1:3306");
+    let replica_db = TestDb::mysql().await.unwrap();
+    let replica = Sql::connect(&replica_db.config()).await.unwrap();
+    let user = |name: &str| NewUser {
+        name: name.into(),
+        password_hash: "x".into(),
+        nickname: name.into(),
+    };
+    let ghost = replica.create_user(user("ghost")).await.unwrap().user_id;
+    let sql = Sql::connect(&DatabaseConfig {
+        replica_url: Some(replica_db.url.clone()),
+        replica_max_lag_ms: 1_000,
+        ..primary_db.config()
+    })
+    .await
+    .unwrap();
+    let id = sql.create_user(user("ada")).await.unwrap().user_id;
+    assert_eq!(id, ghost, "both databases start their ids at 1");
+    let name = || async { sql.user(id).await.unwrap().unwrap().name };
+    let within = |what: &'static str| {
+        let deadline = Instant::now() + replica::BEAT * 10;
+        move || assert!(Instant::now() < deadline, "{what}")
+    };
+
+    // Nothing replicated the primary's heartbeats: the replica is taken for behind.
+    let check = within("reads never left a replica that is behind");
+    while name().await != "ada" {
+        check();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // It catches up (its heartbeat row is fresh): reads go back to it.
+    let check = within("reads never went back to a replica that caught up");
+    loop {
+        replicate_heartbeat(&replica).await;
+        if name().await == "ghost" {
+            break;
+        }
+        check();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Replication stops: once its stamp is older than 1 s, reads leave it again.
+    let check = within("reads stayed on a replica that stopped replicating");
+    while name().await != "ada" {
+        check();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     sql.close().await;
     replica.close().await;

@@ -12,6 +12,11 @@ fn the_example_config_is_the_defaults() {
     assert_eq!(config.server.listen, defaults.server.listen);
     assert_eq!(config.server.listen, "127.0.0.1:6101");
     assert_eq!(config.database.url, defaults.database.url);
+    assert_eq!(config.database.replica_max_lag_ms, 10_000);
+    assert_eq!(
+        config.database.replica_max_lag_ms,
+        defaults.database.replica_max_lag_ms
+    );
     assert_eq!(config.auth.jwt_secret, defaults.auth.jwt_secret);
     assert!(!config.auth.dev);
     assert_eq!(config.auth.token_ttl_secs, 7 * 24 * 3600);

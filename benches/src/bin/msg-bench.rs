@@ -80,8 +80,8 @@ async fn main() -> anyhow::Result<()> {
     recreate(&args.db).await?;
     let sql = Sql::connect(&DatabaseConfig {
         url: args.db.clone(),
-        replica_url: None,
         max_connections: args.pool,
+        ..DatabaseConfig::default()
     })
     .await?;
     let users = seed(&sql, args.conversations).await?;

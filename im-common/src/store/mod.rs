@@ -108,6 +108,15 @@ impl Sql {
             dialect,
         };
         sql.migrate().await?;
+        if let Some(replica) = &sql.replica
+            && config.replica_max_lag_ms > 0
+        {
+            Replica::watch(
+                replica,
+                sql.pool.clone(),
+                Duration::from_millis(config.replica_max_lag_ms),
+            );
+        }
         Ok(sql)
     }
 
@@ -368,8 +377,7 @@ pub mod testing {
         pub fn config(&self) -> DatabaseConfig {
             DatabaseConfig {
                 url: self.url.clone(),
-                replica_url: None,
-                max_connections: 16,
+                ..DatabaseConfig::default()
             }
         }
 

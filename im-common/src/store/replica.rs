@@ -9,8 +9,17 @@
 //! replica's reads meanwhile.
 //!
 //! The replica's pool connects lazily: a service starts while its replica is down.
+//!
+//! A replica that answers but has stopped replicating (or fell far behind) would serve old
+//! data for as long as that lasts, so it is also measured: every [`BEAT`] each process
+//! stamps the time on the primary's one-row table `replica_heartbeat` and reads the row back
+//! from the replica. When the replica's stamp is older than `replica_max_lag_ms`, reads go
+//! to the primary until it has caught up again (`mpim_store_replica_lag_seconds` is the
+//! measure). A replica that does not answer the probe is left to the fallback above.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -18,19 +27,27 @@ use sqlx::AnyPool;
 use tracing::{info, warn};
 
 use crate::error::StoreError;
+use crate::ids::now_ms;
 
 /// How long a read waits for a replica connection before going to the primary.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the replica is left out after it failed.
 pub const RETRY_AFTER: Duration = Duration::from_secs(5);
 
+/// How often the replica's lag is measured.
+pub const BEAT: Duration = Duration::from_secs(1);
+
 /// Counter of reads that failed on the replica and ran on the primary.
 const FALLBACKS: &str = "mpim_store_replica_fallbacks_total";
+/// Gauge: how old the replica's heartbeat stamp was at the last measure.
+const LAG: &str = "mpim_store_replica_lag_seconds";
 
 #[derive(Debug)]
 pub(super) struct Replica {
     pool: AnyPool,
     state: Mutex<State>,
+    /// The replica is further behind than allowed: reads go to the primary.
+    behind: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +63,63 @@ impl Replica {
         Replica {
             pool,
             state: Mutex::new(State::Up),
+            behind: AtomicBool::new(false),
+        }
+    }
+
+    /// Measures the lag every [`BEAT`] while `replica` lives (and its pools are open),
+    /// sending reads to `primary` while it is more than `max_lag`.
+    pub(super) fn watch(replica: &Arc<Replica>, primary: AnyPool, max_lag: Duration) {
+        let replica = Arc::downgrade(replica);
+        tokio::spawn(async move {
+            let mut beat = tokio::time::interval(BEAT);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                beat.tick().await;
+                let Some(replica) = Weak::upgrade(&replica) else {
+                    return;
+                };
+                if primary.is_closed() {
+                    return;
+                }
+                replica.measure(&primary, max_lag).await;
+            }
+        });
+    }
+
+    async fn measure(&self, primary: &AnyPool, max_lag: Duration) {
+        let stamp = sqlx::query("UPDATE replica_heartbeat SET beat_ms = ? WHERE id = 1")
+            .bind(now_ms())
+            .execute(primary)
+            .await;
+        if let Err(err) = stamp {
+            warn!(cause = %err, "cannot stamp the replica heartbeat on the primary");
+        }
+        let seen: Result<Option<i64>, sqlx::Error> =
+            sqlx::query_scalar("SELECT beat_ms FROM replica_heartbeat WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await;
+        let lag_ms = match seen {
+            Ok(beat) => now_ms().saturating_sub(beat.unwrap_or(0)).max(0),
+            // Not answering is the fallback's business; a missing table is not.
+            Err(sqlx::Error::Database(_)) => i64::MAX,
+            Err(_) => return,
+        };
+        metrics::gauge!(LAG).set(lag_ms as f64 / 1000.0);
+        let behind = u128::try_from(lag_ms).unwrap_or(0) > max_lag.as_millis();
+        if self.behind.swap(behind, Ordering::Relaxed) != behind {
+            if behind {
+                warn!(
+                    lag_ms,
+                    max_lag_ms = max_lag.as_millis() as u64,
+                    "read replica is behind; lag-tolerant reads go to the primary"
+                );
+            } else {
+                info!(
+                    lag_ms,
+                    "read replica caught up; lag-tolerant reads go back to it"
+                );
+            }
         }
     }
 
@@ -56,6 +130,9 @@ impl Replica {
     /// Whether this read should go to the replica. A read that finds the wait over becomes
     /// the one that tries it: the wait starts again for the others.
     fn take_turn(&self) -> bool {
+        if self.behind.load(Ordering::Relaxed) {
+            return false;
+        }
         let mut state = self.state.lock();
         match *state {
             State::Up => true,
