@@ -99,24 +99,28 @@ impl Replica {
             sqlx::query_scalar("SELECT beat_ms FROM replica_heartbeat WHERE id = 1")
                 .fetch_optional(&self.pool)
                 .await;
+        // None: the replica has no heartbeat yet (the table has not reached it).
         let lag_ms = match seen {
-            Ok(beat) => now_ms().saturating_sub(beat.unwrap_or(0)).max(0),
-            // Not answering is the fallback's business; a missing table is not.
-            Err(sqlx::Error::Database(_)) => i64::MAX,
+            Ok(Some(beat)) => Some(now_ms().saturating_sub(beat).max(0)),
+            Ok(None) | Err(sqlx::Error::Database(_)) => None,
+            // Not answering is the fallback's business.
             Err(_) => return,
         };
-        metrics::gauge!(LAG).set(lag_ms as f64 / 1000.0);
-        let behind = u128::try_from(lag_ms).unwrap_or(0) > max_lag.as_millis();
+        if let Some(lag_ms) = lag_ms {
+            metrics::gauge!(LAG).set(lag_ms as f64 / 1000.0);
+        }
+        let behind =
+            lag_ms.is_none_or(|lag| u128::try_from(lag).unwrap_or(0) > max_lag.as_millis());
         if self.behind.swap(behind, Ordering::Relaxed) != behind {
             if behind {
                 warn!(
-                    lag_ms,
+                    lag_ms = lag_ms.map_or("no heartbeat yet".to_owned(), |ms| ms.to_string()),
                     max_lag_ms = max_lag.as_millis() as u64,
                     "read replica is behind; lag-tolerant reads go to the primary"
                 );
             } else {
                 info!(
-                    lag_ms,
+                    lag_ms = lag_ms.unwrap_or_default(),
                     "read replica caught up; lag-tolerant reads go back to it"
                 );
             }
