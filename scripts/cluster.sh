@@ -328,15 +328,6 @@ revive() {
   ("$@") || log "supervise: $name did not start; trying again"
 }
 
-# The status code of GET /healthz on gateway $1's HTTP port, within a second (empty when
-# nothing answers in time: a frozen gateway still accepts the connection).
-gateway_health() {
-  # shellcheck disable=SC2016 # expanded by the inner bash
-  timeout 1 bash -c 'exec 3<>"/dev/tcp/$0/$1" || exit 1
-    env printf "GET /healthz HTTP/1.0\r\nHost: %s\r\n\r\n" "$0" >&3
-    head -c 64 <&3' "$HOST" "$(gateway_http "$1")" 2>/dev/null | head -n 1 | cut -d' ' -f2 || true
-}
-
 # One round of the active health checks; rewrites nginx's configuration when a gateway goes
 # out or comes back.
 check_gateways() {
@@ -344,7 +335,8 @@ check_gateways() {
   local n code count out healthy changed=0 in=0
   for ((n = 1; n <= GATEWAYS; n++)); do [[ -e $HEALTH_DIR/gw-$n.out ]] || in=$((in + 1)); done
   for ((n = 1; n <= GATEWAYS; n++)); do
-    code=$(gateway_health "$n")
+    # Within a second: a frozen gateway still accepts the connection, then says nothing.
+    code=$(http_status "$(gateway_http "$n")" /healthz 1)
     count=$(cat "$HEALTH_DIR/gw-$n.count" 2>/dev/null || echo 0)
     out=0
     [[ -e $HEALTH_DIR/gw-$n.out ]] && out=1

@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Process management shared by scripts/distributed.sh and scripts/cluster.sh (sourced, not run).
+# Helpers shared by the scripts (sourced, not run): logging, root, apt, ports, and the process
+# management of scripts/distributed.sh and scripts/cluster.sh.
 #
 # The caller sets:
 #   LOG_TAG   what its messages start with ("cluster")
@@ -28,18 +29,27 @@ as_root() {
 
 # Installs Debian packages (apt-get update once per run, on the first install).
 APT_UPDATED=0
+# The lock timeout lets a concurrent apt/dpkg run finish instead of failing; a package's
+# changed configuration file keeps the one on disk. On failure the log's tail is shown.
 apt_install() {
-  local apt_log=$PROC_DIR/apt.log
+  local apt_log=$PROC_DIR/apt.log started=$SECONDS
   mkdir -p "$PROC_DIR"
-  local apt=(as_root env DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=600)
+  local apt=(as_root env DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=600
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
   if ((!APT_UPDATED)); then
     log "apt-get update (log: $apt_log)"
-    "${apt[@]}" update </dev/null >>"$apt_log" 2>&1 || die "apt-get update failed; see $apt_log"
+    if ! "${apt[@]}" update </dev/null >>"$apt_log" 2>&1; then
+      tail -n 20 "$apt_log" >&2
+      die "apt-get update failed; see $apt_log"
+    fi
     APT_UPDATED=1
   fi
   log "apt-get install $*"
-  "${apt[@]}" install -y --no-install-recommends "$@" </dev/null >>"$apt_log" 2>&1 ||
+  if ! "${apt[@]}" install -y --no-install-recommends "$@" </dev/null >>"$apt_log" 2>&1; then
+    tail -n 20 "$apt_log" >&2
     die "apt-get install $* failed; see $apt_log"
+  fi
+  log "installed $* in $((SECONDS - started)) s"
 }
 
 # The first of the commands named that exists, with its path (/usr/sbin is searched too: it
@@ -64,18 +74,19 @@ port_open() {
 }
 
 # Sends $2 (printf %b escapes) to 127.0.0.1:$1 and prints the first $3 bytes of the answer
-# (default: all of it, until the peer closes).
+# (default: all of it, until the peer closes), giving up after $4 seconds (default 3).
 tcp_talk() {
   # shellcheck disable=SC2016 # expanded by the inner bash
-  timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1" || exit 1
+  timeout "${4:-3}" bash -c 'exec 3<>"/dev/tcp/$0/$1" || exit 1
     env printf "%b" "$2" >&3  # one write: the builtin writes line by line
     if [[ -n $3 ]]; then head -c "$3" <&3; else cat <&3; fi' "$HOST" "$1" "$2" "${3:-}" \
     2>/dev/null || true
 }
 
-# The status code of GET http://127.0.0.1:$1$2 (empty when nothing answers).
+# The status code of GET http://127.0.0.1:$1$2 (empty when nothing answers within $3
+# seconds, default 3).
 http_status() {
-  tcp_talk "$1" "GET $2 HTTP/1.0\r\nHost: $HOST\r\n\r\n" 64 | head -n 1 | cut -d' ' -f2
+  tcp_talk "$1" "GET $2 HTTP/1.0\r\nHost: $HOST\r\n\r\n" 64 "${3:-3}" | head -n 1 | cut -d' ' -f2
 }
 
 # The pid of process $1, printed only while it runs the program it was started as.

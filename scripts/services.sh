@@ -28,7 +28,12 @@ STATE_DIR=${MPIM_STATE_DIR:-$REPO_ROOT/.run}
 # Servers are started from here but may chdir; their paths must be absolute.
 [[ $STATE_DIR == /* ]] || STATE_DIR=$PWD/$STATE_DIR
 
-HOST=127.0.0.1
+LOG_TAG=services
+# Where apt.log goes (lib.sh's apt_install).
+PROC_DIR=$STATE_DIR
+# shellcheck source=scripts/lib.sh
+source "$REPO_ROOT/scripts/lib.sh"
+
 ZK_PORT=${ZK_PORT:-2181}
 MARIADB_PORT=${MARIADB_PORT:-3306}
 REDIS_PORT=${REDIS_PORT:-6379}
@@ -42,8 +47,6 @@ ALL_SERVICES=(zookeeper mariadb redis)
 
 export DEBIAN_FRONTEND=noninteractive
 
-log() { printf 'services: %s\n' "$*" >&2; }
-
 now_ms() {
 	local t=${EPOCHREALTIME:-$SECONDS.000000}
 	t=${t/,/.} # the decimal separator follows the locale
@@ -56,75 +59,12 @@ since() {
 	printf '%d.%ds' $((ms / 1000)) $((ms % 1000 / 100))
 }
 
-die() {
-	log "error: $*"
-	exit 1
-}
-
 usage() {
 	sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
 	exit 2
 }
 
-as_root() {
-	if [[ $EUID -eq 0 ]]; then
-		"$@"
-	elif command -v sudo >/dev/null; then
-		sudo -n "$@"
-	else
-		die "need root to run: $*"
-	fi
-}
-
-# ---------------------------------------------------------------- apt
-
-APT_UPDATED=0
-APT_LOG=$STATE_DIR/apt.log
-
-apt_get() {
-	# The lock timeout lets a concurrent apt/dpkg run finish instead of failing.
-	as_root env DEBIAN_FRONTEND=noninteractive apt-get -q \
-		-o DPkg::Lock::Timeout=600 \
-		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-		"$@" </dev/null >>"$APT_LOG" 2>&1
-}
-
-apt_install() {
-	local t0
-	t0=$(now_ms)
-	mkdir -p "$STATE_DIR"
-	if ((!APT_UPDATED)); then
-		log "apt-get update (log: $APT_LOG)"
-		if ! apt_get update; then
-			tail -n 20 "$APT_LOG" >&2
-			die "apt-get update failed"
-		fi
-		APT_UPDATED=1
-	fi
-	log "apt-get install $*"
-	if ! apt_get install -y --no-install-recommends "$@"; then
-		tail -n 20 "$APT_LOG" >&2
-		die "apt-get install $* failed (full log: $APT_LOG)"
-	fi
-	log "installed $* in $(since "$t0")"
-}
-
 # ---------------------------------------------------------------- helpers
-
-# Sends $2 (printf %b escapes) to 127.0.0.1:$1 and prints whatever comes back
-# until the peer closes. The timeout guards against peers that keep the
-# connection open or silently drop packets.
-tcp_talk() {
-	# shellcheck disable=SC2016 # expanded by the inner bash
-	timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1" || exit 1
-		printf "%b" "$2" >&3
-		cat <&3' "$HOST" "$1" "$2" 2>/dev/null || true
-}
-
-port_open() {
-	# shellcheck disable=SC2016 # expanded by the inner bash
-	timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$HOST" "$1" 2>/dev/null
-}
 
 # Pid recorded by `up` for service dir $1, printed only if that process is
 # still alive and its command line matches $2 (guards against pid reuse).
