@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
-use super::session::{Backoff, Core, Follow, PERSISTENT, Session, Task, closed, session_error};
+use super::session::{Access, Backoff, Core, Follow, Session, Task, closed, session_error};
 use super::{ZooKeeper, check_name};
 use crate::discovery::DiscoveryError;
 
@@ -113,9 +113,10 @@ impl ZooKeeper {
         let data = serde_json::to_vec(value)
             .map_err(|err| DiscoveryError::Invalid(format!("config {name}: {err}")))?;
         let path = self.core().path(&["config", name]);
+        let access = self.core().access;
         self.core()
             .run(&format!("write {path}"), |client| {
-                write(client, &path, &data)
+                write(client, access, &path, &data)
             })
             .await?;
         info!(path, "config written");
@@ -123,19 +124,24 @@ impl ZooKeeper {
     }
 }
 
-async fn write(client: zk::Client, path: &str, data: &[u8]) -> Result<(), zk::Error> {
+async fn write(
+    client: zk::Client,
+    access: Access,
+    path: &str,
+    data: &[u8],
+) -> Result<(), zk::Error> {
     // Each turn fixes one obstacle (missing node, missing parent, a concurrent create).
     for _ in 0..8 {
         match client.set_data(path, data, None).await {
             Err(zk::Error::NoNode) => {}
             other => return other.map(drop),
         }
-        match client.create(path, data, &PERSISTENT).await {
+        match client.create(path, data, &access.persistent()).await {
             Ok(_) => return Ok(()),
             Err(zk::Error::NodeExists) => {}
             Err(zk::Error::NoNode) => {
                 let parent = path.rsplit_once('/').map_or(path, |(parent, _)| parent);
-                client.mkdir(parent, &PERSISTENT).await?;
+                client.mkdir(parent, &access.persistent()).await?;
             }
             Err(err) => return Err(err),
         }

@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 use zookeeper_client as zk;
 
-use super::session::{Backoff, Core, Follow, PERSISTENT, Session, Task, closed, session_error};
+use super::session::{Backoff, Core, Follow, Session, Task, closed, session_error};
 use super::{ZooKeeper, check_name};
 use crate::discovery::{Discover, DiscoveryError, Instance, Instances};
 use crate::service::BoxFuture;
@@ -126,7 +126,9 @@ impl Follow for Follower {
                 match client.get_and_watch_children(&self.path).await {
                     Ok(found) => found,
                     Err(zk::Error::NoNode) => {
-                        client.mkdir(&self.path, &PERSISTENT).await?;
+                        client
+                            .mkdir(&self.path, &self.core.access.persistent())
+                            .await?;
                         continue;
                     }
                     Err(err) => return Err(err),

@@ -12,10 +12,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
-use super::session::{
-    Backoff, Core, EPHEMERAL_SEQUENTIAL, Follow, PERSISTENT, Session, Task, closed, is_transient,
-    session_error,
-};
+use super::session::{Backoff, Core, Follow, Session, Task, closed, is_transient, session_error};
 use super::{ZooKeeper, check_name};
 use crate::discovery::DiscoveryError;
 
@@ -335,11 +332,19 @@ impl Candidate {
         let path = format!("{}/{prefix}", self.dir);
         for _ in 0..8 {
             match client
-                .create(&path, self.candidate.as_bytes(), &EPHEMERAL_SEQUENTIAL)
+                .create(
+                    &path,
+                    self.candidate.as_bytes(),
+                    &self.core.access.ephemeral_sequential(),
+                )
                 .await
             {
                 Ok((_, sequence)) => return Ok(format!("{prefix}{sequence}")),
-                Err(zk::Error::NoNode) => client.mkdir(&self.dir, &PERSISTENT).await?,
+                Err(zk::Error::NoNode) => {
+                    client
+                        .mkdir(&self.dir, &self.core.access.persistent())
+                        .await?
+                }
                 // The create may have landed before the connection went.
                 Err(err) if is_transient(&err) => {
                     let children = client.list_children(&self.dir).await?;

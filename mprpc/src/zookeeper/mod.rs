@@ -33,6 +33,7 @@
 //!
 //! Code:
 //! - this file: the [`ZooKeeper`] handle, [`ZkConfig`] and [`ZkUrl`];
+//! - `acl`: closing the tree under the root to sessions without the cluster credential;
 //! - `session`: the supervisor that opens a new session after an expiry, and what the
 //!   background tasks share (waiting for a session, retries, task ownership);
 //! - `discover`: one task per subscribed service following children and data watches;
@@ -55,6 +56,7 @@
 //! `docs/zookeeper.md` in the repository covers the same for operators, with how to inspect
 //! the nodes with `zkCli.sh`.
 
+mod acl;
 mod config;
 mod discover;
 mod election;
@@ -92,6 +94,12 @@ pub struct ZkConfig {
     /// How long calls that report a result (connect, register, subscribe's first list,
     /// config writes, election entry) wait for ZooKeeper (default 10 s).
     pub connect_timeout: Duration,
+    /// The cluster credential, `user:password` of ZooKeeper's `digest` scheme (default none).
+    /// With one, every session authenticates with it, the nodes this handle creates can be
+    /// changed only by sessions holding the same credential (anyone may read them), and
+    /// [`ZooKeeper::connect`] closes the tree under the root to others (see
+    /// [`ZkConfig::credential`]).
+    pub credential: Option<String>,
 }
 
 impl Default for ZkConfig {
@@ -100,6 +108,7 @@ impl Default for ZkConfig {
             root: "/mprpc".to_owned(),
             session_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            credential: None,
         }
     }
 }
@@ -120,6 +129,21 @@ impl ZkConfig {
     /// Sets the connect timeout. Default 10 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> ZkConfig {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Authenticates every session with `user:password` (ZooKeeper's `digest` scheme) and
+    /// protects the registry with it. Default none: the nodes are open to anyone, which suits
+    /// only a ZooKeeper that nothing untrusted reaches.
+    ///
+    /// With a credential, nodes created through this handle carry two ACL entries: everything
+    /// for the sessions that authenticated with the same credential, read for anyone. At
+    /// connect, nodes under the root that others may change (left by an earlier deployment
+    /// without a credential) are closed: persistent ones get the same ACL, ephemeral ones (a
+    /// registration nobody with the credential made) are deleted. A node under the root
+    /// that others control and this credential cannot fix fails the connect.
+    pub fn credential(mut self, user: &str, password: &str) -> ZkConfig {
+        self.credential = Some(format!("{user}:{password}"));
         self
     }
 }
@@ -212,11 +236,27 @@ impl ZooKeeper {
     /// session could be opened within `config.connect_timeout`.
     pub async fn connect(hosts: &str, config: ZkConfig) -> Result<ZooKeeper, DiscoveryError> {
         let root = check_root(config.root.trim_end_matches('/'))?;
-        let client = session::connect(hosts, config.session_timeout, config.connect_timeout)
-            .await
-            .map_err(|err| {
-                DiscoveryError::backend_caused(format!("connect to ZooKeeper at {hosts}"), err)
-            })?;
+        if let Some(credential) = &config.credential
+            && !credential
+                .split_once(':')
+                .is_some_and(|(u, p)| !u.is_empty() && !p.is_empty())
+        {
+            return Err(DiscoveryError::Invalid(
+                "ZooKeeper credential: expected user:password, both non-empty".into(),
+            ));
+        }
+        let dial = session::Dial {
+            hosts: hosts.to_owned(),
+            session_timeout: config.session_timeout,
+            connect_timeout: config.connect_timeout,
+            credential: config.credential.clone(),
+        };
+        let client = session::connect(&dial).await.map_err(|err| {
+            DiscoveryError::backend_caused(format!("connect to ZooKeeper at {hosts}"), err)
+        })?;
+        if dial.credential.is_some() {
+            acl::close_tree(&client, root).await?;
+        }
         info!(hosts, session = %client.session_id(), timeout = ?client.session_timeout(), "ZooKeeper session opened");
         // Published before the supervisor runs, so that the handle reports its session at once.
         let first = Session {
@@ -228,10 +268,9 @@ impl ZooKeeper {
             connected: true,
         });
         let closed = CancellationToken::new();
+        let access = dial.access();
         let supervisor = Supervisor {
-            hosts: hosts.to_owned(),
-            session_timeout: config.session_timeout,
-            connect_timeout: config.connect_timeout,
+            dial,
             link,
             closed: closed.clone(),
         };
@@ -240,6 +279,7 @@ impl ZooKeeper {
             link: rx,
             closed,
             timeout: config.connect_timeout,
+            access,
         };
         let zk = ZooKeeper {
             inner: Arc::new(Inner {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
-use super::session::{Core, EPHEMERAL, PERSISTENT, Session, Task, ends_session, session_error};
+use super::session::{Access, Core, Session, Task, ends_session, session_error};
 use super::{ZooKeeper, check_name};
 use crate::discovery::{DiscoveryError, Instance, Register, Registration, Withdraw};
 use crate::service::BoxFuture;
@@ -82,7 +82,9 @@ impl Register for ZooKeeper {
             let path = core.path(&["services", &service, &instance.id]);
             let what = format!("register {path}");
             let (_, generation) = core
-                .run(&what, |client| put(client, &path, &data, Existing::Replace))
+                .run(&what, |client| {
+                    put(client, core.access, &path, &data, Existing::Replace)
+                })
                 .await?;
             info!(%service, id = %instance.id, addr = %instance.addr, "registered");
             let claims = zk.inner.claims.clone();
@@ -110,20 +112,21 @@ impl Register for ZooKeeper {
 /// session holds it.
 async fn put(
     client: zk::Client,
+    access: Access,
     path: &str,
     data: &[u8],
     existing: Existing,
 ) -> Result<bool, zk::Error> {
     // Each turn fixes one obstacle; more than a few means another writer keeps racing us.
     for _ in 0..8 {
-        let err = match client.create(path, data, &EPHEMERAL).await {
+        let err = match client.create(path, data, &access.ephemeral()).await {
             Ok(_) => return Ok(true),
             Err(err) => err,
         };
         match err {
             zk::Error::NoNode => {
                 let parent = path.rsplit_once('/').map_or(path, |(parent, _)| parent);
-                client.mkdir(parent, &PERSISTENT).await?;
+                client.mkdir(parent, &access.persistent()).await?;
             }
             zk::Error::NodeExists => match client.check_stat(path).await? {
                 None => {}
@@ -178,6 +181,7 @@ impl Keeper {
             } else {
                 match put(
                     session.client.clone(),
+                    self.core.access,
                     &self.path,
                     &self.data,
                     Existing::Replace,
@@ -222,7 +226,15 @@ impl Keeper {
             None => {
                 // Someone deleted it while the session lives. Keep mode: if another
                 // session was faster, the next turn waits for its node to go.
-                if put(client.clone(), &self.path, &self.data, Existing::Keep).await? {
+                if put(
+                    client.clone(),
+                    self.core.access,
+                    &self.path,
+                    &self.data,
+                    Existing::Keep,
+                )
+                .await?
+                {
                     info!(path = %self.path, "registration node was deleted; created it again");
                 }
                 return Ok(());

@@ -8,7 +8,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -20,15 +20,46 @@ use zookeeper_client as zk;
 pub(super) use crate::backoff::Backoff;
 use crate::discovery::DiscoveryError;
 
-/// Persistent parents: readable and writable by anyone, as the registry is shared.
-pub(super) const PERSISTENT: zk::CreateOptions<'static> =
-    zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-/// Instance nodes: gone with the session that created them.
-pub(super) const EPHEMERAL: zk::CreateOptions<'static> =
-    zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
-/// Election candidates: ordered by the sequence ZooKeeper appends.
-pub(super) const EPHEMERAL_SEQUENTIAL: zk::CreateOptions<'static> =
-    zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
+/// Who may do what with the nodes this handle creates: with no credential anyone may do
+/// anything (a registry on a trusted network); with one, only sessions that authenticated with
+/// the same credential may change them, and anyone may read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Access {
+    Open,
+    Secured,
+}
+
+/// `auth` expands to the digest identity the creating session authenticated with.
+static SECURED: LazyLock<[zk::Acl; 2]> = LazyLock::new(|| {
+    [
+        zk::Acl::new(zk::Permission::ALL, zk::AuthId::new("auth", "")),
+        zk::Acl::new(zk::Permission::READ, zk::AuthId::anyone()),
+    ]
+});
+
+impl Access {
+    pub(super) fn acls(self) -> zk::Acls<'static> {
+        match self {
+            Access::Open => zk::Acls::anyone_all(),
+            Access::Secured => zk::Acls::new(&SECURED[..]),
+        }
+    }
+
+    /// Persistent parents (services, config, election directories).
+    pub(super) fn persistent(self) -> zk::CreateOptions<'static> {
+        zk::CreateMode::Persistent.with_acls(self.acls())
+    }
+
+    /// Instance nodes: gone with the session that created them.
+    pub(super) fn ephemeral(self) -> zk::CreateOptions<'static> {
+        zk::CreateMode::Ephemeral.with_acls(self.acls())
+    }
+
+    /// Election candidates: ordered by the sequence ZooKeeper appends.
+    pub(super) fn ephemeral_sequential(self) -> zk::CreateOptions<'static> {
+        zk::CreateMode::EphemeralSequential.with_acls(self.acls())
+    }
+}
 
 /// A live session: its client and a number that grows with every new session, so that a
 /// task can tell "my session ended" from "I have not looked yet".
@@ -69,6 +100,8 @@ pub(super) struct Core {
     pub(super) closed: CancellationToken,
     /// Bound on the calls that report a result (connect, register, first reads).
     pub(super) timeout: Duration,
+    /// The ACLs of the nodes this handle creates.
+    pub(super) access: Access,
 }
 
 impl Core {
@@ -299,40 +332,57 @@ impl Drop for Task {
     }
 }
 
-/// Opens a new session, trying every host until `timeout`.
-pub(super) async fn connect(
-    hosts: &str,
-    session_timeout: Duration,
-    timeout: Duration,
-) -> Result<zk::Client, zk::Error> {
+/// Where and how sessions are opened: the first one and each after an expiry.
+#[derive(Clone)]
+pub(super) struct Dial {
+    pub(super) hosts: String,
+    pub(super) session_timeout: Duration,
+    pub(super) connect_timeout: Duration,
+    /// `user:password` for the digest scheme, added to every session.
+    pub(super) credential: Option<String>,
+}
+
+impl Dial {
+    /// The ACLs of the nodes these sessions create.
+    pub(super) fn access(&self) -> Access {
+        match self.credential {
+            Some(_) => Access::Secured,
+            None => Access::Open,
+        }
+    }
+}
+
+/// Opens a session, trying the hosts with backoff until `dial.connect_timeout`.
+pub(super) async fn connect(dial: &Dial) -> Result<zk::Client, zk::Error> {
     let attempts = async {
         let mut backoff = backoff();
         loop {
             // Fail-eagerly returns after one pass over the hosts instead of waiting a whole
             // session timeout, so that this loop decides how long to keep trying.
-            let connector = zk::Client::connector()
-                .with_session_timeout(session_timeout)
+            let mut connector = zk::Client::connector()
+                .with_session_timeout(dial.session_timeout)
                 .with_fail_eagerly();
-            match connector.connect(hosts).await {
+            if let Some(credential) = &dial.credential {
+                connector = connector.with_auth("digest", credential.as_bytes());
+            }
+            match connector.connect(&dial.hosts).await {
                 Ok(client) => return Ok(client),
                 Err(err) if err == zk::Error::NoHosts || is_transient(&err) => {
-                    debug!(hosts, cause = %err, "ZooKeeper not reachable yet");
+                    debug!(hosts = %dial.hosts, cause = %err, "ZooKeeper not reachable yet");
                     backoff.wait().await;
                 }
                 Err(err) => return Err(err),
             }
         }
     };
-    tokio::time::timeout(timeout, attempts)
+    tokio::time::timeout(dial.connect_timeout, attempts)
         .await
         .unwrap_or(Err(zk::Error::Timeout))
 }
 
 /// Publishes the current session and replaces it after an expiry, until closed.
 pub(super) struct Supervisor {
-    pub(super) hosts: String,
-    pub(super) session_timeout: Duration,
-    pub(super) connect_timeout: Duration,
+    pub(super) dial: Dial,
     pub(super) link: watch::Sender<Link>,
     pub(super) closed: CancellationToken,
 }
@@ -395,7 +445,7 @@ impl Supervisor {
     async fn reconnect(&self) -> Option<zk::Client> {
         let mut backoff = backoff();
         loop {
-            let attempt = connect(&self.hosts, self.session_timeout, self.connect_timeout);
+            let attempt = connect(&self.dial);
             let result = tokio::select! {
                 result = attempt => result,
                 () = self.closed.cancelled() => return None,
@@ -403,7 +453,7 @@ impl Supervisor {
             match result {
                 Ok(client) => return Some(client),
                 Err(err) => {
-                    warn!(hosts = %self.hosts, cause = %err, "cannot open a ZooKeeper session")
+                    warn!(hosts = %self.dial.hosts, cause = %err, "cannot open a ZooKeeper session")
                 }
             }
             tokio::select! {
