@@ -25,6 +25,19 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS handshake with the server failed, or the server refused this client's
+    /// certificate: the server's certificate does not chain to the trusted CA or does not
+    /// carry the required name, the server does not speak TLS (or this client does not and
+    /// the server does), or the server does not accept this client's certificate. The call
+    /// was not read by the server; it may go to another instance, and the instance is
+    /// ejected at once (a certificate does not fix itself by retrying).
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls {
+        /// The address dialled.
+        addr: String,
+        /// What went wrong, from the TLS layer.
+        reason: String,
+    },
     /// The call was not sent: the endpoint is in reconnect backoff, the connection closed
     /// before the request was written, or the server went away before starting it.
     #[error("unavailable: {0}")]
@@ -47,9 +60,10 @@ impl Error {
         match self {
             Error::Status(status) => status.code(),
             Error::DeadlineExceeded => Code::DeadlineExceeded,
-            Error::Connect { .. } | Error::Unavailable(_) | Error::ConnectionLost => {
-                Code::Unavailable
-            }
+            Error::Connect { .. }
+            | Error::Tls { .. }
+            | Error::Unavailable(_)
+            | Error::ConnectionLost => Code::Unavailable,
             Error::TooLarge(_) => Code::ResourceExhausted,
             Error::Decode(_) => Code::Internal,
         }
@@ -60,7 +74,7 @@ impl Error {
     pub fn is_retry_safe(&self) -> bool {
         match self {
             Error::Status(status) => status.code().is_retry_safe(),
-            Error::Connect { .. } | Error::Unavailable(_) => true,
+            Error::Connect { .. } | Error::Tls { .. } | Error::Unavailable(_) => true,
             Error::DeadlineExceeded
             | Error::ConnectionLost
             | Error::TooLarge(_)
@@ -80,5 +94,11 @@ mod tests {
         assert!(Error::Unavailable("backoff").is_retry_safe());
         assert!(Error::Status(Status::unavailable("draining")).is_retry_safe());
         assert!(!Error::Status(Status::internal("boom")).is_retry_safe());
+        let tls = Error::Tls {
+            addr: "10.0.0.1:6101".into(),
+            reason: "certificate not valid for name".into(),
+        };
+        assert!(tls.is_retry_safe());
+        assert_eq!(tls.code(), Code::Unavailable);
     }
 }

@@ -67,6 +67,7 @@ mod random;
 pub mod server;
 pub mod service;
 pub mod status;
+pub mod tls;
 mod transport;
 pub mod zookeeper;
 

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::frame::Text;
 use crate::status::Status;
+use crate::tls::PeerIdentity;
 
 /// A boxed, sendable future: what a [`Service`] hands the server for one call.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -58,6 +59,10 @@ pub struct Context {
     pub(crate) peer: SocketAddr,
     pub(crate) metadata: Vec<(Text, Text)>,
     pub(crate) extensions: Extensions,
+    /// The verified certificate of a TLS peer; shared by every call of its connection.
+    pub(crate) peer_identity: Option<Arc<PeerIdentity>>,
+    /// The call came through the in-process transport.
+    pub(crate) local: bool,
 }
 
 impl Context {
@@ -71,7 +76,22 @@ impl Context {
             peer,
             metadata: Vec::new(),
             extensions: Extensions::default(),
+            peer_identity: None,
+            local: false,
         }
+    }
+
+    /// Sets the caller's verified certificate names, as a mutual TLS connection would.
+    pub fn with_peer_identity(mut self, identity: PeerIdentity) -> Context {
+        self.peer_identity = Some(Arc::new(identity));
+        self
+    }
+
+    /// Marks the call as made through the in-process transport, as
+    /// [`ClientBuilder::in_process`](crate::ClientBuilder::in_process) calls are.
+    pub fn with_local(mut self) -> Context {
+        self.local = true;
+        self
     }
 
     /// Sets the deadline, e.g. to test a handler's behaviour near it.
@@ -113,9 +133,24 @@ impl Context {
             .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
-    /// The caller's address.
+    /// The caller's address (`0.0.0.0:0` in process).
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The names of the certificate the caller presented and the server verified: `Some`
+    /// only on a TLS connection of a server configured for mutual TLS
+    /// ([`ServerTls::mutual`](crate::tls::ServerTls::mutual)). Plaintext connections and
+    /// in-process calls have none. Unlike metadata, a caller cannot forge it.
+    pub fn peer_identity(&self) -> Option<&PeerIdentity> {
+        self.peer_identity.as_deref()
+    }
+
+    /// Whether the call came through the in-process transport
+    /// ([`ClientBuilder::in_process`](crate::ClientBuilder::in_process)): a caller in this
+    /// process, never one on a socket.
+    pub fn is_local(&self) -> bool {
+        self.local
     }
 
     /// The value of metadata entry `key`, if the caller sent one.

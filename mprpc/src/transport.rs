@@ -166,6 +166,8 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
             closing = take(out, &mut buf, &mut weight);
         }
         io.write_all(&buf).await?;
+        // A no-op on a TCP socket; a TLS stream may keep records it could not write yet.
+        io.flush().await?;
         released(weight);
         buf.clear();
         if buf.capacity() > KEEP_BYTES && (rx.is_empty() || buf.capacity() > 4 * BATCH_BYTES) {
@@ -196,6 +198,26 @@ impl Readable for tokio::net::tcp::OwnedReadHalf {
     }
 }
 
+/// The read half of a TLS stream. It cannot wait for readability without reading (the
+/// bytes on the socket are records, not frames), so `ready` returns at once and a quiet TLS
+/// connection keeps the reader's small buffer while it waits.
+impl<T: AsyncRead + Send> Readable for tokio::io::ReadHalf<T> {
+    fn ready(&mut self) -> impl Future<Output = std::io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        // One poll with a waker that does nothing: what is decrypted or on the socket is
+        // taken; otherwise nothing is lost, and the next real poll registers its own waker.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let read = std::pin::pin!(self.read_buf(buf));
+        match read.poll(&mut cx) {
+            std::task::Poll::Ready(result) => result,
+            std::task::Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
 /// Reads frames from one connection, draining everything the socket has before parsing.
 pub(crate) struct FrameReader<R> {
     io: R,
@@ -219,6 +241,12 @@ impl<R: Readable> FrameReader<R> {
             codec: Codec::new(max_frame),
             read_size: READ_MIN,
         }
+    }
+
+    /// Whether what was read looks like the start of a TLS record (a handshake or an
+    /// alert) rather than a frame: the peer speaks TLS and this end does not.
+    pub(crate) fn starts_like_tls(&self) -> bool {
+        matches!(&self.buf[..], [0x15 | 0x16, 0x03, ..])
     }
 
     /// The next frame; `None` at a clean end of stream.

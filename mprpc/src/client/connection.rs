@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use metrics::Gauge;
 use parking_lot::Mutex;
-use tokio::net::TcpStream;
+use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Duration;
@@ -14,9 +14,9 @@ use tracing::debug;
 
 use crate::client::Method;
 use crate::error::Error;
-use crate::frame::{Deferred, Frame, Header, Kind, Text};
+use crate::frame::{Deferred, Frame, FrameError, Header, Kind, Text};
 use crate::hash::FastMap;
-use crate::transport::{self, FrameReader, Outbound};
+use crate::transport::{self, FrameReader, Outbound, Readable};
 
 const WRITE_QUEUE: usize = 1024;
 
@@ -45,6 +45,11 @@ struct Shared {
     goaway_last_id: AtomicU64,
     /// Frames received so far; the keepalive task watches it move.
     received: AtomicU64,
+    /// The address dialled, for errors.
+    addr: Box<str>,
+    /// Why the server refused the connection before answering anything (TLS); calls still
+    /// waiting then fail with [`Error::Tls`], which says they never ran.
+    refused: std::sync::OnceLock<String>,
 }
 
 /// A multiplexed connection to one server. Dropping it stops its tasks.
@@ -71,21 +76,29 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(
-        stream: TcpStream,
+    /// A connection over the two halves of a stream, plaintext or TLS: generic so that each
+    /// kind gets code of its own, plaintext exactly as fast as without TLS.
+    pub(crate) fn new<R, W>(
+        read: R,
+        write: W,
+        addr: &str,
         max_frame: usize,
         keepalive: Option<Duration>,
         gauge: Gauge,
-    ) -> Connection {
+    ) -> Connection
+    where
+        R: Readable + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         gauge.increment(1.0);
-        let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             state: AtomicU8::new(OPEN),
             goaway_last_id: AtomicU64::new(u64::MAX),
             received: AtomicU64::new(0),
+            addr: addr.into(),
+            refused: std::sync::OnceLock::new(),
         });
         let reader = tokio::spawn(read_loop(
             FrameReader::new(read, max_frame),
@@ -231,8 +244,8 @@ impl Drop for CancelOnDrop<'_> {
     }
 }
 
-async fn read_loop(
-    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+async fn read_loop<R: Readable>(
+    mut reader: FrameReader<R>,
     shared: Arc<Shared>,
     tx: mpsc::WeakSender<Outbound>,
 ) {
@@ -241,7 +254,13 @@ async fn read_loop(
     let cause = loop {
         let frame = match reader.next().await {
             Some(Ok(frame)) => frame,
-            Some(Err(err)) => break Some(err.to_string()),
+            Some(Err(err)) => {
+                let first = shared.received.load(Ordering::Relaxed) == 0;
+                if let Some(reason) = refusal(&err, &reader).filter(|_| first) {
+                    let _ = shared.refused.set(reason);
+                }
+                break Some(err.to_string());
+            }
             None => break None,
         };
         shared.received.fetch_add(1, Ordering::Relaxed);
@@ -286,6 +305,20 @@ async fn read_loop(
     }
 }
 
+/// Why a connection that failed before its first frame was refused by the server, when it
+/// was: a TLS alert (a TLS 1.3 server checks the client's certificate after the client has
+/// sent its first requests, and reads none of them when it refuses), or a TLS record where
+/// a frame was expected (a plaintext client of a TLS server).
+fn refusal<R: Readable>(err: &FrameError, reader: &FrameReader<R>) -> Option<String> {
+    match err {
+        FrameError::Io(err) => crate::tls::refusal_reason(err),
+        FrameError::BadMagic if reader.starts_like_tls() => {
+            Some("the server speaks TLS and this client does not (see ClientBuilder::tls)".into())
+        }
+        _ => None,
+    }
+}
+
 /// Marks the connection closed and fails the calls still waiting on it.
 struct FailPending(Arc<Shared>);
 
@@ -295,9 +328,15 @@ impl Drop for FailPending {
         shared.state.store(CLOSED, Ordering::Release);
         let last = shared.goaway_last_id.load(Ordering::Acquire);
         let pending = std::mem::take(&mut shared.pending.lock().waiters);
+        let refused = shared.refused.get();
         for (id, waiter) in pending {
             // After GOAWAY the server starts nothing past `last`, so those calls never ran.
-            let err = if id > last {
+            let err = if let Some(reason) = refused {
+                Error::Tls {
+                    addr: shared.addr.to_string(),
+                    reason: reason.clone(),
+                }
+            } else if id > last {
                 Error::Unavailable("server went away before starting the call")
             } else {
                 Error::ConnectionLost

@@ -185,6 +185,13 @@ impl Endpoint {
         let unwell = match result {
             Ok(_) => false,
             Err(err) => match err {
+                // Not this instance's certificate, or not ours: retrying will not fix it.
+                Error::Tls { .. } => {
+                    let after = self.ejection.after.saturating_sub(1);
+                    self.consecutive_failures
+                        .fetch_max(after, Ordering::Relaxed);
+                    true
+                }
                 Error::Connect { .. } | Error::ConnectionLost => true,
                 Error::Unavailable(_) => true,
                 Error::Status(status) => status.code() == Code::Unavailable,
@@ -273,5 +280,20 @@ mod tests {
         assert!(!endpoint.is_available());
         endpoint.record(&Ok(()));
         assert!(endpoint.is_available());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tls_failure_ejects_at_once() {
+        let ejection = Ejection {
+            after: 5,
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(4)),
+        };
+        let pool = crate::client::Config::default().pool();
+        let endpoint = Endpoint::new(Instance::new("127.0.0.1:1"), pool, ejection);
+        endpoint.record::<()>(&Err(Error::Tls {
+            addr: "127.0.0.1:1".into(),
+            reason: "certificate not valid for name".into(),
+        }));
+        assert!(!endpoint.is_available());
     }
 }

@@ -34,6 +34,8 @@ where
         deadline,
         metadata,
         peer: PEER,
+        peer_identity: None,
+        local: true,
         body: crate::service::encode_response(request),
         received: Instant::now(),
     };

@@ -39,6 +39,7 @@ use crate::frame::{DEFAULT_MAX_FRAME, Text};
 use crate::interceptor::{ClientInterceptor, Outgoing};
 use crate::server::Server;
 use crate::status::{Code, Status};
+use crate::tls::ClientTls;
 use endpoint::{Ejection, Transport};
 use retry::Budget;
 
@@ -108,6 +109,7 @@ impl Config {
             max_frame: self.max_frame,
             keepalive: self.keepalive,
             redial: Backoff::new(self.backoff_min, self.backoff_max).jittered(),
+            tls: None,
         }
     }
 
@@ -125,6 +127,7 @@ pub struct ClientBuilder {
     config: Config,
     balance: Box<dyn Balance>,
     interceptors: Vec<Arc<dyn ClientInterceptor>>,
+    tls: Option<ClientTls>,
 }
 
 impl Default for ClientBuilder {
@@ -133,6 +136,7 @@ impl Default for ClientBuilder {
             config: Config::default(),
             balance: Box::new(P2c),
             interceptors: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -141,6 +145,7 @@ impl std::fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientBuilder")
             .field("config", &self.config)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -223,6 +228,32 @@ impl ClientBuilder {
         self
     }
 
+    /// Dials every connection over TLS with `tls`; without it connections are plaintext,
+    /// which authenticates no one and suits trusted networks only. In-process clients
+    /// ([`ClientBuilder::in_process`]) have no connection and ignore it.
+    ///
+    /// The server's certificate must chain to the CA of `tls` and carry the name it sets
+    /// with [`ClientTls::server_name`], by default the service name given to
+    /// [`ClientBuilder::discover`], or the host of the address given to
+    /// [`ClientBuilder::connect_lazy`]. A handshake that fails ends the attempt with
+    /// [`Error::Tls`] and ejects the instance; the call goes to another instance. The
+    /// connect timeout bounds the TCP connect and the handshake together. Reload
+    /// certificates with [`ClientTls::reload`] on a clone of `tls`.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The pool settings of this client's endpoints, with TLS requiring `name` of servers.
+    fn pool(&self, name: &str) -> pool::Config {
+        let mut pool = self.config.pool();
+        pool.tls = self.tls.as_ref().map(|tls| pool::Tls {
+            client: tls.clone(),
+            name: tls.name_override().unwrap_or(name).into(),
+        });
+        pool
+    }
+
     /// How calls choose among instances. Default [`P2c`].
     pub fn balance(mut self, balance: impl Balance) -> Self {
         self.balance = Box::new(balance);
@@ -232,7 +263,8 @@ impl ClientBuilder {
     /// A client for one address (`host:port`). Nothing is dialled until the first call.
     pub fn connect_lazy(self, addr: impl Into<String>) -> Client {
         let instances: Instances = Arc::new([Instance::new(addr)]);
-        let set = Set::build(&*self.balance, &instances, None, &self.config);
+        let pool = self.pool(host(&instances[0].addr));
+        let set = Set::build(&*self.balance, &instances, None, &pool, &self.config);
         // The sender is dropped: the set never changes.
         let (_, rx) = watch::channel(Arc::new(set));
         let target = instances[0].addr.clone();
@@ -277,15 +309,17 @@ impl ClientBuilder {
         service: &str,
     ) -> Result<Client, DiscoveryError> {
         let mut instances = discovery.subscribe(service).await?;
+        let pool = self.pool(service);
         let config = self.config;
         let first = instances.borrow_and_update().clone();
-        let (tx, rx) = watch::channel(Arc::new(Set::build(&*self.balance, &first, None, &config)));
+        let set = Set::build(&*self.balance, &first, None, &pool, &config);
+        let (tx, rx) = watch::channel(Arc::new(set));
         let balance = self.balance;
         let task_config = config.clone();
         let watcher = tokio::spawn(async move {
             while instances.changed().await.is_ok() {
                 let list = instances.borrow_and_update().clone();
-                let set = Set::build(&*balance, &list, Some(&tx.borrow()), &task_config);
+                let set = Set::build(&*balance, &list, Some(&tx.borrow()), &pool, &task_config);
                 debug!(instances = list.len(), "instance list changed");
                 if tx.send(Arc::new(set)).is_err() {
                     break;
@@ -316,6 +350,7 @@ impl Set {
         balance: &dyn Balance,
         instances: &Instances,
         previous: Option<&Arc<Set>>,
+        pool: &pool::Config,
         config: &Config,
     ) -> Set {
         let endpoints: Arc<[Arc<Endpoint>]> = instances
@@ -330,7 +365,7 @@ impl Set {
                     }
                     None => {
                         let endpoint =
-                            Endpoint::new(instance.clone(), config.pool(), config.ejection());
+                            Endpoint::new(instance.clone(), pool.clone(), config.ejection());
                         Arc::new(endpoint)
                     }
                 }
@@ -598,6 +633,15 @@ impl Client {
     }
 }
 
+/// The host of a `host:port` address (an IPv6 address without its brackets): the name a
+/// server reached by address must carry in its certificate.
+fn host(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
 /// One attempt on one endpoint.
 async fn attempt<Req, Resp>(
     endpoint: &Endpoint,
@@ -631,4 +675,17 @@ where
         return Err(Error::Status(status));
     }
     Resp::decode(frame.body).map_err(Error::Decode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_of_an_address_is_what_a_server_reached_by_address_must_be_named() {
+        assert_eq!(host("user.mpim.internal:6101"), "user.mpim.internal");
+        assert_eq!(host("10.0.0.7:6101"), "10.0.0.7");
+        assert_eq!(host("[::1]:6101"), "::1");
+        assert_eq!(host("no-port"), "no-port");
+    }
 }

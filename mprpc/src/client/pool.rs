@@ -12,16 +12,27 @@ use tracing::debug;
 use super::connection::Connection;
 use crate::backoff::Backoff;
 use crate::error::Error;
+use crate::tls::{self, ClientTls};
 
 /// How a pool dials and keeps its connections.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) size: usize,
+    /// Limit on one dial: the TCP connect and the TLS handshake together.
     pub(crate) connect_timeout: Duration,
     pub(crate) max_frame: usize,
     pub(crate) keepalive: Option<Duration>,
     /// Redial delays after failed dials.
     pub(crate) redial: Backoff,
+    /// TLS for every connection, when set.
+    pub(crate) tls: Option<Tls>,
+}
+
+/// A pool's TLS: the client configuration and the name the server's certificate must carry.
+#[derive(Debug, Clone)]
+pub(crate) struct Tls {
+    pub(crate) client: ClientTls,
+    pub(crate) name: Arc<str>,
 }
 
 /// Connections to one endpoint. Calls pick slots round robin.
@@ -54,6 +65,9 @@ struct Redial {
     backoff: Backoff,
     failed_at: Option<Instant>,
     delay: Duration,
+    /// Why the last dial failed when TLS refused it: calls during the backoff are told
+    /// that again, rather than only that the endpoint waits.
+    refused: Option<String>,
 }
 
 impl Redial {
@@ -72,6 +86,7 @@ impl Pool {
                     backoff: config.redial,
                     failed_at: None,
                     delay: Duration::ZERO,
+                    refused: None,
                 }),
             })
             .collect();
@@ -107,40 +122,75 @@ impl Pool {
             return Ok(conn);
         }
         if redial.waiting() {
-            return Err(Error::Unavailable("endpoint is in reconnect backoff"));
+            return Err(match &redial.refused {
+                Some(reason) => Error::Tls {
+                    addr: self.addr.clone(),
+                    reason: reason.clone(),
+                },
+                None => Error::Unavailable("endpoint is in reconnect backoff"),
+            });
         }
-        let dialled =
-            tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(&self.addr))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "connect timed out",
-                    ))
-                });
+        let dialled = tokio::time::timeout(self.config.connect_timeout, self.open())
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Connect {
+                    addr: self.addr.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+                })
+            });
         match dialled {
-            Ok(stream) => {
+            Ok(conn) => {
                 redial.backoff.reset();
                 redial.failed_at = None;
-                let conn = Arc::new(Connection::new(
-                    stream,
-                    self.config.max_frame,
-                    self.config.keepalive,
-                    self.gauge.clone(),
-                ));
+                redial.refused = None;
+                let conn = Arc::new(conn);
                 *slot.conn.lock() = Some(conn.clone());
                 debug!(addr = %self.addr, "connected");
                 Ok(conn)
             }
-            Err(source) => {
+            Err(err) => {
                 redial.delay = redial.backoff.fail();
                 redial.failed_at = Some(Instant::now());
-                debug!(addr = %self.addr, cause = %source, failures = redial.backoff.failures(), "dial failed");
-                Err(Error::Connect {
-                    addr: self.addr.clone(),
-                    source,
-                })
+                redial.refused = match &err {
+                    Error::Tls { reason, .. } => Some(reason.clone()),
+                    _ => None,
+                };
+                debug!(addr = %self.addr, cause = %err, failures = redial.backoff.failures(), "dial failed");
+                Err(err)
             }
+        }
+    }
+
+    /// Dials, runs the TLS handshake when configured, and starts the connection.
+    async fn open(&self) -> Result<Connection, Error> {
+        let stream = TcpStream::connect(&self.addr)
+            .await
+            .map_err(|source| Error::Connect {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        // Frames are batched by the writer already; Nagle would only add latency.
+        let _ = stream.set_nodelay(true);
+        let (max_frame, keepalive) = (self.config.max_frame, self.config.keepalive);
+        let Some(tls) = &self.config.tls else {
+            let (read, write) = stream.into_split();
+            let gauge = self.gauge.clone();
+            return Ok(Connection::new(
+                read, write, &self.addr, max_frame, keepalive, gauge,
+            ));
+        };
+        match tls::connect(&tls.client, &tls.name, stream).await {
+            Ok(stream) => {
+                let (read, write) = tokio::io::split(stream);
+                let gauge = self.gauge.clone();
+                Ok(Connection::new(
+                    read, write, &self.addr, max_frame, keepalive, gauge,
+                ))
+            }
+            Err(reason) => Err(Error::Tls {
+                addr: self.addr.clone(),
+                reason,
+            }),
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::frame::Text;
 use crate::metrics::MethodMetrics;
 use crate::service::{BoxFuture, CallResult, Context, Extensions};
 use crate::status::{Code, Status};
+use crate::tls::PeerIdentity;
 
 /// The built-in health service: answered while draining, and not intercepted, so that
 /// probers that carry no credentials still learn whether the server serves.
@@ -33,6 +34,10 @@ pub(crate) struct Incoming {
     pub(crate) deadline: Option<Instant>,
     pub(crate) metadata: Vec<(Text, Text)>,
     pub(crate) peer: SocketAddr,
+    /// The verified certificate of a TLS peer.
+    pub(crate) peer_identity: Option<Arc<PeerIdentity>>,
+    /// Carried by the in-process transport.
+    pub(crate) local: bool,
     pub(crate) body: Bytes,
     /// When the request was read; latency is measured from here.
     pub(crate) received: Instant,
@@ -54,6 +59,8 @@ impl Shared {
             deadline,
             metadata,
             peer,
+            peer_identity,
+            local,
             body,
             received,
         } = incoming;
@@ -86,6 +93,8 @@ impl Shared {
             peer,
             metadata,
             extensions: Extensions::default(),
+            peer_identity,
+            local,
         };
         // Built only when someone listens: a disabled span still costs a few hundred
         // instructions per call, a tenth of a call's whole cost.

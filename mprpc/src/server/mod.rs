@@ -26,6 +26,7 @@
 
 mod call;
 mod connection;
+mod handshake;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -50,6 +51,7 @@ use crate::interceptor::Interceptor;
 use crate::metrics::{MethodMetrics, ServerGauges};
 use crate::service::Service;
 use crate::status::Code;
+use crate::tls::ServerTls;
 
 pub(crate) use call::Incoming;
 
@@ -104,6 +106,7 @@ pub struct ServerBuilder {
     services: HashMap<&'static str, Arc<dyn Service>>,
     interceptors: Vec<Arc<dyn Interceptor>>,
     config: Config,
+    tls: Option<ServerTls>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -112,6 +115,7 @@ impl std::fmt::Debug for ServerBuilder {
             .field("services", &self.services.keys().collect::<Vec<_>>())
             .field("interceptors", &self.interceptors.len())
             .field("config", &self.config)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -186,6 +190,21 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves every connection of this server's listeners over TLS with `tls` (mutual TLS
+    /// when it was made with [`ServerTls::mutual`]); without it connections are plaintext,
+    /// which authenticates no one and suits trusted networks only.
+    ///
+    /// The TLS handshake counts against the handshake timeout: a connection must complete
+    /// it and send its first frame within `handshake_timeout` (or, when that is `None`,
+    /// `idle_timeout`) of being accepted, and while it handshakes it holds a connection
+    /// slot that a newcomer at the connection limit may take. Failed handshakes are logged
+    /// with the peer's address and counted in `mprpc_server_tls_handshake_failures_total`.
+    /// Reload certificates with [`ServerTls::reload`] on a clone of `tls`.
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// The server. It also answers `mprpc.health.Health` unless a service of that name was added.
     ///
     /// Metrics handles are created here: install the recorder
@@ -211,6 +230,7 @@ impl ServerBuilder {
                 routes,
                 interceptors: self.interceptors.into(),
                 config: self.config,
+                tls: self.tls,
                 draining,
                 gauges: ServerGauges::new(),
                 unrouted: MethodMetrics::new("other", "other"),
@@ -265,6 +285,7 @@ pub(crate) struct Shared {
     interceptors: Box<[Arc<dyn Interceptor>]>,
     in_flight: Arc<Semaphore>,
     config: Config,
+    tls: Option<ServerTls>,
     draining: Arc<AtomicBool>,
     gauges: ServerGauges,
     /// Calls to services this server does not host.
@@ -587,6 +608,7 @@ async fn serve_connection(
     token: CancellationToken,
     permit: OwnedSemaphorePermit,
 ) {
+    let opened = Instant::now();
     let (id, slot) = shared.open_slot();
     shared.gauges.connections.increment(1.0);
     let open = Open {
@@ -594,7 +616,27 @@ async fn serve_connection(
         id,
         _permit: permit,
     };
-    connection::serve(stream, peer, shared, slot, token).await;
+    // Frames are batched by the writer already; Nagle would only add latency.
+    let _ = stream.set_nodelay(true);
+    let mut accepted = connection::Peer {
+        addr: peer,
+        identity: None,
+        opened,
+    };
+    match shared.tls.as_ref().map(ServerTls::current) {
+        None => {
+            let (read, write) = stream.into_split();
+            connection::serve(read, write, accepted, shared, slot, token).await;
+        }
+        Some(config) => {
+            let stream = handshake::accept(config, stream, &accepted, &shared, &slot, &token);
+            if let Some((stream, identity)) = stream.await {
+                accepted.identity = identity;
+                let (read, write) = tokio::io::split(stream);
+                connection::serve(read, write, accepted, shared, slot, token).await;
+            }
+        }
+    }
     drop(open);
 }
 

@@ -1,6 +1,7 @@
 //! A test server with a hand-written probe service, and raw-socket helpers.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod pki;
 pub mod relay;
 
 use std::collections::HashMap;
