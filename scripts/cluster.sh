@@ -187,7 +187,7 @@ build() {
   local profile=(--release)
   [[ $PROFILE == debug ]] && profile=()
   (cd "$REPO_ROOT" && cargo build "${profile[@]}" --locked -p im-user -p im-presence \
-    -p im-message -p im-group -p im-gateway)
+    -p im-message -p im-group -p im-gateway -p mpim --bin mpim-certs)
 }
 
 # The Redis Cluster's seed URLs, comma-separated.
@@ -199,8 +199,10 @@ redis_nodes() {
   fi
 }
 
-# What every process shares: discovery, Redis, logging.
+# What every process shares: discovery, Redis, logging; and the cluster's certificates and
+# ZooKeeper credential, which proc_start_as gives each process by its role.
 common_env() {
+  cluster_trust "$BIN"
   COMMON=(MPIM_DISCOVERY__ZOOKEEPER=127.0.0.1:2181 MPIM_REDIS__PREFIX="$PREFIX" MPIM_LOG__LEVEL=info)
   if ((REDIS_CLUSTER)); then
     COMMON+=("MPIM_REDIS__CLUSTER=$(redis_nodes)")
@@ -222,12 +224,13 @@ service_start() {
     # Message ids carry the node number: unique per instance.
     im-message) env+=(MPIM_MESSAGE__NODE="$n") ;;
   esac
-  proc_start "$service-$n" "${env[@]}" "$BIN/$service" --config "$REPO_ROOT/config/$service.toml"
+  proc_start_as "${service#im-}" "$service-$n" "${env[@]}" "$BIN/$service" \
+    --config "$REPO_ROOT/config/$service.toml"
 }
 
 gateway_start() {
   local n=$1
-  proc_start "im-gateway-$n" "${COMMON[@]}" MPIM_GATEWAY__ID="gw-$n" \
+  proc_start_as gateway "im-gateway-$n" "${COMMON[@]}" MPIM_GATEWAY__ID="gw-$n" \
     MPIM_SERVER__LISTEN="$HOST:$(gateway_tcp "$n")" MPIM_WS__LISTEN="$HOST:$(gateway_http "$n")" \
     "$BIN/im-gateway" --config "$REPO_ROOT/config/im-gateway.toml"
 }

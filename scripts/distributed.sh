@@ -41,7 +41,9 @@ up() {
   mysql -uroot -h127.0.0.1 -e "CREATE DATABASE IF NOT EXISTS \`$DB\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
   log "building (release)"
   (cd "$REPO_ROOT" && cargo build --release --locked -p im-user -p im-presence -p im-message \
-    -p im-group -p im-gateway)
+    -p im-group -p im-gateway -p mpim --bin mpim-certs)
+  # Mutual TLS between the processes and the ZooKeeper credential (docs/security.md).
+  cluster_trust "$BIN"
   local common=(
     MPIM_DISCOVERY__ZOOKEEPER=127.0.0.1:2181
     MPIM_REDIS__URL=redis://127.0.0.1:6379
@@ -49,15 +51,16 @@ up() {
     MPIM_LOG__LEVEL=info
   )
   local db=MPIM_DATABASE__URL=mysql://root@127.0.0.1:3306/$DB
-  proc_start im-user "${common[@]}" "$db" MPIM_AUTH__JWT_SECRET="$(jwt_secret)" "$BIN/im-user"
-  proc_start im-presence "${common[@]}" "$BIN/im-presence"
-  proc_start im-message "${common[@]}" "$db" "$BIN/im-message"
-  proc_start im-group "${common[@]}" "$db" "$BIN/im-group"
+  proc_start_as user im-user "${common[@]}" "$db" MPIM_AUTH__JWT_SECRET="$(jwt_secret)" \
+    "$BIN/im-user"
+  proc_start_as presence im-presence "${common[@]}" "$BIN/im-presence"
+  proc_start_as message im-message "${common[@]}" "$db" "$BIN/im-message"
+  proc_start_as group im-group "${common[@]}" "$db" "$BIN/im-group"
   for service in "${SERVICES[@]}"; do proc_wait_log "$service" "metrics at /metrics"; done
   local i
   for ((i = 1; i <= gateways; i++)); do
     local offset=$((10 * (i - 1)))
-    proc_start "im-gateway-$i" "${common[@]}" \
+    proc_start_as gateway "im-gateway-$i" "${common[@]}" \
       MPIM_SERVER__LISTEN=127.0.0.1:$((6000 + offset)) \
       MPIM_WS__LISTEN=127.0.0.1:$((6080 + offset)) \
       MPIM_GATEWAY__ID="gw-$i" "$BIN/im-gateway"

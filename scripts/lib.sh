@@ -182,3 +182,31 @@ jwt_secret() {
   fi
   cat "$file"
 }
+
+# The cluster's trust material in <state>/certs (made once, kept across runs): the CA and one
+# certificate per role (`mpim-certs`, built beside the services), and the ZooKeeper credential.
+# Sets TRUST_DIR. Usage: cluster_trust BIN_DIR
+cluster_trust() {
+  TRUST_DIR=$STATE_DIR/certs
+  mkdir -p "$TRUST_DIR"
+  "$1/mpim-certs" --dir "$TRUST_DIR" >/dev/null || die "mpim-certs failed"
+  local credential=$TRUST_DIR/zookeeper-credential
+  if [[ ! -s $credential ]]; then
+    (umask 077 && printf 'mpim:%s\n' "$(head -c 24 /dev/urandom | base64 | tr -d '\n/+=')" >"$credential")
+  fi
+}
+
+# The MPIM_* settings that give process `role` (gateway, user, presence, message, group) its
+# certificate, the cluster CA and the ZooKeeper credential; call cluster_trust first.
+trust_env() {
+  printf '%s\n' "MPIM_TLS__CERT=$TRUST_DIR/$1.pem" "MPIM_TLS__KEY=$TRUST_DIR/$1.key" \
+    "MPIM_TLS__CA=$TRUST_DIR/ca.pem" "MPIM_DISCOVERY__CREDENTIAL_FILE=$TRUST_DIR/zookeeper-credential"
+}
+
+# proc_start with the trust settings of `role` added: proc_start_as ROLE NAME [VAR=value…] PROGRAM…
+proc_start_as() {
+  local role=$1 name=$2 trust
+  shift 2
+  mapfile -t trust < <(trust_env "$role")
+  proc_start "$name" "${trust[@]}" "$@"
+}

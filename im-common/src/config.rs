@@ -200,6 +200,10 @@ pub struct DiscoveryConfig {
     /// Default: each service on its default port on 127.0.0.1.
     #[serde(rename = "static")]
     pub fixed: BTreeMap<String, Vec<String>>,
+    /// A file holding the cluster's ZooKeeper credential, `user:password` on one line
+    /// (docs/security.md). Default: none, and the registry is open to anyone who reaches
+    /// ZooKeeper.
+    pub credential_file: Option<PathBuf>,
 }
 
 impl Default for DiscoveryConfig {
@@ -209,6 +213,61 @@ impl Default for DiscoveryConfig {
             root: "/mprpc".to_owned(),
             session_timeout_ms: 10_000,
             fixed: BTreeMap::new(),
+            credential_file: None,
+        }
+    }
+}
+
+/// Mutual TLS between MPIM's processes (docs/security.md).
+///
+/// With `cert`, `key` and `ca` set, the service's RPC port speaks only TLS and admits only
+/// peers whose certificate the cluster CA signed; the process dials the other services over
+/// TLS with the same certificate, and checks that each instance holds the certificate of the
+/// service it looked up. Without them, RPC is plaintext, which a service allows only on a
+/// loopback address unless `insecure` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// This process's certificate chain, PEM (e.g. `certs/user.pem`). Default: none.
+    pub cert: Option<PathBuf>,
+    /// Its private key, PEM. Default: none.
+    pub key: Option<PathBuf>,
+    /// The cluster CA's certificate(s), PEM: the only issuer of peers' certificates.
+    /// Default: none.
+    pub ca: Option<PathBuf>,
+    /// How often the three files are checked for a new version, in ms; a new certificate
+    /// is used for connections made from then on. Default 10000.
+    pub reload_interval_ms: u64,
+    /// Allow plaintext RPC on an address other than loopback, trusting whoever reaches it.
+    /// Default false.
+    pub insecure: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> TlsConfig {
+        TlsConfig {
+            cert: None,
+            key: None,
+            ca: None,
+            reload_interval_ms: 10_000,
+            insecure: false,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The three files, when TLS is configured.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when some but not all of `cert`, `key` and `ca` are set.
+    pub fn files(&self) -> Result<Option<(&Path, &Path, &Path)>, ConfigError> {
+        match (&self.cert, &self.key, &self.ca) {
+            (Some(cert), Some(key), Some(ca)) => Ok(Some((cert, key, ca))),
+            (None, None, None) => Ok(None),
+            _ => Err(ConfigError::Invalid {
+                key: "tls".to_owned(),
+                message: "cert, key and ca go together: set all three or none".to_owned(),
+            }),
         }
     }
 }

@@ -1,16 +1,24 @@
-//! Who is calling: identity carried in call metadata.
+//! Who is calling, and for whom.
 //!
-//! The gateway authenticates end users (tokens, through `UserService.VerifyToken`) and then
-//! calls the services *for* them, putting the session's user, device and session ids in the
-//! call's metadata ([`for_user`]). Every process also names itself ([`ServiceIdentity`], a
-//! client interceptor). On the server side [`Authenticate`] refuses any call that carries no
-//! service identity before a handler runs, and handlers that act for a user take it from
-//! [`user`], never from a field of the request body.
+//! Two questions for every call a service receives:
 //!
-//! The services trust this metadata: they listen on the cluster's private network, which
-//! only MPIM's own processes reach (docs/operations.md).
+//! - **Which process?** Its [`Role`], from the certificate it presented in the mutual-TLS
+//!   handshake (the certificate's DNS name, see [`crate::certs`]), or the process itself for
+//!   calls through the in-process transport inside `mpim`. On a plaintext connection nothing
+//!   can be verified: the caller's declared name ([`SERVICE`] metadata) is taken on trust,
+//!   which a service allows only on a loopback address or with `tls.insecure = true`
+//!   ([`crate::serve`]).
+//! - **For which user?** The gateway authenticates end users (tokens, through
+//!   `UserService.VerifyToken`) and calls the services *for* them, putting the session's
+//!   user, device and session ids in the call's metadata ([`for_user`]). Only a gateway (or
+//!   the in-process transport) may do so: [`Authorize`] refuses user metadata from any other
+//!   caller, and handlers take the user from [`user`], never from a field of the request.
+//!
+//! [`Authorize`] is the server interceptor that answers both before any handler runs, and
+//! checks the service's [`Policy`]: which roles may call each method.
 
 use mprpc::interceptor::Outgoing;
+use mprpc::tls::PeerIdentity;
 use mprpc::{CallOptions, ClientInterceptor, Context, Interceptor, Status, Text};
 
 /// Metadata key: the calling process (`gateway`, `im-message`, …).
@@ -50,11 +58,21 @@ impl User {
     }
 }
 
-/// The end user of the call, from its metadata.
+/// The end user of the call, from its metadata (which [`Authorize`] accepts only from a
+/// caller that may act for users).
 ///
 /// # Errors
-/// `UNAUTHENTICATED` when the call acts for no user (or names one that is not a user id).
+/// `UNAUTHENTICATED` when the call acts for no user (or names one that is not a user id),
+/// or comes from a caller that may not act for users.
 pub fn user(ctx: &Context) -> Result<User, Status> {
+    if ctx
+        .get::<Caller>()
+        .is_some_and(|caller| !caller.acts_for_users())
+    {
+        return Err(Status::unauthenticated(
+            "this caller may not act for a user",
+        ));
+    }
     let id = ctx
         .metadata(USER)
         .and_then(|id| id.parse::<u64>().ok())
@@ -67,7 +85,7 @@ pub fn user(ctx: &Context) -> Result<User, Status> {
     })
 }
 
-/// The calling process, from the call's metadata.
+/// The name the calling process gives itself (metadata, unverified: see [`Caller`]).
 ///
 /// # Errors
 /// `UNAUTHENTICATED` when the call names none.
@@ -105,17 +123,197 @@ pub fn context_for_service(service: &'static str) -> Context {
     Context::new(peer).with_metadata(Text::from_static(SERVICE), service)
 }
 
-/// Server interceptor: refuses calls without a service identity (`UNAUTHENTICATED`), except
-/// health checks, which load balancers and probes make without one.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Authenticate;
+/// The kinds of MPIM process, each with a certificate of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// `im-gateway`: holds client connections and acts for their users.
+    Gateway,
+    /// `im-user`.
+    User,
+    /// `im-presence`.
+    Presence,
+    /// `im-message`.
+    Message,
+    /// `im-group`.
+    Group,
+}
 
-impl Interceptor for Authenticate {
-    fn intercept(&self, ctx: &mut Context) -> Result<(), Status> {
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 5] = [
+        Role::Gateway,
+        Role::User,
+        Role::Presence,
+        Role::Message,
+        Role::Group,
+    ];
+
+    /// The short name (`gateway`, `user`, …): file names and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Gateway => "gateway",
+            Role::User => "user",
+            Role::Presence => "presence",
+            Role::Message => "message",
+            Role::Group => "group",
+        }
+    }
+
+    /// The DNS name the role's certificate carries: the service it serves
+    /// (`mpim.UserService`), so that a client can check that the instance it dialled holds
+    /// the certificate of the service it looked up; `mpim.Gateway` for gateways.
+    pub fn certificate_name(self) -> &'static str {
+        match self {
+            Role::Gateway => "mpim.Gateway",
+            Role::User => "mpim.UserService",
+            Role::Presence => "mpim.PresenceService",
+            Role::Message => "mpim.MessageService",
+            Role::Group => "mpim.GroupService",
+        }
+    }
+
+    /// The role a short name names.
+    pub fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|role| role.name() == name)
+    }
+
+    /// The role a verified certificate names; `None` when it names none (or, against the
+    /// rules of [`crate::certs`], more than one).
+    pub fn of_certificate(peer: &PeerIdentity) -> Option<Role> {
+        let mut found = Role::ALL.into_iter().filter(|role| {
+            peer.dns_names()
+                .iter()
+                .any(|name| name.eq_ignore_ascii_case(role.certificate_name()))
+        });
+        let role = found.next()?;
+        found.next().is_none().then_some(role)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a call's caller was established; [`Authorize`] attaches it to every call it lets
+/// through ([`Context::get`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The in-process transport: code of this same binary.
+    InProcess,
+    /// A verified certificate naming this role.
+    Certified(Role),
+    /// A plaintext connection and the name the caller gave itself ([`SERVICE`]); nothing
+    /// about it is verified.
+    Declared(String),
+}
+
+impl Caller {
+    /// Establishes the caller of the call in `ctx`.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED` when a certificate names no MPIM role, or a plaintext caller
+    /// names itself not at all.
+    pub fn of(ctx: &Context) -> Result<Caller, Status> {
+        if ctx.is_local() {
+            return Ok(Caller::InProcess);
+        }
+        if let Some(peer) = ctx.peer_identity() {
+            return Role::of_certificate(peer)
+                .map(Caller::Certified)
+                .ok_or_else(|| {
+                    Status::unauthenticated("the caller's certificate names no MPIM role")
+                });
+        }
+        service(ctx).map(|name| Caller::Declared(name.to_owned()))
+    }
+
+    /// Whether this caller may act for end users: a gateway, or this process itself.
+    pub fn acts_for_users(&self) -> bool {
+        !matches!(self, Caller::Certified(role) if *role != Role::Gateway)
+    }
+}
+
+/// Which roles may call each method of one service.
+#[derive(Debug)]
+pub struct Policy {
+    /// The fully qualified service (`mpim.UserService`).
+    pub service: &'static str,
+    /// Method name (as in the `.proto`) and the roles that may call it.
+    pub methods: &'static [(&'static str, &'static [Role])],
+}
+
+/// The gateway only: what every method acting for an end user allows.
+pub const GATEWAY: &[Role] = &[Role::Gateway];
+
+impl Policy {
+    /// The roles that may call `method`; none for a method the policy does not name, so a
+    /// method added without a policy entry is closed, not open.
+    pub fn allowed(&self, method: &str) -> &'static [Role] {
+        self.methods
+            .iter()
+            .find(|(name, _)| *name == method)
+            .map_or(&[], |(_, roles)| roles)
+    }
+}
+
+/// Server interceptor: establishes the [`Caller`], refuses user metadata from callers that
+/// may not act for users and calls that the service's [`Policy`] does not allow to the
+/// caller's role (`PERMISSION_DENIED`), and attaches the caller. Health checks pass for any
+/// caller the transport let in (a mutual-TLS server has checked its certificate already).
+#[derive(Debug, Clone, Copy)]
+pub struct Authorize {
+    policy: &'static Policy,
+}
+
+impl Authorize {
+    /// Checks calls against `policy`, the policy of the service the server hosts (a call
+    /// to any other service is refused).
+    pub fn new(policy: &'static Policy) -> Authorize {
+        Authorize { policy }
+    }
+
+    fn check(&self, ctx: &Context, caller: &Caller) -> Result<(), Status> {
         if ctx.service() == "mprpc.health.Health" {
             return Ok(());
         }
-        service(ctx).map(|_| ())
+        let role = match caller {
+            Caller::Certified(role) => *role,
+            // Unverifiable, so a role's rules cannot apply: plaintext is allowed only where
+            // every caller is trusted (`crate::serve`).
+            Caller::InProcess | Caller::Declared(_) => return Ok(()),
+        };
+        let allowed = match self.policy.service == ctx.service() {
+            true => self.policy.allowed(ctx.method()),
+            false => &[],
+        };
+        if allowed.contains(&role) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "{role} may not call {}.{}",
+                ctx.service(),
+                ctx.method()
+            )))
+        }
+    }
+}
+
+impl Interceptor for Authorize {
+    fn intercept(&self, ctx: &mut Context) -> Result<(), Status> {
+        let caller = Caller::of(ctx)?;
+        let for_user = [USER, DEVICE, SESSION]
+            .iter()
+            .any(|key| ctx.metadata(key).is_some());
+        if for_user && !caller.acts_for_users() {
+            return Err(Status::permission_denied(
+                "only a gateway may make calls for a user",
+            ));
+        }
+        self.check(ctx, &caller)?;
+        ctx.insert(caller);
+        Ok(())
     }
 }
 
@@ -134,5 +332,53 @@ impl ClientInterceptor for ServiceIdentity {
     fn intercept(&self, call: &mut Outgoing<'_>) -> Result<(), Status> {
         call.set_metadata(Text::from_static(SERVICE), self.0.clone());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(names: &[&str]) -> PeerIdentity {
+        PeerIdentity::new(names.iter().map(|n| n.to_string()).collect(), Vec::new())
+    }
+
+    #[test]
+    fn a_certificate_names_one_role() {
+        for role in Role::ALL {
+            assert_eq!(
+                Role::of_certificate(&peer(&[role.certificate_name()])),
+                Some(role)
+            );
+            assert_eq!(Role::from_name(role.name()), Some(role));
+        }
+        assert_eq!(
+            Role::of_certificate(&peer(&["mpim.gateway"])),
+            Some(Role::Gateway)
+        );
+        assert_eq!(Role::of_certificate(&peer(&["example.com"])), None);
+        assert_eq!(Role::of_certificate(&peer(&[])), None);
+        let both = peer(&["mpim.Gateway", "mpim.UserService"]);
+        assert_eq!(Role::of_certificate(&both), None, "two roles is none");
+    }
+
+    #[test]
+    fn only_gateways_and_this_process_act_for_users() {
+        assert!(Caller::InProcess.acts_for_users());
+        assert!(Caller::Certified(Role::Gateway).acts_for_users());
+        assert!(Caller::Declared("im-gateway".into()).acts_for_users());
+        for role in [Role::User, Role::Presence, Role::Message, Role::Group] {
+            assert!(!Caller::Certified(role).acts_for_users(), "{role}");
+        }
+    }
+
+    #[test]
+    fn a_method_without_an_entry_is_closed() {
+        static POLICY: Policy = Policy {
+            service: "mpim.Test",
+            methods: &[("Open", GATEWAY)],
+        };
+        assert_eq!(POLICY.allowed("Open"), GATEWAY);
+        assert!(POLICY.allowed("Other").is_empty());
     }
 }

@@ -11,7 +11,11 @@
 //!   shutdown signal;
 //! - [`serve`]: running a service process (listen, register, `/metrics`, graceful stop)
 //!   and clients of the other services through discovery;
-//! - [`identity`]: who a call is for, as metadata the gateway sets and services check;
+//! - [`identity`]: who is calling (the role in its certificate) and for whom (the user the
+//!   gateway names), and the per-method [`identity::Policy`] every service enforces;
+//! - [`certs`]: the cluster CA and one certificate per role (`mpim-certs`);
+//! - [`tls`]: a process's mutual-TLS configuration and the watch that reloads a rotated
+//!   certificate;
 //! - [`error`]: [`StoreError`] and its mapping to wire statuses;
 //! - [`validate`]: input rules with clear `INVALID_ARGUMENT` messages;
 //! - [`ids`]: conversation ids, message ids, the clock;
@@ -30,6 +34,7 @@ pub mod proto {
 }
 
 pub mod bus;
+pub mod certs;
 pub mod config;
 pub mod error;
 pub mod identity;
@@ -37,6 +42,7 @@ pub mod ids;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod validate;
 
 pub use error::StoreError;

@@ -8,12 +8,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use mprpc::discovery::{Discover, Instance, Static};
 use mprpc::zookeeper::{ZkConfig, ZooKeeper};
-use mprpc::{Client, Server};
+use mprpc::{Client, Server, ServerBuilder};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::config::{DiscoveryConfig, ServerConfig};
-use crate::identity::ServiceIdentity;
+use crate::config::{DiscoveryConfig, ServerConfig, TlsConfig};
+use crate::identity::{Authorize, Policy, ServiceIdentity};
+use crate::tls::Tls;
 
 /// Default ports of the services (metrics on each + 1000).
 pub mod ports {
@@ -27,33 +28,60 @@ pub mod ports {
     pub const GROUP: u16 = 6104;
 }
 
-/// A server hosting `service` behind the identity check every MPIM service applies
-/// ([`Authenticate`](crate::identity::Authenticate)).
-pub fn server(service: impl mprpc::Service) -> Server {
+/// A server builder hosting `service` behind the caller checks every MPIM service applies:
+/// [`Authorize`] with the service's `policy`.
+pub fn builder(service: impl mprpc::Service, policy: &'static Policy) -> ServerBuilder {
+    debug_assert_eq!(
+        policy.service,
+        service.name(),
+        "the policy of another service"
+    );
+    for method in service.methods() {
+        if policy.allowed(method).is_empty() {
+            warn!(
+                service = service.name(),
+                method, "no role may call this method"
+            );
+        }
+    }
     Server::builder()
-        .intercept(crate::identity::Authenticate)
+        .intercept(Authorize::new(policy))
         .add_service(service)
-        .build()
 }
 
-/// Where the services are found: ZooKeeper, or a static list.
+/// [`builder`], built: for the in-process transport and tests.
+pub fn server(service: impl mprpc::Service, policy: &'static Policy) -> Server {
+    builder(service, policy).build()
+}
+
+/// Where the services are found (ZooKeeper, or a static list), and how they are reached
+/// (mutual TLS, or plaintext).
 #[derive(Clone)]
 pub struct Discovery {
     zookeeper: Option<ZooKeeper>,
     config: DiscoveryConfig,
+    tls: Option<Tls>,
+    insecure: bool,
 }
 
 impl Discovery {
-    /// Connects to ZooKeeper when configured.
+    /// Connects to ZooKeeper when configured (with the cluster credential when one is
+    /// configured), and loads the TLS files `tls` names.
     ///
     /// # Errors
-    /// When ZooKeeper cannot be reached within its connect timeout.
-    pub async fn connect(config: &DiscoveryConfig) -> anyhow::Result<Discovery> {
+    /// When ZooKeeper cannot be reached within its connect timeout, or a credential or TLS
+    /// file does not load.
+    pub async fn connect(config: &DiscoveryConfig, tls: &TlsConfig) -> anyhow::Result<Discovery> {
+        let loaded = Tls::load(tls)?;
         let zookeeper = match &config.zookeeper {
             Some(hosts) => {
-                let zk = ZkConfig::default()
+                let mut zk = ZkConfig::default()
                     .root(config.root.clone())
                     .session_timeout(Duration::from_millis(config.session_timeout_ms));
+                if let Some(path) = &config.credential_file {
+                    let (user, password) = read_credential(path)?;
+                    zk = zk.credential(&user, &password);
+                }
                 Some(
                     ZooKeeper::connect(hosts, zk)
                         .await
@@ -65,7 +93,14 @@ impl Discovery {
         Ok(Discovery {
             zookeeper,
             config: config.clone(),
+            tls: loaded,
+            insecure: tls.insecure,
         })
+    }
+
+    /// The TLS configuration in use, if any.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
     }
 
     /// A client of `service` (`mpim.UserService`) that names this process as `me`.
@@ -78,7 +113,11 @@ impl Discovery {
         service: &str,
         default_port: u16,
     ) -> anyhow::Result<Client> {
-        let builder = Client::builder().intercept(ServiceIdentity::new(me));
+        let mut builder = Client::builder().intercept(ServiceIdentity::new(me));
+        if let Some(tls) = &self.tls {
+            // The instance must hold the certificate of `service` (its DNS name).
+            builder = builder.tls(tls.client());
+        }
         let source: Arc<dyn Discover> = match &self.zookeeper {
             Some(zk) => Arc::new(zk.clone()),
             None => {
@@ -94,14 +133,16 @@ impl Discovery {
         Ok(builder.discover(&*source, service).await?)
     }
 
-    /// Serves `server` on `config.listen` until `shutdown`: registered in ZooKeeper when
-    /// configured (deregistered first on shutdown), with `/metrics` beside it.
+    /// Serves what `server` builds on `config.listen` until `shutdown`: over mutual TLS when
+    /// configured, registered in ZooKeeper when configured (deregistered first on shutdown),
+    /// with `/metrics` beside it.
     ///
     /// # Errors
-    /// When the address cannot be bound or registration fails.
+    /// When the address cannot be bound or registration fails; when the address is a
+    /// wildcard; when it is not loopback, TLS is off and `tls.insecure` is not set.
     pub async fn serve(
         &self,
-        server: Server,
+        server: ServerBuilder,
         config: &ServerConfig,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
@@ -109,7 +150,12 @@ impl Discovery {
             .await
             .with_context(|| format!("server.listen {}", config.listen))?;
         let bound = listener.local_addr()?;
-        info!(addr = %bound, "listening");
+        self.check_listen(bound)?;
+        let server = match &self.tls {
+            Some(tls) => server.tls(tls.server()).build(),
+            None => server.build(),
+        };
+        info!(addr = %bound, tls = self.tls.is_some(), "listening");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let metrics = spawn_metrics(config, bound, stop_rx).await?;
         let shutdown = async move {
@@ -137,6 +183,49 @@ impl Discovery {
         }
         served
     }
+}
+
+impl Discovery {
+    /// Refuses addresses a cluster service must not serve on.
+    fn check_listen(&self, bound: SocketAddr) -> anyhow::Result<()> {
+        if bound.ip().is_unspecified() {
+            anyhow::bail!(
+                "server.listen {bound}: a wildcard address serves every network of the host; \
+                 listen on this host's own cluster address"
+            );
+        }
+        if self.tls.is_none() && !bound.ip().is_loopback() {
+            if !self.insecure {
+                anyhow::bail!(
+                    "server.listen {bound}: plaintext RPC off loopback lets anyone who reaches \
+                     the port act as any service and any user; configure [tls] cert, key and \
+                     ca (docs/security.md), or set tls.insecure = true to accept that"
+                );
+            }
+            warn!(
+                addr = %bound,
+                "INSECURE: plaintext RPC on a network address (tls.insecure = true): anyone who \
+                 reaches this port can act as any MPIM service and any user"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Reads `user:password` from a credential file.
+fn read_credential(path: &std::path::Path) -> anyhow::Result<(String, String)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("discovery.credential_file {}", path.display()))?;
+    text.trim()
+        .split_once(':')
+        .filter(|(user, password)| !user.is_empty() && !password.is_empty())
+        .map(|(user, password)| (user.to_owned(), password.to_owned()))
+        .with_context(|| {
+            format!(
+                "discovery.credential_file {}: expected user:password",
+                path.display()
+            )
+        })
 }
 
 /// Starts the `/metrics` endpoint of a process listening on `bound`, unless
@@ -298,7 +387,7 @@ pub mod testing {
             root: root.to_owned(),
             ..DiscoveryConfig::default()
         };
-        Discovery::connect(&config)
+        Discovery::connect(&config, &crate::config::TlsConfig::default())
             .await
             .expect("ZooKeeper at 127.0.0.1:2181 (scripts/services.sh up zookeeper)")
     }
@@ -361,5 +450,58 @@ pub mod testing {
             std::process::id(),
             rand::random::<u32>()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plaintext(insecure: bool) -> Discovery {
+        Discovery {
+            zookeeper: None,
+            config: DiscoveryConfig::default(),
+            tls: None,
+            insecure,
+        }
+    }
+
+    #[test]
+    fn plaintext_serves_on_loopback_only_unless_insecure() {
+        let loopback: SocketAddr = "127.0.0.1:6101".parse().unwrap();
+        let network: SocketAddr = "10.0.0.5:6101".parse().unwrap();
+        assert!(plaintext(false).check_listen(loopback).is_ok());
+        assert!(
+            plaintext(false)
+                .check_listen("[::1]:6101".parse().unwrap())
+                .is_ok()
+        );
+        let err = plaintext(false).check_listen(network).unwrap_err();
+        assert!(err.to_string().contains("tls.insecure"), "{err}");
+        assert!(plaintext(true).check_listen(network).is_ok());
+        for wildcard in ["0.0.0.0:6101", "[::]:6101"] {
+            let err = plaintext(true)
+                .check_listen(wildcard.parse().unwrap())
+                .unwrap_err();
+            assert!(err.to_string().contains("wildcard"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_credential_file_holds_user_and_password() {
+        let dir = std::env::temp_dir().join(format!("mpim-cred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("credential");
+        std::fs::write(&file, "mpim:s3cret\n").unwrap();
+        assert_eq!(
+            read_credential(&file).unwrap(),
+            ("mpim".to_owned(), "s3cret".to_owned())
+        );
+        for bad in ["", "mpim", "mpim:", ":pw"] {
+            std::fs::write(&file, bad).unwrap();
+            let err = read_credential(&file).unwrap_err();
+            assert!(err.to_string().contains("user:password"), "{bad:?}: {err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

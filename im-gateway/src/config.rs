@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use im_common::config::{DiscoveryConfig, LogConfig, RedisConfig, ServerConfig};
+use im_common::config::{DiscoveryConfig, LogConfig, RedisConfig, ServerConfig, TlsConfig};
 use serde::Deserialize;
 
 /// Default client TCP port.
@@ -20,6 +20,8 @@ pub struct Config {
     pub ws: WsConfig,
     /// Where the services are found.
     pub discovery: DiscoveryConfig,
+    /// Mutual TLS with the other MPIM processes (docs/security.md).
+    pub tls: TlsConfig,
     /// Routes, delivery streams and events.
     pub redis: RedisConfig,
     /// Logging.
@@ -36,6 +38,7 @@ impl Default for Config {
             server: ServerConfig::on_port(TCP_PORT),
             ws: WsConfig::default(),
             discovery: DiscoveryConfig::default(),
+            tls: TlsConfig::default(),
             redis: RedisConfig::default(),
             log: LogConfig::default(),
             gateway: Settings::default(),

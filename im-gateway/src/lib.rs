@@ -320,7 +320,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.gateway.validate()?;
-    let discovery = Discovery::connect(&config.discovery).await?;
+    let discovery = Discovery::connect(&config.discovery, &config.tls).await?;
     let services = Services::discover(&discovery).await?;
     let bus = Bus::connect(&config.redis).await?;
     let tcp = TcpListener::bind(&config.server.listen)

@@ -49,7 +49,10 @@ mod membership;
 mod read;
 
 use im_common::bus::Bus;
-use im_common::config::{DatabaseConfig, DiscoveryConfig, LogConfig, RedisConfig, ServerConfig};
+use im_common::config::{
+    DatabaseConfig, DiscoveryConfig, LogConfig, RedisConfig, ServerConfig, TlsConfig,
+};
+use im_common::identity::{GATEWAY, Policy};
 use im_common::serve::{Discovery, ports};
 use im_common::store::Sql;
 use serde::Deserialize;
@@ -67,6 +70,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Where to register.
     pub discovery: DiscoveryConfig,
+    /// Mutual TLS with the other MPIM processes (docs/security.md).
+    pub tls: TlsConfig,
     /// The group database (the message service's).
     pub database: DatabaseConfig,
     /// The cache whose member lists writes invalidate.
@@ -82,6 +87,7 @@ impl Default for Config {
         Config {
             server: ServerConfig::on_port(ports::GROUP),
             discovery: DiscoveryConfig::default(),
+            tls: TlsConfig::default(),
             database: DatabaseConfig::default(),
             redis: RedisConfig::default(),
             log: LogConfig::default(),
@@ -125,9 +131,38 @@ impl Default for Settings {
     }
 }
 
-/// A server with the group service (and the identity check every MPIM service applies).
+/// Which peers may call each method: every method acts for an end user, so only a gateway
+/// (or the in-process transport inside `mpim`) may call it.
+pub static POLICY: Policy = Policy {
+    service: "mpim.GroupService",
+    methods: &[
+        ("Create", GATEWAY),
+        ("Invite", GATEWAY),
+        ("Join", GATEWAY),
+        ("ListJoinRequests", GATEWAY),
+        ("RespondJoin", GATEWAY),
+        ("Leave", GATEWAY),
+        ("Kick", GATEWAY),
+        ("SetRole", GATEWAY),
+        ("Mute", GATEWAY),
+        ("Unmute", GATEWAY),
+        ("MuteAll", GATEWAY),
+        ("Members", GATEWAY),
+        ("MyGroups", GATEWAY),
+        ("Info", GATEWAY),
+        ("UpdateInfo", GATEWAY),
+        ("Dismiss", GATEWAY),
+    ],
+};
+
+/// A server with the group service behind the caller checks of [`POLICY`].
 pub fn server(groups: Groups) -> mprpc::Server {
-    im_common::serve::server(im_common::proto::GroupServiceServer::new(groups))
+    builder(groups).build()
+}
+
+/// [`server`], not yet built: [`Discovery::serve`] adds TLS when configured.
+pub fn builder(groups: Groups) -> mprpc::ServerBuilder {
+    im_common::serve::builder(im_common::proto::GroupServiceServer::new(groups), &POLICY)
 }
 
 /// Runs the service until `shutdown` completes.
@@ -142,10 +177,10 @@ pub async fn run(
     config.group.validate()?;
     let sql = Sql::connect(&config.database).await?;
     let bus = Bus::connect(&config.redis).await?;
-    let discovery = Discovery::connect(&config.discovery).await?;
+    let discovery = Discovery::connect(&config.discovery, &config.tls).await?;
     let groups = Groups::new(sql.clone(), bus, config.group.clone());
     discovery
-        .serve(server(groups), &config.server, shutdown)
+        .serve(builder(groups), &config.server, shutdown)
         .await?;
     sql.close().await;
     Ok(())

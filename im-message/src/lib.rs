@@ -34,7 +34,10 @@ mod handler;
 mod push;
 
 use im_common::bus::Bus;
-use im_common::config::{DatabaseConfig, DiscoveryConfig, LogConfig, RedisConfig, ServerConfig};
+use im_common::config::{
+    DatabaseConfig, DiscoveryConfig, LogConfig, RedisConfig, ServerConfig, TlsConfig,
+};
+use im_common::identity::{GATEWAY, Policy};
 use im_common::serve::{Discovery, ports};
 use im_common::store::Sql;
 use serde::Deserialize;
@@ -50,6 +53,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Where to register.
     pub discovery: DiscoveryConfig,
+    /// Mutual TLS with the other MPIM processes (docs/security.md).
+    pub tls: TlsConfig,
     /// The message database.
     pub database: DatabaseConfig,
     /// Routes, delivery streams and cache.
@@ -65,6 +70,7 @@ impl Default for Config {
         Config {
             server: ServerConfig::on_port(ports::MESSAGE),
             discovery: DiscoveryConfig::default(),
+            tls: TlsConfig::default(),
             database: DatabaseConfig::default(),
             redis: RedisConfig::default(),
             log: LogConfig::default(),
@@ -114,9 +120,32 @@ impl Default for Settings {
     }
 }
 
-/// A server with the message service (and the identity check every MPIM service applies).
+/// Which peers may call each method: every method acts for an end user, so only a gateway
+/// (or the in-process transport inside `mpim`) may call it.
+pub static POLICY: Policy = Policy {
+    service: "mpim.MessageService",
+    methods: &[
+        ("Send", GATEWAY),
+        ("SendGroup", GATEWAY),
+        ("Sync", GATEWAY),
+        ("ListConversations", GATEWAY),
+        ("MarkRead", GATEWAY),
+        ("Recall", GATEWAY),
+        ("Edit", GATEWAY),
+    ],
+};
+
+/// A server with the message service behind the caller checks of [`POLICY`].
 pub fn server(messages: Messages) -> mprpc::Server {
-    im_common::serve::server(im_common::proto::MessageServiceServer::new(messages))
+    builder(messages).build()
+}
+
+/// [`server`], not yet built: [`Discovery::serve`] adds TLS when configured.
+pub fn builder(messages: Messages) -> mprpc::ServerBuilder {
+    im_common::serve::builder(
+        im_common::proto::MessageServiceServer::new(messages),
+        &POLICY,
+    )
 }
 
 /// Runs the service until `shutdown` completes.
@@ -129,10 +158,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let sql = Sql::connect(&config.database).await?;
     let bus = Bus::connect(&config.redis).await?;
-    let discovery = Discovery::connect(&config.discovery).await?;
+    let discovery = Discovery::connect(&config.discovery, &config.tls).await?;
     let messages = Messages::new(sql.clone(), bus, config.message.clone());
     discovery
-        .serve(server(messages), &config.server, shutdown)
+        .serve(builder(messages), &config.server, shutdown)
         .await?;
     sql.close().await;
     Ok(())

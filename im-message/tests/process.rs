@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use im_common::config::DiscoveryConfig;
+use im_common::config::{DiscoveryConfig, TlsConfig};
 use im_common::proto::{MessageServiceClient, SendRequest, SyncRequest};
 use im_common::serve::Discovery;
 use im_common::serve::testing::{ServiceProcess, http_get, refused, unique_root, wait_for};
@@ -61,11 +61,14 @@ async fn survives_sigkill_and_stops_on_sigterm() {
     .unwrap();
 
     let mut first = Some(start(&config));
-    let discovery = Discovery::connect(&DiscoveryConfig {
-        zookeeper: Some("127.0.0.1:2181".into()),
-        root: root.clone(),
-        ..DiscoveryConfig::default()
-    })
+    let discovery = Discovery::connect(
+        &DiscoveryConfig {
+            zookeeper: Some("127.0.0.1:2181".into()),
+            root: root.clone(),
+            ..DiscoveryConfig::default()
+        },
+        &TlsConfig::default(),
+    )
     .await
     .unwrap();
     let client = MessageServiceClient::new(

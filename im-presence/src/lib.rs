@@ -36,7 +36,8 @@ mod handler;
 mod sweeper;
 
 use im_common::bus::Bus;
-use im_common::config::{DiscoveryConfig, LogConfig, RedisConfig, ServerConfig};
+use im_common::config::{DiscoveryConfig, LogConfig, RedisConfig, ServerConfig, TlsConfig};
+use im_common::identity::{GATEWAY, Policy};
 use im_common::serve::{Discovery, ports};
 use serde::Deserialize;
 
@@ -51,6 +52,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Where to register.
     pub discovery: DiscoveryConfig,
+    /// Mutual TLS with the other MPIM processes (docs/security.md).
+    pub tls: TlsConfig,
     /// Where routes live.
     pub redis: RedisConfig,
     /// Logging.
@@ -64,6 +67,7 @@ impl Default for Config {
         Config {
             server: ServerConfig::on_port(ports::PRESENCE),
             discovery: DiscoveryConfig::default(),
+            tls: TlsConfig::default(),
             redis: RedisConfig::default(),
             log: LogConfig::default(),
             presence: PresenceSettings::default(),
@@ -71,9 +75,31 @@ impl Default for Config {
     }
 }
 
-/// A server with the presence service (and the identity check every MPIM service applies).
+/// Which peers may call each method: every method acts for an end user, so only a gateway
+/// (or the in-process transport inside `mpim`) may call it.
+pub static POLICY: Policy = Policy {
+    service: "mpim.PresenceService",
+    methods: &[
+        ("BindRoute", GATEWAY),
+        ("UnbindRoute", GATEWAY),
+        ("Heartbeat", GATEWAY),
+        ("QueryRoutes", GATEWAY),
+        ("QueryStatus", GATEWAY),
+        ("Sweep", GATEWAY),
+    ],
+};
+
+/// A server with the presence service behind the caller checks of [`POLICY`].
 pub fn server(presence: Presence) -> mprpc::Server {
-    im_common::serve::server(im_common::proto::PresenceServiceServer::new(presence))
+    builder(presence).build()
+}
+
+/// [`server`], not yet built: [`Discovery::serve`] adds TLS when configured.
+pub fn builder(presence: Presence) -> mprpc::ServerBuilder {
+    im_common::serve::builder(
+        im_common::proto::PresenceServiceServer::new(presence),
+        &POLICY,
+    )
 }
 
 /// Runs the service, and its sweeper, until `shutdown` completes.
@@ -88,13 +114,13 @@ pub async fn run(
     config.presence.validate()?;
     let bus = Bus::connect(&config.redis).await?;
     let presence = Presence::new(bus.clone(), config.presence.clone())?;
-    let discovery = Discovery::connect(&config.discovery).await?;
+    let discovery = Discovery::connect(&config.discovery, &config.tls).await?;
     let sweeper = config
         .presence
         .sweep_interval()
         .map(|every| Sweeper::start(bus.routes.clone(), every));
     let served = discovery
-        .serve(server(presence), &config.server, shutdown)
+        .serve(builder(presence), &config.server, shutdown)
         .await;
     if let Some(sweeper) = sweeper {
         sweeper.stop().await;

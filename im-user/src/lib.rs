@@ -48,7 +48,10 @@ mod notify;
 mod profiles;
 
 use im_common::bus::Bus;
-use im_common::config::{DatabaseConfig, DiscoveryConfig, LogConfig, RedisConfig, ServerConfig};
+use im_common::config::{
+    DatabaseConfig, DiscoveryConfig, LogConfig, RedisConfig, ServerConfig, TlsConfig,
+};
+use im_common::identity::{GATEWAY, Policy};
 use im_common::serve::{Discovery, ports};
 use im_common::store::Sql;
 use serde::Deserialize;
@@ -66,6 +69,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Where to register.
     pub discovery: DiscoveryConfig,
+    /// Mutual TLS with the other MPIM processes (docs/security.md).
+    pub tls: TlsConfig,
     /// The user database.
     pub database: DatabaseConfig,
     /// Cache and pub/sub.
@@ -83,6 +88,7 @@ impl Default for Config {
         Config {
             server: ServerConfig::on_port(ports::USER),
             discovery: DiscoveryConfig::default(),
+            tls: TlsConfig::default(),
             database: DatabaseConfig::default(),
             redis: RedisConfig::default(),
             log: LogConfig::default(),
@@ -92,9 +98,38 @@ impl Default for Config {
     }
 }
 
-/// A server with the user service (and the identity check every MPIM service applies).
+/// Which peers may call each method: every method acts for an end user, so only a gateway
+/// (or the in-process transport inside `mpim`) may call it.
+pub static POLICY: Policy = Policy {
+    service: "mpim.UserService",
+    methods: &[
+        ("Register", GATEWAY),
+        ("Login", GATEWAY),
+        ("VerifyToken", GATEWAY),
+        ("Logout", GATEWAY),
+        ("GetProfile", GATEWAY),
+        ("UpdateProfile", GATEWAY),
+        ("GetProfiles", GATEWAY),
+        ("SearchUser", GATEWAY),
+        ("SendFriendRequest", GATEWAY),
+        ("RespondFriendRequest", GATEWAY),
+        ("ListFriendRequests", GATEWAY),
+        ("RemoveFriend", GATEWAY),
+        ("ListFriends", GATEWAY),
+        ("Block", GATEWAY),
+        ("Unblock", GATEWAY),
+        ("ListBlocked", GATEWAY),
+    ],
+};
+
+/// A server with the user service behind the caller checks of [`POLICY`].
 pub fn server(users: Users) -> mprpc::Server {
-    im_common::serve::server(im_common::proto::UserServiceServer::new(users))
+    builder(users).build()
+}
+
+/// [`server`], not yet built: [`Discovery::serve`] adds TLS when configured.
+pub fn builder(users: Users) -> mprpc::ServerBuilder {
+    im_common::serve::builder(im_common::proto::UserServiceServer::new(users), &POLICY)
 }
 
 /// Runs the service until `shutdown` completes.
@@ -109,10 +144,10 @@ pub async fn run(
     config.auth.validate()?;
     let sql = Sql::connect(&config.database).await?;
     let bus = Bus::connect(&config.redis).await?;
-    let discovery = Discovery::connect(&config.discovery).await?;
+    let discovery = Discovery::connect(&config.discovery, &config.tls).await?;
     let users = Users::new(sql.clone(), bus, config.auth.clone())?.with_cache(config.cache.clone());
     discovery
-        .serve(server(users), &config.server, shutdown)
+        .serve(builder(users), &config.server, shutdown)
         .await?;
     sql.close().await;
     Ok(())
