@@ -58,7 +58,7 @@ async fn no_session_id_or_token_is_logged_at_info() {
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
     let faults = Faults::default();
-    let cluster = Cluster::start_with(Bus::in_process(), false, TokenTtl(1), faults.clone()).await;
+    let cluster = Cluster::start_with(Bus::in_process(), false, TokenTtl(3), faults.clone()).await;
     let settings = Settings {
         session_check_ms: 200,
         ..settings()
@@ -100,7 +100,7 @@ async fn no_session_id_or_token_is_logged_at_info() {
         .unwrap();
     assert!(term.line().await.unwrap().contains("session revoked"));
 
-    // An expiry, and a login whose route bind fails.
+    // An expiry (3 to 4 s after this login), and a login whose route bind fails.
     let mut expiring = Client::tcp(gateway.tcp).await;
     let short = expiring.login(&name, "tablet").await;
     secrets.extend([short.token.clone(), short.session_id.clone()]);
