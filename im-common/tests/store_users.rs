@@ -175,6 +175,26 @@ async fn sessions_are_revoked(sql: Sql) {
     assert!(!s1.is_active(5_000));
     assert!(!sql.revoke_session(ada, "nope", 10).await.unwrap());
 
+    // A batch look-up finds the sessions that exist, revoked or not, and skips the rest.
+    let asked: Vec<String> = ["s1", "s2", "nope", "b1"].map(String::from).to_vec();
+    let mut found: Vec<(String, bool)> = sql
+        .sessions(&asked)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.session_id.clone(), s.is_active(5_000)))
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("b1".into(), true),
+            ("s1".into(), false),
+            ("s2".into(), true)
+        ]
+    );
+    assert!(sql.sessions(&[]).await.unwrap().is_empty());
+
     // Only ada's still active session (s2) remains to revoke; bob's is untouched.
     assert_eq!(sql.revoke_sessions(ada, 5_000).await.unwrap(), 1);
     assert_eq!(

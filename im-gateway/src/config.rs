@@ -122,6 +122,11 @@ pub struct Settings {
     /// What GoAway tells clients, in ms: how long the gateway keeps their connections
     /// after a shutdown signal for in-flight requests and queued pushes. Default 2000.
     pub shutdown_grace_ms: u64,
+    /// How often the sessions of this gateway's connections are re-checked with the user
+    /// service, in ms (100 to 3600000): a session revoked while its kick event was lost
+    /// ends here within this interval plus one check call. The checks are spread over
+    /// the interval; a failed one keeps the connections until the next. Default 30000.
+    pub session_check_ms: u64,
 }
 
 impl Default for Settings {
@@ -144,6 +149,7 @@ impl Default for Settings {
             delivery_batch: 256,
             max_pending_deliveries: 100_000,
             shutdown_grace_ms: 2_000,
+            session_check_ms: 30_000,
         }
     }
 }
@@ -174,6 +180,11 @@ impl Settings {
         for (key, value) in positive {
             anyhow::ensure!(value > 0, "{key} must be at least 1");
         }
+        anyhow::ensure!(
+            (MIN_SESSION_CHECK_MS..=MAX_SESSION_CHECK_MS).contains(&self.session_check_ms),
+            "gateway.session_check_ms must be between {MIN_SESSION_CHECK_MS} and \
+             {MAX_SESSION_CHECK_MS}"
+        );
         if let Some(id) = &self.id {
             anyhow::ensure!(
                 !id.is_empty() && id.len() <= MAX_ID_BYTES,
@@ -204,6 +215,11 @@ impl Settings {
         Duration::from_millis(self.shutdown_grace_ms)
     }
 }
+
+/// Bounds of `session_check_ms`: below, the checks would load the user service for
+/// little; above an hour, a lost kick would be honoured too late to call it a bound.
+const MIN_SESSION_CHECK_MS: u64 = 100;
+const MAX_SESSION_CHECK_MS: u64 = 3_600_000;
 
 /// Presence's limit on gateway ids (`im_presence::MAX_GATEWAY_BYTES`), repeated so that
 /// the gateway does not depend on the presence service's crate.

@@ -81,6 +81,7 @@ pub(crate) async fn serve<T: Transport>(shared: Arc<Shared>, mut io: T) {
 /// connection of its device is still here).
 pub(crate) async fn release(shared: &Shared, conn: &Conn) {
     if let Some(session) = conn.session() {
+        shared.expiry.forget(conn.id, session.expires);
         if shared.registry.remove(session.user, conn.id) {
             shared.registry.forget_friends(session.user);
         }

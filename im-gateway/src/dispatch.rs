@@ -56,7 +56,7 @@ impl Shared {
         let Some(command) = request.command else {
             return failed(id, Code::Unimplemented, "unknown command");
         };
-        let session = conn.session().cloned();
+        let session = conn.session();
         let result = match (command, session) {
             (Command::Ping(_), _) => Ok(Body::Pong(Pong {
                 server_time_ms: im_common::ids::now_ms(),

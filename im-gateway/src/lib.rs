@@ -23,7 +23,12 @@
 //! - limits per connection (frame size, request rate, requests in flight, queued pushes,
 //!   idle time) and in total (connections); a client that does not read its pushes is
 //!   disconnected when its queue fills, and syncs when it reconnects;
-//! - on shutdown, every connection gets GoAway and a grace period, then routes are unbound.
+//! - on shutdown, every connection gets GoAway and a grace period, then routes are unbound;
+//! - a session ends on every connection here: at its token's expiry (a `Kicked` push
+//!   "session expired", then close), at a Logout's kick event, and, should that event be
+//!   lost, at the next re-check of its session (`session_check_ms`, default 30 s; a
+//!   `Kicked` "session revoked", then close); a login whose route cannot be bound fails
+//!   (`UNAVAILABLE`) and leaves the connection logged out.
 //!
 //! Decisions worth knowing:
 //! - one task per connection, which also polls that connection's requests in flight
@@ -54,6 +59,8 @@
 //! - `delivery`: the delivery stream and its acknowledgements;
 //! - `events`: kicks, typing, read receipts, friend requests and presence from pub/sub;
 //! - `routes`: bind, unbind, heartbeat;
+//! - `expiry`: ends connections at their tokens' expiry (one timer map per gateway);
+//! - `recheck`: re-checks the connections' sessions with the user service, in batches;
 //! - `limit`: the rate limit; `nofile`: the open-file limit; `stats`: metrics.
 
 #![warn(missing_docs)]
@@ -63,9 +70,11 @@ mod connection;
 mod delivery;
 mod dispatch;
 mod events;
+mod expiry;
 mod legacy;
 mod limit;
 mod nofile;
+mod recheck;
 mod registry;
 mod routes;
 pub mod services;
@@ -102,6 +111,7 @@ pub(crate) struct Shared {
     pub(crate) registry: registry::Registry,
     pub(crate) lanes: routes::Lanes,
     pub(crate) members: signals::Members,
+    pub(crate) expiry: expiry::Expiry,
     /// Cancelled when the gateway shuts down: connections send GoAway and drain.
     pub(crate) stop: CancellationToken,
     /// The connection tasks.
@@ -146,6 +156,7 @@ impl Gateway {
                 registry: registry::Registry::default(),
                 lanes: routes::Lanes::new(),
                 members: signals::Members::default(),
+                expiry: expiry::Expiry::default(),
                 stop: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 connections,
@@ -202,6 +213,8 @@ impl Gateway {
         tasks.spawn(routes::run_lanes(shared.clone(), lanes_stop.clone()));
         tasks.spawn(routes::heartbeat(shared.clone(), background.clone()));
         tasks.spawn(delivery::run(shared.clone(), background.clone()));
+        tasks.spawn(expiry::run(shared.clone(), background.clone()));
+        tasks.spawn(recheck::run(shared.clone(), background.clone()));
         tasks.spawn(events::run(
             shared.clone(),
             subscriptions,

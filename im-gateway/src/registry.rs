@@ -2,8 +2,8 @@
 //! bounded outgoing queue; and whose friends they are, for presence pushes.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
@@ -18,6 +18,8 @@ pub(crate) struct Session {
     pub(crate) session: String,
     /// What kind of device logged in (its route says so).
     pub(crate) kind: im_proto::DeviceKind,
+    /// When its token expires: the connection ends then (see `expiry`).
+    pub(crate) expires: tokio::time::Instant,
 }
 
 impl Session {
@@ -74,7 +76,9 @@ struct Outbox {
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub(crate) id: u64,
-    session: OnceLock<Session>,
+    /// Set at login, taken back only when the login fails after it (its route bind).
+    /// parking_lot: a short critical section, never held across an await.
+    session: Mutex<Option<Arc<Session>>>,
     /// Whether pushes go as JSON (a WebSocket client that speaks text).
     json: AtomicBool,
     /// A short critical section per push or drain; parking_lot because it is never held
@@ -89,7 +93,7 @@ impl Conn {
     pub(crate) fn new(id: u64) -> Arc<Conn> {
         Arc::new(Conn {
             id,
-            session: OnceLock::new(),
+            session: Mutex::new(None),
             json: AtomicBool::new(false),
             outbox: Mutex::new(Outbox {
                 queue: VecDeque::new(),
@@ -100,13 +104,23 @@ impl Conn {
         })
     }
 
-    pub(crate) fn session(&self) -> Option<&Session> {
-        self.session.get()
+    pub(crate) fn session(&self) -> Option<Arc<Session>> {
+        self.session.lock().clone()
     }
 
     /// Marks the connection authenticated; false when it was already.
-    pub(crate) fn authenticate(&self, session: Session) -> bool {
-        self.session.set(session).is_ok()
+    pub(crate) fn authenticate(&self, session: Arc<Session>) -> bool {
+        let mut slot = self.session.lock();
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(session);
+        true
+    }
+
+    /// Takes back a login that failed after [`Conn::authenticate`].
+    pub(crate) fn unauthenticate(&self) {
+        *self.session.lock() = None;
     }
 
     pub(crate) fn set_json(&self, json: bool) {
@@ -194,7 +208,8 @@ struct Friends {
     watchers: HashMap<u64, Vec<u64>>,
 }
 
-const SHARDS: usize = 64;
+/// Shards of the registry; the session re-check visits one per tick.
+pub(crate) const SHARDS: usize = 64;
 
 /// One shard of the registry: user → connections.
 type Shard = Mutex<HashMap<u64, Vec<Arc<Conn>>>>;
@@ -257,6 +272,20 @@ impl Registry {
             }
         }
         devices.into_iter().collect()
+    }
+
+    /// The (user, session id) of every connection in shard `index` (< [`SHARDS`]), each
+    /// pair once.
+    pub(crate) fn sessions_in(&self, index: usize) -> Vec<(u64, String)> {
+        let mut sessions = std::collections::HashSet::new();
+        if let Some(shard) = self.shards.get(index) {
+            for conns in shard.lock().values() {
+                for session in conns.iter().filter_map(|c| c.session()) {
+                    sessions.insert((session.user, session.session.clone()));
+                }
+            }
+        }
+        sessions.into_iter().collect()
     }
 
     /// The user's connections here.

@@ -13,7 +13,7 @@ use tracing::warn;
 use crate::Shared;
 use crate::dispatch::{Handled, service_error};
 use crate::registry::{Conn, Session};
-use crate::wire;
+use crate::{expiry, wire};
 
 /// Who a token or password proved the caller to be.
 struct Proven {
@@ -57,7 +57,7 @@ impl Shared {
         } else {
             self.verify(login.token, login.device_id).await?
         };
-        let session = self.start(conn, proven, kind).await?;
+        let (session, _) = self.start(conn, proven, kind).await?;
         Ok(Body::Session(session))
     }
 
@@ -65,14 +65,8 @@ impl Shared {
         already(conn)?;
         let kind = DeviceKind::try_from(resume.device_kind).unwrap_or_default();
         let proven = self.verify(resume.token, String::new()).await?;
-        let user = proven.user;
-        let session = self.start(conn, proven, kind).await?;
-        let options = self.options_for(&Session {
-            user,
-            device: session.device_id.clone(),
-            session: session.session_id.clone(),
-            kind,
-        });
+        let (session, started) = self.start(conn, proven, kind).await?;
+        let options = self.options_for(&started);
         let conversations = self
             .services
             .message
@@ -149,20 +143,22 @@ impl Shared {
         })
     }
 
-    /// Makes `conn` the proven user's: registry, route, friend list; the Session reply.
+    /// Makes `conn` the proven user's: registry, route, friend list, expiry; the Session
+    /// reply. When the route cannot be bound the login fails and `conn` stays logged out:
+    /// pushes would not find it.
     async fn start(
         &self,
         conn: &Arc<Conn>,
         proven: Proven,
         kind: DeviceKind,
-    ) -> Result<SessionReply, im_proto::client::Error> {
-        let session = Session {
+    ) -> Result<(SessionReply, Arc<Session>), im_proto::client::Error> {
+        let session = Arc::new(Session {
             user: proven.user,
             device: proven.device,
             session: proven.session,
             kind,
-        };
-        let options = self.options_for(&session);
+            expires: expiry::deadline(proven.expires_at_ms),
+        });
         let profile = match proven.profile {
             Some(profile) => profile,
             None => self
@@ -172,7 +168,7 @@ impl Shared {
                     &UserId {
                         user_id: session.user,
                     },
-                    &options,
+                    &self.options_for(&session),
                 )
                 .await
                 .map_err(|err| service_error(&err))?,
@@ -180,6 +176,8 @@ impl Shared {
         if !conn.authenticate(session.clone()) {
             return Err(logged_in());
         }
+        // In the registry before the bind: a lane unbinding this device's previous
+        // connection then sees this one and keeps the route.
         if self.registry.add(session.user, conn.clone()) {
             self.load_friends(&session).await;
         }
@@ -188,17 +186,36 @@ impl Shared {
             .bind(&self.id, session.user, &session.device, kind)
             .await
         {
-            // The connection stays registered: its close unbinds and unregisters.
-            return Err(service_error(&err));
+            self.abandon(conn, &session).await;
+            warn!(cause = %err, user_id = session.user, "route not bound: login failed");
+            return Err(wire::error(
+                Code::Unavailable,
+                "cannot route messages to this connection now; log in again",
+                true,
+            ));
         }
-        Ok(SessionReply {
+        self.expiry.watch(conn, session.expires);
+        let reply = SessionReply {
             user_id: session.user,
             token: proven.token,
             expires_at_ms: proven.expires_at_ms,
-            session_id: session.session,
-            device_id: session.device,
+            session_id: session.session.clone(),
+            device_id: session.device.clone(),
             profile: Some(profile),
-        })
+        };
+        Ok((reply, session))
+    }
+
+    /// Takes back a login whose route was not bound: out of the registry, the route
+    /// unbound (a bind that timed out may have been made), the connection logged out.
+    async fn abandon(&self, conn: &Arc<Conn>, session: &Session) {
+        conn.unauthenticate();
+        if self.registry.remove(session.user, conn.id) {
+            self.registry.forget_friends(session.user);
+        }
+        self.lanes
+            .unbind(session.user, session.device.clone())
+            .await;
     }
 
     /// Loads the friend list that presence pushes follow (best effort: without it the

@@ -28,3 +28,13 @@ pub(crate) fn slow_reader_dropped() {
 pub(crate) fn rate_limited() {
     metrics::counter!("mpim_gateway_rate_limited_total").increment(1);
 }
+
+/// A connection ended because its session did (`reason`: `expired` or `revoked`).
+pub(crate) fn session_ended(reason: &'static str) {
+    metrics::counter!("mpim_gateway_sessions_ended_total", "reason" => reason).increment(1);
+}
+
+/// A CheckSessions call of the session re-check (`outcome`: `ok` or `failed`).
+pub(crate) fn session_check(outcome: &'static str) {
+    metrics::counter!("mpim_gateway_session_checks_total", "outcome" => outcome).increment(1);
+}

@@ -42,6 +42,21 @@ fn bad_keys_and_values_are_named() {
         im_common::config::load(None, &[("gateway.max_in_flight", "0".into())]).unwrap();
     let err = config.gateway.validate().unwrap_err();
     assert!(err.to_string().contains("gateway.max_in_flight"), "{err}");
+    // Sessions are re-checked at least hourly, and not so often that im-user drowns.
+    for ms in ["50", "3600001"] {
+        let config: im_gateway::Config =
+            im_common::config::load(None, &[("gateway.session_check_ms", ms.into())]).unwrap();
+        let err = config.gateway.validate().unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("gateway.session_check_ms must be between 100 and 3600000"),
+            "{err}"
+        );
+    }
+    let config: im_gateway::Config =
+        im_common::config::load(None, &[("gateway.session_check_ms", "1000".into())]).unwrap();
+    assert_eq!(config.gateway.session_check_ms, 1000);
+    config.gateway.validate().unwrap();
     // The id is the Redis Cluster hash tag of the gateway's keys.
     let config: im_gateway::Config =
         im_common::config::load(None, &[("gateway.id", "gw-{1}".into())]).unwrap();

@@ -15,7 +15,7 @@ use im_common::proto::{
 use im_common::store::users::{NewUser, Session, UserStore};
 use im_common::validate::{self, MAX_NAME_BYTES};
 use mprpc::{Context, Status};
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::auth::{Claims, TokenError};
 use crate::handler::Users;
@@ -105,7 +105,9 @@ pub(crate) async fn login(users: &Users, req: LoginRequest) -> Result<LoginReply
         exp,
     })?;
     metrics::counter!("mpim_user_logins_total", "outcome" => "ok").increment(1);
-    info!(user_id = profile.user_id, session_id, "logged in");
+    // The session id is a bearer secret of the session: not in logs at info.
+    info!(user_id = profile.user_id, "logged in");
+    debug!(user_id = profile.user_id, session_id, "session created");
     Ok(LoginReply {
         token,
         expires_at_ms: exp.saturating_mul(1000),
@@ -184,7 +186,8 @@ pub(crate) async fn logout(
     }
     users.cache.set_session_revoked(&session).await;
     kick(users, caller.id, &session, "logout").await;
-    info!(user_id = caller.id, session_id = session, "logged out");
+    info!(user_id = caller.id, "logged out");
+    debug!(user_id = caller.id, session_id = session, "session revoked");
     Ok(Empty {})
 }
 

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use im_common::bus::Bus;
+use im_common::proto::{CheckSessionsReply, CheckSessionsRequest};
 use im_common::proto::{
     Empty, FriendRequest, FriendRequests, GetProfilesRequest, ListFriendRequestsRequest,
     LoginReply, LoginRequest, LogoutRequest, Profiles, RegisterRequest,
@@ -14,7 +15,7 @@ use mprpc::{Context, Status};
 
 use crate::auth::{AuthSettings, Passwords, SettingsError, Tokens};
 use crate::cache::{CacheSettings, Cached};
-use crate::{account, friends, profiles};
+use crate::{account, friends, profiles, sessions};
 
 /// The user service: accounts, sessions, profiles, friends and blocks over a [`Sql`]
 /// database and a [`Bus`] (cache and pub/sub).
@@ -155,5 +156,13 @@ impl UserService for Users {
 
     async fn list_blocked(&self, ctx: Context, _req: Empty) -> Result<UserIds, Status> {
         friends::list_blocked(self, &ctx).await
+    }
+
+    async fn check_sessions(
+        &self,
+        _ctx: Context,
+        req: CheckSessionsRequest,
+    ) -> Result<CheckSessionsReply, Status> {
+        sessions::check_sessions(self, req).await
     }
 }

@@ -18,7 +18,9 @@
 //! - a login is a session row plus an HS256 token naming it; `VerifyToken` (for the gateway)
 //!   checks signature, expiry and that the session is not revoked, and `Logout` revokes at
 //!   once (the cached session state is deleted, and a kick event goes to the user's
-//!   connections);
+//!   connections); `CheckSessions` tells a gateway which of up to 1000 sessions have ended
+//!   (revoked, expired or unknown), from the database, so that gateways re-checking at an
+//!   interval end connections whose kick event was lost;
 //! - every call acting for a user takes the user from the call's identity metadata, never
 //!   from the request body;
 //! - a friend request is pushed to its target's connected devices, and its answer to both
@@ -31,6 +33,7 @@
 //!   - `account`: Register, Login, VerifyToken, Logout;
 //!   - `profiles`: GetProfile(s), SearchUser, UpdateProfile;
 //!   - `friends`: friend requests, friends, blocks;
+//!   - `sessions`: CheckSessions, [`MAX_CHECK`];
 //! - [`auth`]: password hashing and tokens, [`AuthSettings`];
 //! - `notify`: events for the gateways holding users' connections (kicks, friend
 //!   requests);
@@ -46,6 +49,7 @@ mod friends;
 mod handler;
 mod notify;
 mod profiles;
+mod sessions;
 
 use im_common::bus::Bus;
 use im_common::config::{
@@ -60,6 +64,7 @@ pub use auth::{AuthSettings, SettingsError};
 pub use cache::CacheSettings;
 pub use handler::Users;
 pub use profiles::MAX_BATCH;
+pub use sessions::MAX_CHECK;
 
 /// The process's configuration (`im-user.toml`).
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +124,7 @@ pub static POLICY: Policy = Policy {
         ("Block", GATEWAY),
         ("Unblock", GATEWAY),
         ("ListBlocked", GATEWAY),
+        ("CheckSessions", GATEWAY),
     ],
 };
 

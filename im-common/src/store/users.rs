@@ -141,6 +141,13 @@ pub trait UserStore: Send + Sync {
     fn session(&self, id: &str)
     -> impl Future<Output = Result<Option<Session>, StoreError>> + Send;
 
+    /// The sessions among `ids` that exist, revoked or not, in no particular order (from
+    /// the primary: a revocation must be seen at once).
+    fn sessions(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<Session>, StoreError>> + Send;
+
     /// Revokes `user`'s session `id` at `at_ms` (a revoked session keeps its first
     /// revocation time). Returns whether `user` has such a session.
     fn revoke_session(

@@ -8,6 +8,8 @@ pub mod term;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -43,18 +45,37 @@ impl Cluster {
     /// The services on a fresh SQLite file and `bus`; 1:1 messages need friendship when
     /// `friends_only`.
     pub async fn start(bus: Bus, friends_only: bool) -> Cluster {
+        Cluster::start_with(bus, friends_only, TokenTtl::default(), Faults::default()).await
+    }
+
+    /// Like [`Cluster::start`], with tokens that live `ttl` and the calls `faults` fails.
+    pub async fn start_with(
+        bus: Bus,
+        friends_only: bool,
+        ttl: TokenTtl,
+        faults: Faults,
+    ) -> Cluster {
         let db = TestDb::sqlite();
         let sql = Sql::connect(&db.config()).await.expect("sqlite");
         let auth = im_user::AuthSettings {
             dev: true,
             argon2_memory_kib: 64,
             argon2_iterations: 1,
+            token_ttl_secs: ttl.0,
             ..im_user::AuthSettings::default()
         };
-        let users = im_user::server(im_user::Users::new(sql.clone(), bus.clone(), auth).unwrap());
-        let presence = im_presence::server(
-            im_presence::Presence::new(bus.clone(), im_presence::PresenceSettings::default())
-                .unwrap(),
+        let users = faults.server(
+            im_common::proto::UserServiceServer::new(
+                im_user::Users::new(sql.clone(), bus.clone(), auth).unwrap(),
+            ),
+            &im_user::POLICY,
+        );
+        let presence = faults.server(
+            im_common::proto::PresenceServiceServer::new(
+                im_presence::Presence::new(bus.clone(), im_presence::PresenceSettings::default())
+                    .unwrap(),
+            ),
+            &im_presence::POLICY,
         );
         let message_settings = im_message::Settings {
             friends_only,
@@ -117,6 +138,58 @@ impl Cluster {
     pub async fn close(self) {
         self.sql.close().await;
         let _ = self.db.drop().await;
+    }
+}
+
+/// How long tokens live, in seconds (im-user's `auth.token_ttl_secs`).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenTtl(pub u64);
+
+impl Default for TokenTtl {
+    fn default() -> TokenTtl {
+        TokenTtl(7 * 24 * 3600)
+    }
+}
+
+/// Service methods that fail with `UNAVAILABLE` while their switch is on, as if the
+/// service could not be reached (shared: flip them while the cluster runs).
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// `UserService.CheckSessions`.
+    pub check_sessions: Arc<AtomicBool>,
+    /// `PresenceService.BindRoute`.
+    pub bind_route: Arc<AtomicBool>,
+    /// How many calls were failed so far.
+    pub failed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Faults {
+    /// A server like the services' own (identity checked), that fails what is switched on.
+    fn server(
+        &self,
+        service: impl mprpc::Service,
+        policy: &'static im_common::identity::Policy,
+    ) -> mprpc::Server {
+        mprpc::Server::builder()
+            .intercept(im_common::identity::Authorize::new(policy))
+            .intercept(self.clone())
+            .add_service(service)
+            .build()
+    }
+}
+
+impl mprpc::Interceptor for Faults {
+    fn intercept(&self, ctx: &mut mprpc::Context) -> Result<(), mprpc::Status> {
+        let failing = match ctx.method() {
+            "CheckSessions" => &self.check_sessions,
+            "BindRoute" => &self.bind_route,
+            _ => return Ok(()),
+        };
+        if failing.load(Ordering::SeqCst) {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(mprpc::Status::unavailable("switched off by the test"));
+        }
+        Ok(())
     }
 }
 
@@ -274,6 +347,20 @@ impl Client {
                 .send(tungstenite::Message::Binary(request.encode_to_vec().into()))
                 .await
                 .unwrap(),
+        }
+    }
+
+    /// Sends `request`; false when the connection is gone (the gateway may have closed it).
+    pub async fn try_send(&mut self, request: &Request) -> bool {
+        match &mut self.io {
+            Io::Tcp(stream, _) => stream
+                .write_all(&im_proto::codec::frame(request))
+                .await
+                .is_ok(),
+            Io::Ws(socket, _) => socket
+                .send(tungstenite::Message::Binary(request.encode_to_vec().into()))
+                .await
+                .is_ok(),
         }
     }
 

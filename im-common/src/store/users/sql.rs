@@ -147,6 +147,23 @@ impl UserStore for Sql {
             .transpose()
     }
 
+    async fn sessions(&self, ids: &[String]) -> Result<Vec<Session>, StoreError> {
+        let mut sessions = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(IN_CHUNK) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let statement =
+                format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id IN ({marks})");
+            let mut query = sqlx::query(AssertSqlSafe(statement));
+            for id in chunk {
+                query = query.bind(id.as_str());
+            }
+            for row in &query.fetch_all(self.pool()).await? {
+                sessions.push(session_of(row)?);
+            }
+        }
+        Ok(sessions)
+    }
+
     async fn revoke_session(&self, user: u64, id: &str, at_ms: i64) -> Result<bool, StoreError> {
         let revoked = sqlx::query(
             "UPDATE sessions SET revoked_at = ? \
