@@ -15,6 +15,9 @@ use crate::Shared;
 use crate::registry::{Conn, Session};
 use crate::wire;
 
+/// The error a request with id 0 gets.
+const ID_ZERO: &str = "request id 0 is reserved for pushes: number requests from 1";
+
 /// A reply, and whether the connection closes after it is written.
 #[derive(Debug)]
 pub(crate) struct Reply {
@@ -53,6 +56,11 @@ impl Shared {
     /// Answers one request of `conn`.
     pub(crate) async fn handle(&self, conn: &Arc<Conn>, request: Request) -> Reply {
         let id = request.id;
+        if id == 0 {
+            // Its reply would carry id 0 and read as a push: the request is not carried
+            // out, and the error (id 0, like every protocol error) says why.
+            return failed(0, Code::InvalidArgument, ID_ZERO);
+        }
         let Some(command) = request.command else {
             return failed(id, Code::Unimplemented, "unknown command");
         };
