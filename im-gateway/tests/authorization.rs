@@ -117,3 +117,154 @@ async fn typing_respects_blocks() {
     gateway.stopped().await;
     cluster.close().await;
 }
+
+fn ids_of(profiles: &im_proto::Profiles) -> Vec<u64> {
+    profiles.profiles.iter().map(|p| p.user_id).collect()
+}
+
+async fn profiles(client: &mut Client, user_ids: Vec<u64>) -> Vec<u64> {
+    match client
+        .ok(Command::GetProfiles(im_proto::GetProfilesRequest {
+            user_ids,
+        }))
+        .await
+    {
+        Body::Profiles(found) => ids_of(&found),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn statuses(client: &mut Client, user_ids: Vec<u64>) -> Vec<(u64, bool)> {
+    match client
+        .ok(Command::QueryStatus(im_proto::UserIds { user_ids }))
+        .await
+    {
+        Body::Statuses(found) => found
+            .statuses
+            .iter()
+            .map(|s| (s.user_id, s.online))
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn strangers_learn_no_names_or_status_by_id() {
+    let cluster = Cluster::start(Bus::in_process(), true).await;
+    let gateway = cluster.gateway(&name("gw-"), settings()).await;
+    let mut clients = users(&gateway, &["ada", "bob", "mal"]).await;
+    let [ada, bob, mal] = &mut clients[..] else {
+        unreachable!()
+    };
+    befriend(ada, bob).await;
+    let ada_name = ada.session.clone().unwrap().profile.unwrap().name;
+
+    // Counting through ids: only Mal's own profile comes back.
+    assert_eq!(profiles(mal, (1..=500).collect()).await, [mal.user_id()]);
+    let hidden = mal
+        .call(Command::GetProfile(UserId {
+            user_id: ada.user_id(),
+        }))
+        .await;
+    let error = hidden.error.expect("an error");
+    assert_eq!(
+        (error.code, error.message.as_str()),
+        (Code::NotFound as i32, "user not found")
+    );
+    // Nor whether they are online.
+    let everyone = vec![ada.user_id(), bob.user_id()];
+    assert!(statuses(mal, everyone.clone()).await.is_empty());
+    let too_many = mal
+        .call(Command::QueryStatus(im_proto::UserIds {
+            user_ids: (1..=1001).collect(),
+        }))
+        .await;
+    let error = too_many.error.expect("an error");
+    assert_eq!(error.code, Code::InvalidArgument as i32, "{error:?}");
+
+    // An exact name still finds a user: that is how friends find each other.
+    let Body::Profiles(found) = mal
+        .ok(Command::SearchUser(im_proto::SearchUserRequest {
+            name: ada_name,
+        }))
+        .await
+    else {
+        panic!("profiles")
+    };
+    assert_eq!(ids_of(&found), [ada.user_id()]);
+
+    // Friends see each other.
+    assert_eq!(profiles(bob, everyone.clone()).await, everyone);
+    assert_eq!(
+        statuses(bob, vec![ada.user_id(), mal.user_id()]).await,
+        [(ada.user_id(), true)]
+    );
+    gateway.stopped().await;
+    cluster.close().await;
+}
+
+#[tokio::test]
+async fn users_see_those_they_have_to_do_with() {
+    // Strangers may write: a message is one of the relationships.
+    let cluster = Cluster::start(Bus::in_process(), false).await;
+    let gateway = cluster.gateway(&name("gw-"), settings()).await;
+    let mut clients = users(&gateway, &["ada", "cy", "dan", "eve", "mal"]).await;
+    let [ada, cy, dan, eve, mal] = &mut clients[..] else {
+        unreachable!()
+    };
+    // Cy shares a group with Ada, Dan asked to be her friend, Eve wrote to her.
+    let Body::Group(group) = ada
+        .ok(Command::CreateGroup(CreateGroupRequest {
+            name: "club".to_owned(),
+            description: String::new(),
+            join_policy: JoinPolicy::Open as i32,
+            member_ids: vec![cy.user_id()],
+        }))
+        .await
+    else {
+        panic!("a group")
+    };
+    dan.ok(Command::AddFriend(im_proto::SendFriendRequestRequest {
+        to_user_id: ada.user_id(),
+        message: String::new(),
+    }))
+    .await;
+    eve.ok(Command::Send(im_proto::SendRequest {
+        to_user_id: ada.user_id(),
+        client_msg_id: "hello".to_owned(),
+        body: "hello ada".to_owned(),
+    }))
+    .await;
+    let all = vec![cy.user_id(), dan.user_id(), eve.user_id(), mal.user_id()];
+    assert_eq!(profiles(ada, all.clone()).await, &all[..3]);
+    // Status: friends and co-members only.
+    assert_eq!(statuses(ada, all).await, [(cy.user_id(), true)]);
+
+    // The other way round: the co-member sees Ada (and the group's member list by name);
+    // asking, or writing, to an id does not reveal whose it is.
+    let Body::Members(members) = cy
+        .ok(Command::Members(im_proto::MembersRequest {
+            group_id: group.group_id,
+            after_user_id: 0,
+            limit: 0,
+        }))
+        .await
+    else {
+        panic!("members")
+    };
+    let member_ids: Vec<u64> = members.members.iter().map(|m| m.user_id).collect();
+    assert_eq!(profiles(cy, member_ids.clone()).await, member_ids);
+    for stranger in [dan, eve] {
+        assert!(profiles(stranger, vec![ada.user_id()]).await.is_empty());
+    }
+    // Once Ada writes back, Eve may see her.
+    ada.ok(Command::Send(im_proto::SendRequest {
+        to_user_id: eve.user_id(),
+        client_msg_id: "hi".to_owned(),
+        body: "hi eve".to_owned(),
+    }))
+    .await;
+    assert_eq!(profiles(eve, vec![ada.user_id()]).await, [ada.user_id()]);
+    gateway.stopped().await;
+    cluster.close().await;
+}

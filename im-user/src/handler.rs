@@ -156,4 +156,8 @@ impl UserService for Users {
     async fn list_blocked(&self, ctx: Context, _req: Empty) -> Result<UserIds, Status> {
         friends::list_blocked(self, &ctx).await
     }
+
+    async fn status_visible(&self, ctx: Context, req: UserIds) -> Result<UserIds, Status> {
+        profiles::status_visible(self, &ctx, req).await
+    }
 }
