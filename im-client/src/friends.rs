@@ -9,7 +9,8 @@ impl Client {
     /// One user's profile.
     ///
     /// # Errors
-    /// As [`Client::call`]; `NOT_FOUND` for no such user.
+    /// As [`Client::call`]; `NOT_FOUND` for no such user, or one the caller has nothing to
+    /// do with.
     pub async fn get_profile(&self, user_id: u64) -> Result<UserProfile, Error> {
         expect!(
             self.call(Command::GetProfile(UserId { user_id })).await,
@@ -17,7 +18,8 @@ impl Client {
         )
     }
 
-    /// The profiles of these users (unknown ids are left out).
+    /// The profiles of these users (unknown ids, and those of users the caller has nothing
+    /// to do with, are left out: see "What others see" in docs/client-protocol.md).
     ///
     /// # Errors
     /// As [`Client::call`].
@@ -127,7 +129,8 @@ impl Client {
         expect!(self.call(Command::ListBlocked(Empty {})).await, UserIds).map(|ids| ids.user_ids)
     }
 
-    /// Whether these users are online, and when they were last seen.
+    /// Whether these users are online, and when they were last seen: for the caller's
+    /// friends and co-members of a group (others are left out), at most 1000 ids.
     ///
     /// # Errors
     /// As [`Client::call`].

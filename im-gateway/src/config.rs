@@ -109,7 +109,8 @@ pub struct Settings {
     /// How long each call to a service may take, in ms. Default 10000.
     pub call_timeout_ms: u64,
     /// A connection's Typing commands are passed on at most once per this many ms (the
-    /// others are acknowledged and dropped). Default 1000.
+    /// others are acknowledged and dropped; each is still checked first, so a refused one
+    /// is never acknowledged). Default 1000.
     pub typing_interval_ms: u64,
     /// How long a group's member list is reused for Typing, in ms. Default 5000.
     pub members_cache_ms: u64,

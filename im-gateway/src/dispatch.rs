@@ -5,15 +5,18 @@
 use std::sync::Arc;
 
 use im_common::identity;
-use im_proto::FriendRequestState;
 use im_proto::client::request::Command;
 use im_proto::client::server_message::Body;
 use im_proto::client::{Code, Error, Pong, Request, ServerMessage};
+use im_proto::{FriendRequestState, Statuses, UserIds};
 use mprpc::CallOptions;
 
 use crate::Shared;
 use crate::registry::{Conn, Session};
 use crate::wire;
+
+/// The error a request with id 0 gets.
+const ID_ZERO: &str = "request id 0 is reserved for pushes: number requests from 1";
 
 /// A reply, and whether the connection closes after it is written.
 #[derive(Debug)]
@@ -53,6 +56,11 @@ impl Shared {
     /// Answers one request of `conn`.
     pub(crate) async fn handle(&self, conn: &Arc<Conn>, request: Request) -> Reply {
         let id = request.id;
+        if id == 0 {
+            // Its reply would carry id 0 and read as a push: the request is not carried
+            // out, and the error (id 0, like every protocol error) says why.
+            return failed(0, Code::InvalidArgument, ID_ZERO);
+        }
         let Some(command) = request.command else {
             return failed(id, Code::Unimplemented, "unknown command");
         };
@@ -149,10 +157,7 @@ impl Shared {
             Command::Block(r) => call!(o, user, block_with, r, Body::Ok),
             Command::Unblock(r) => call!(o, user, unblock_with, r, Body::Ok),
             Command::ListBlocked(r) => call!(o, user, list_blocked_with, r, Body::UserIds),
-            Command::QueryStatus(r) => {
-                let presence = &self.services.presence;
-                call!(o, presence, query_status_with, r, Body::Statuses)
-            }
+            Command::QueryStatus(r) => self.query_status(session, r).await,
             Command::CreateGroup(r) => call!(o, group, create_with, r, Body::Group),
             Command::Invite(r) => call!(o, group, invite_with, r, Body::UserIds),
             Command::JoinGroup(r) => call!(o, group, join_with, r, Body::Joined),
@@ -178,6 +183,30 @@ impl Shared {
             | Command::Resume(_)
             | Command::Logout(_) => Err(wire::error(Code::Internal, "internal error", false)),
         }
+    }
+}
+
+impl Shared {
+    /// The status of those of `request`'s users whose status the session's user may see
+    /// (the user service decides); the others are left out of the reply.
+    async fn query_status(&self, session: &Session, request: UserIds) -> Handled {
+        let user = &self.services.user;
+        let visible = user
+            .status_visible_with(&request, &self.options_for(session))
+            .await
+            .map_err(|err| service_error(&err))?;
+        if visible.user_ids.is_empty() {
+            return Ok(Body::Statuses(Statuses::default()));
+        }
+        // As the gateway itself: presence answers no user directly.
+        let presence = &self.services.presence;
+        call!(
+            &self.options(),
+            presence,
+            query_status_with,
+            visible,
+            Body::Statuses
+        )
     }
 }
 

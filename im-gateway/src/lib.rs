@@ -40,7 +40,9 @@
 //!   through this gateway updates it for both users if they are here, one made through
 //!   another gateway shows from the next login on;
 //! - typing and read receipts go straight to connections here, and through pub/sub to the
-//!   other gateways that hold a recipient.
+//!   other gateways that hold a recipient; every Typing is first checked by the message
+//!   service (group member; a 1:1 peer who accepts the user's messages), also one that the
+//!   typing interval then drops.
 //!
 //! # Layout
 //! - [`config`]: [`Config`], [`WsConfig`], [`Settings`];

@@ -10,7 +10,7 @@ use im_common::bus::channels;
 use im_common::ids::{ConversationId, now_ms};
 use im_proto::client::server_message::Body;
 use im_proto::client::{Code, ReadReceipt, Typing, TypingNotice};
-use im_proto::{Empty, Event, MarkReadRequest, MembersRequest, ReadNotice, event};
+use im_proto::{ConversationRef, Empty, Event, MarkReadRequest, MembersRequest, ReadNotice, event};
 use parking_lot::Mutex;
 use prost::Message as _;
 use tracing::warn;
@@ -37,25 +37,29 @@ impl Shared {
     pub(crate) async fn typing(&self, conn: &Conn, session: &Session, typing: Typing) -> Handled {
         let conversation = ConversationId::parse(&typing.conversation_id)
             .map_err(|status| wire::error(Code::InvalidArgument, status.message(), false))?;
+        // Every Typing is checked, also one the interval then drops: a user who may not
+        // type here never gets `ok`.
+        let check = ConversationRef {
+            conversation_id: typing.conversation_id.clone(),
+        };
+        self.services
+            .message
+            .check_typing_with(&check, &self.options_for(session))
+            .await
+            .map_err(|err| service_error(&err))?;
         let now = now_ms();
         let last = conn.last_typing_ms.load(Ordering::Relaxed);
         let interval = i64::try_from(self.settings.typing_interval_ms).unwrap_or(i64::MAX);
         if now.saturating_sub(last) < interval {
-            // Typing is a hint: one per interval is enough, the rest is dropped quietly.
+            // Typing is a hint: one per interval is passed on, the rest is dropped quietly.
             return Ok(Body::Ok(Empty {}));
         }
         conn.last_typing_ms.store(now, Ordering::Relaxed);
         let me = session.user;
         let recipients: Vec<u64> = match conversation {
-            ConversationId::Direct(..) => match conversation.peer_of(me) {
-                Some(peer) => vec![peer],
-                None => return Err(not_yours()),
-            },
+            ConversationId::Direct(..) => conversation.peer_of(me).into_iter().collect(),
             ConversationId::Group(group) => {
                 let members = self.group_members(session, group).await?;
-                if !members.contains(&me) {
-                    return Err(not_yours());
-                }
                 members.iter().copied().filter(|&m| m != me).collect()
             }
         };
@@ -212,12 +216,4 @@ impl Shared {
         cache.insert(group, (Instant::now(), members.clone()));
         Ok(members)
     }
-}
-
-fn not_yours() -> im_proto::client::Error {
-    wire::error(
-        Code::PermissionDenied,
-        "not a member of this conversation",
-        false,
-    )
 }

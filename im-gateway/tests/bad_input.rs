@@ -10,7 +10,7 @@ use im_gateway::Settings;
 use im_proto::client::request::Command;
 use im_proto::client::server_message::Body;
 use im_proto::client::{Code, Login, Ping, Request, ServerMessage};
-use im_proto::{SendRequest, SyncRequest};
+use im_proto::{Empty, SendRequest, SyncRequest};
 use support::*;
 
 /// Two users who chat; [`Pair::chat`] checks a message gets through quickly.
@@ -94,6 +94,53 @@ async fn garbage_and_oversized_frames() {
         .await;
     ws.closed().await;
 
+    pair.chat().await;
+    gateway.stopped().await;
+    cluster.close().await;
+}
+
+#[tokio::test]
+async fn a_request_with_id_0_is_refused() {
+    let (cluster, gateway, mut pair) = setup(settings()).await;
+    let id_zero = |command| Request {
+        id: 0,
+        command: Some(command),
+    };
+    let refused = |reply: &ServerMessage| {
+        assert_eq!(reply.id, 0, "{reply:?}");
+        assert!(reply.body.is_none(), "{reply:?}");
+        let (code, message) = error_of(reply);
+        assert_eq!(code, Code::InvalidArgument, "{reply:?}");
+        assert!(message.contains("id 0"), "{message}");
+    };
+    let tcp = Client::tcp(gateway.tcp).await;
+    let ws = Client::ws(gateway.ws, false).await;
+    let json = Client::ws(gateway.ws, true).await;
+    for mut client in [tcp, ws, json] {
+        // Before login: a Ping would have been answered with a pong at id 0.
+        client.send(&id_zero(Command::Ping(Ping {}))).await;
+        refused(&client.next().await.unwrap());
+        client.register_login(&name("zero"), "d").await;
+        // After login: the send is not carried out.
+        let to = pair.b.user_id();
+        let send = Command::Send(SendRequest {
+            to_user_id: to,
+            client_msg_id: "zero".to_owned(),
+            body: "sent with id 0".to_owned(),
+        });
+        client.send(&id_zero(send)).await;
+        refused(&client.next().await.unwrap());
+        let Body::Conversations(list) = client.ok(Command::ListConversations(Empty {})).await
+        else {
+            panic!("conversations")
+        };
+        assert!(list.conversations.is_empty(), "{list:?}");
+        // The connection goes on.
+        assert!(matches!(
+            client.ok(Command::Ping(Ping {})).await,
+            Body::Pong(_)
+        ));
+    }
     pair.chat().await;
     gateway.stopped().await;
     cluster.close().await;

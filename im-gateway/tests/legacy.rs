@@ -23,6 +23,15 @@ async fn start(friends_only: bool) -> (Cluster, Running, SocketAddr) {
     (cluster, gateway, addr)
 }
 
+/// Friends the legacy way: each asks the other.
+async fn befriend(a: &mut Term, b: &mut Term) {
+    assert_eq!(
+        a.ok(&format!("ADDFRIEND {}", b.uid)).await,
+        "friend request sent"
+    );
+    assert_eq!(b.ok(&format!("ADDFRIEND {}", a.uid)).await, "friend added");
+}
+
 #[tokio::test]
 async fn friends_chats_and_groups() {
     let (cluster, _gateway, addr) = start(true).await;
@@ -30,9 +39,20 @@ async fn friends_chats_and_groups() {
     let mut bob = Term::user(addr, &name("bob")).await;
     let mut cy = Term::user(addr, &name("cy")).await;
 
-    // One step, and again: still fine.
-    assert_eq!(ada.ok(&format!("ADDFRIEND {}", bob.uid)).await, "");
-    assert_eq!(bob.ok(&format!("addfriend {}", ada.uid)).await, "");
+    // A request, then friends once Bob asks back.
+    assert_eq!(
+        ada.ok(&format!("ADDFRIEND {}", bob.uid)).await,
+        "friend request sent"
+    );
+    assert_eq!(ada.ok("GETFRIENDS").await, "");
+    assert_eq!(
+        bob.ok(&format!("addfriend {}", ada.uid)).await,
+        "friend added"
+    );
+    assert_eq!(
+        ada.ok(&format!("ADDFRIEND {}", bob.uid)).await,
+        "friend added"
+    );
     let friends = ada.ok("GETFRIENDS").await;
     assert!(
         friends.starts_with(&format!("{}:bob", bob.uid)),
@@ -90,7 +110,7 @@ async fn offline_messages_are_pulled_once_in_order_and_kept() {
     let (ada_name, bob_name) = (name("ada"), name("bob"));
     let mut ada = Term::user(addr, &ada_name).await;
     let mut bob = Term::user(addr, &bob_name).await;
-    ada.ok(&format!("ADDFRIEND {}", bob.uid)).await;
+    befriend(&mut ada, &mut bob).await;
     let gid = ada.ok("CREATEGROUP club").await;
     bob.ok(&format!("JOINGROUP {gid}")).await;
     assert_eq!(bob.ok("LOGOUT").await, "");
@@ -153,8 +173,26 @@ async fn legacy_and_client_protocol_users_talk() {
     let mut ada = Client::tcp(gateway.tcp).await;
     ada.register_login(&name("ada"), "laptop").await;
     let mut bob = Term::user(addr, &name("bob")).await;
-    // Bob's one-step request makes them friends, also for Ada's client.
+    // Bob asks, Ada accepts on her client: friends on both protocols.
     bob.ok(&format!("ADDFRIEND {}", ada.user_id())).await;
+    let Body::FriendRequested(request) = ada
+        .push_where(|b| matches!(b, Body::FriendRequested(_)))
+        .await
+    else {
+        unreachable!()
+    };
+    ada.ok(Command::RespondFriend(
+        im_proto::RespondFriendRequestRequest {
+            request_id: request.request_id,
+            accept: true,
+        },
+    ))
+    .await;
+    let friends = bob.ok("GETFRIENDS").await;
+    assert!(
+        friends.starts_with(&format!("{}:", ada.user_id())),
+        "{friends}"
+    );
     let Body::Profiles(friends) = ada.ok(Command::ListFriends(Empty {})).await else {
         panic!("profiles")
     };
@@ -297,7 +335,7 @@ async fn a_long_backlog_is_pulled_in_parts() {
     let (cluster, _gateway, addr) = start(true).await;
     let mut ada = Term::user(addr, &name("ada")).await;
     let mut bob = Term::user(addr, &name("bob")).await;
-    ada.ok(&format!("ADDFRIEND {}", bob.uid)).await;
+    befriend(&mut ada, &mut bob).await;
     bob.ok("LOGOUT").await;
     // Straight to the service: faster than lines under the rate limit.
     let options = for_user(mprpc::CallOptions::default(), &User::new(ada.uid));
@@ -330,7 +368,7 @@ async fn a_long_backlog_is_pulled_in_parts() {
 }
 
 #[tokio::test]
-async fn add_friend_in_one_step_whatever_came_before() {
+async fn add_friend_never_accepts_for_the_target() {
     let (cluster, gateway, addr) = start(true).await;
     let mut tcp = Vec::new();
     for who in ["ada", "dan", "eve"] {
@@ -357,7 +395,6 @@ async fn add_friend_in_one_step_whatever_came_before() {
             message: String::new(),
         })
     };
-    let mut ada = Term::connect(addr).await;
     let ada_name = ada_tcp
         .session
         .as_ref()
@@ -367,14 +404,70 @@ async fn add_friend_in_one_step_whatever_came_before() {
         .unwrap()
         .name
         .clone();
+    let mut ada = Term::connect(addr).await;
     ada.ok(&format!("LOGIN {ada_name} {PASSWORD}")).await;
 
-    // Ada had asked Dan already; Eve had asked Ada.
+    // A stranger's ADDFRIEND is a request: with friends_only on, Dan is still out of reach,
+    // also after asking twice.
+    let mut stranger = Term::user(addr, &name("mal")).await;
+    for _ in 0..2 {
+        let reply = stranger.cmd(&format!("ADDFRIEND {}", dan.user_id())).await;
+        assert_eq!(reply, "+OK friend request sent");
+    }
+    let why = stranger.err(&format!("SEND {} hi", dan.user_id())).await;
+    assert!(why.contains("friend"), "{why}");
+    assert!(friends_of(dan).await.is_empty());
+
+    // Dan asks back (client protocol): now they are friends, and the stranger may write.
+    dan.ok(add(stranger.uid)).await;
+    assert_eq!(friends_of(dan).await, [stranger.uid]);
+    stranger.ok(&format!("SEND {} hi dan", dan.user_id())).await;
+
+    // Ada had asked Dan already: asking again is still only a request. Dan accepts on his
+    // client.
     ada_tcp.ok(add(dan.user_id())).await;
+    assert_eq!(
+        ada.ok(&format!("ADDFRIEND {}", dan.user_id())).await,
+        "friend request sent"
+    );
+    assert_eq!(friends_of(dan).await, [stranger.uid]);
+    let Body::FriendRequests(requests) = dan
+        .ok(Command::ListFriendRequests(
+            im_proto::ListFriendRequestsRequest { outgoing: false },
+        ))
+        .await
+    else {
+        panic!("requests")
+    };
+    let from_ada = requests
+        .requests
+        .iter()
+        .find(|r| r.from_user_id == ada_tcp.user_id())
+        .unwrap();
+    dan.ok(Command::RespondFriend(
+        im_proto::RespondFriendRequestRequest {
+            request_id: from_ada.request_id,
+            accept: true,
+        },
+    ))
+    .await;
+    let mut dans = friends_of(dan).await;
+    dans.sort_unstable();
+    let mut expected = vec![stranger.uid, ada_tcp.user_id()];
+    expected.sort_unstable();
+    assert_eq!(dans, expected);
+    // Friends already: ADDFRIEND says so.
+    assert_eq!(
+        ada.ok(&format!("ADDFRIEND {}", dan.user_id())).await,
+        "friend added"
+    );
+
+    // Eve had asked Ada: Ada's ADDFRIEND answers it.
     eve.ok(add(ada_tcp.user_id())).await;
-    ada.ok(&format!("ADDFRIEND {}", dan.user_id())).await;
-    ada.ok(&format!("ADDFRIEND {}", eve.user_id())).await;
-    assert_eq!(friends_of(dan).await, [ada_tcp.user_id()]);
+    assert_eq!(
+        ada.ok(&format!("ADDFRIEND {}", eve.user_id())).await,
+        "friend added"
+    );
     assert_eq!(friends_of(eve).await, [ada_tcp.user_id()]);
 
     dan.ok(Command::Block(im_proto::UserId {

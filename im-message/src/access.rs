@@ -3,7 +3,8 @@
 //! - direct: the recipient exists, has not blocked the sender, and (when `friends_only`,
 //!   the default) is the sender's friend; only the two users read it;
 //! - group: only members post and read; a muted member cannot post, nor can a plain member
-//!   while the group is muted as a whole.
+//!   while the group is muted as a whole;
+//! - typing: where the user could post a 1:1 message; in a group, any member.
 //!
 //! Friend and block lists are read through the bus cache, which the user service
 //! invalidates on every change; a cache that fails or was flushed only costs a database read.
@@ -96,6 +97,23 @@ impl Access {
             ConversationId::Direct(..) => {
                 Err(Status::permission_denied("not a conversation of yours"))
             }
+            ConversationId::Group(group) => self.group_member(group, user).await.map(|_| ()),
+        }
+    }
+
+    /// May `user` tell `conversation` that they are typing? Where a message could go: the
+    /// peer of a 1:1 conversation accepts the user's messages; a group has the user as a
+    /// member (muted or not: typing is not posting).
+    pub(crate) async fn check_typing(
+        &self,
+        conversation: ConversationId,
+        user: u64,
+    ) -> Result<(), Status> {
+        match conversation {
+            ConversationId::Direct(..) => match conversation.peer_of(user) {
+                Some(peer) if peer != user => self.check_direct(user, peer).await,
+                _ => Err(Status::permission_denied("not a conversation of yours")),
+            },
             ConversationId::Group(group) => self.group_member(group, user).await.map(|_| ()),
         }
     }

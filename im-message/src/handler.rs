@@ -6,8 +6,9 @@ use im_common::bus::Bus;
 use im_common::identity::{self, User};
 use im_common::ids::{ConversationId, MsgIds, now_ms};
 use im_common::proto::{
-    ChatMessage, Conversations, EditRequest, Empty, GroupRole, MarkReadReply, MarkReadRequest,
-    MessageKind, RecallRequest, SendAck, SendGroupRequest, SendRequest, SyncReply, SyncRequest,
+    ChatMessage, ConversationRef, Conversations, EditRequest, Empty, GroupRole, MarkReadReply,
+    MarkReadRequest, MessageKind, RecallRequest, SendAck, SendGroupRequest, SendRequest, SyncReply,
+    SyncRequest,
 };
 use im_common::store::Sql;
 use im_common::store::messages::{MessageStore, NewMessage, Outcome};
@@ -315,5 +316,15 @@ impl im_common::proto::MessageService for Messages {
             ref_msg_id: message.msg_id,
         };
         self.store(edit, &user).await
+    }
+
+    async fn check_typing(&self, ctx: Context, request: ConversationRef) -> Result<Empty, Status> {
+        let user = identity::user(&ctx)?;
+        let conversation = ConversationId::parse(&request.conversation_id)?;
+        self.inner
+            .access
+            .check_typing(conversation, user.id)
+            .await?;
+        Ok(Empty {})
     }
 }

@@ -17,13 +17,16 @@
 //! - after the commit, the message is pushed through the delivery stream of each gateway
 //!   that holds a recipient's device (the sender's other devices included); a failed push
 //!   never fails the send, since Sync is the source of truth;
-//! - recall and edit are new events in the conversation that name the original message.
+//! - recall and edit are new events in the conversation that name the original message;
+//! - `CheckTyping` answers the gateway whether a user may signal typing in a conversation:
+//!   by the rules of posting (a 1:1 peer who accepts the user's messages), except that a
+//!   muted group member may still type.
 //!
 //! # Layout
 //! - [`Messages`] (`handler`): the `MessageService` rpcs;
 //! - `commit`: group commit, sharded by conversation;
 //! - `push`: fan-out into the gateways' delivery streams;
-//! - `access`: who may post to and read which conversation;
+//! - `access`: who may post to, read and type in which conversation;
 //! - [`Config`], [`Settings`], [`run`], [`server`]: the process.
 
 #![warn(missing_docs)]
@@ -132,6 +135,7 @@ pub static POLICY: Policy = Policy {
         ("MarkRead", GATEWAY),
         ("Recall", GATEWAY),
         ("Edit", GATEWAY),
+        ("CheckTyping", GATEWAY),
     ],
 };
 

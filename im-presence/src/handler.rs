@@ -234,6 +234,13 @@ impl proto::PresenceService for Presence {
 
     async fn query_status(&self, ctx: Context, request: UserIds) -> Result<Statuses, Status> {
         internal(&ctx)?;
+        // Presence knows no friendships: whose status a user may see is the user service's
+        // answer (StatusVisible), which the gateway asks first and then asks here as itself.
+        if ctx.metadata(identity::USER).is_some() {
+            return Err(Status::permission_denied(
+                "QueryStatus answers MPIM's processes, not a user: ask through the gateway",
+            ));
+        }
         user_ids(&request.user_ids)?;
         let statuses = self.bus.routes.status(request.user_ids).await?;
         Ok(Statuses { statuses })

@@ -23,7 +23,9 @@
 //!   `mpim:events:all`, best effort (status queries are the truth).
 //!
 //! The rpcs are for MPIM's own processes: calls without an `mpim-service` identity are
-//! refused.
+//! refused, and so is a QueryStatus made for a user (`mpim-user`): presence does not know
+//! whose status a user may see; the gateway asks the user service (StatusVisible) and
+//! then queries presence for the visible ids as itself.
 //!
 //! # Layout
 //! - [`Presence`] (`handler`): the `PresenceService` rpcs, [`PresenceSettings`];

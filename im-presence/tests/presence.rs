@@ -235,6 +235,14 @@ async fn internal_callers_only(bus: Bus) {
     // And nothing was bound by the refused calls.
     let gateway = client_of(&server);
     assert!(routes(&gateway, &[1]).await.is_empty());
+    // A status query made for a user is refused: whose status a user may see is the user
+    // service's to say, and the gateway asks presence as itself.
+    let for_user = gateway.query_status_with(&ids(&[1]), &user).await;
+    assert_eq!(
+        for_user.err().map(|err| err.code()),
+        Some(Code::PermissionDenied)
+    );
+    assert!(gateway.query_status(&ids(&[1])).await.is_ok());
 }
 
 fn client_of(server: &mprpc::Server) -> PresenceServiceClient {

@@ -165,4 +165,8 @@ impl UserService for Users {
     ) -> Result<CheckSessionsReply, Status> {
         sessions::check_sessions(self, req).await
     }
+
+    async fn status_visible(&self, ctx: Context, req: UserIds) -> Result<UserIds, Status> {
+        profiles::status_visible(self, &ctx, req).await
+    }
 }

@@ -25,13 +25,17 @@
 //!   from the request body;
 //! - a friend request is pushed to its target's connected devices, and its answer to both
 //!   users' (pub/sub, best effort: requests made meanwhile are listed on connect);
+//! - a user looks up the profiles only of users they have to do with (friends, co-members
+//!   of a group, people who asked them or wrote to them, people they blocked), and learns
+//!   which of up to 1000 users it may see the status of (StatusVisible: friends and
+//!   co-members); others look like users that do not exist;
 //! - profiles and friend/block lists are cached on the bus; writes delete what they make
 //!   stale, and a flushed or failing cache only costs database reads.
 //!
 //! # Layout
 //! - [`Users`] (`handler`): the `UserService` rpcs, delegating to
 //!   - `account`: Register, Login, VerifyToken, Logout;
-//!   - `profiles`: GetProfile(s), SearchUser, UpdateProfile;
+//!   - `profiles`: GetProfile(s), SearchUser, UpdateProfile, StatusVisible;
 //!   - `friends`: friend requests, friends, blocks;
 //!   - `sessions`: CheckSessions, [`MAX_CHECK`];
 //! - [`auth`]: password hashing and tokens, [`AuthSettings`];
@@ -63,7 +67,7 @@ use serde::Deserialize;
 pub use auth::{AuthSettings, SettingsError};
 pub use cache::CacheSettings;
 pub use handler::Users;
-pub use profiles::MAX_BATCH;
+pub use profiles::{MAX_BATCH, MAX_STATUS_IDS};
 pub use sessions::MAX_CHECK;
 
 /// The process's configuration (`im-user.toml`).
@@ -125,6 +129,7 @@ pub static POLICY: Policy = Policy {
         ("Unblock", GATEWAY),
         ("ListBlocked", GATEWAY),
         ("CheckSessions", GATEWAY),
+        ("StatusVisible", GATEWAY),
     ],
 };
 

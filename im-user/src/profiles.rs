@@ -1,4 +1,10 @@
-//! GetProfile, GetProfiles, SearchUser and UpdateProfile, with profiles cached on the bus.
+//! GetProfile, GetProfiles, SearchUser and UpdateProfile, with profiles cached on the bus;
+//! StatusVisible.
+//!
+//! A user sees the profiles of the users they have to do with ([`Scope::Profile`]: friends,
+//! co-members, …), not of anyone by id: login names cannot be listed by counting ids. A
+//! profile the caller may not see is answered as one that does not exist. SearchUser by
+//! exact login name stays open: it is how friends are found.
 
 use std::collections::{HashMap, HashSet};
 
@@ -6,9 +12,10 @@ use futures::future::join_all;
 use im_common::bus::keys;
 use im_common::identity;
 use im_common::proto::{
-    GetProfilesRequest, Profiles, SearchUserRequest, UpdateProfileRequest, UserId, UserProfile,
+    GetProfilesRequest, Profiles, SearchUserRequest, UpdateProfileRequest, UserId, UserIds,
+    UserProfile,
 };
-use im_common::store::users::{ProfileUpdate, UserStore};
+use im_common::store::users::{ProfileUpdate, Scope, UserStore};
 use im_common::validate::{self, MAX_AVATAR_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES};
 use mprpc::{Context, Status};
 
@@ -16,14 +23,24 @@ use crate::handler::Users;
 
 /// Most ids one GetProfiles call may ask for.
 pub const MAX_BATCH: usize = 500;
+/// Most ids one StatusVisible call may ask about (a friend list, a group's members).
+pub const MAX_STATUS_IDS: usize = 1000;
 
 pub(crate) async fn get_profile(
     users: &Users,
     ctx: &Context,
     req: UserId,
 ) -> Result<UserProfile, Status> {
-    identity::user(ctx)?;
+    let caller = identity::user(ctx)?.id;
     let id = validate::user_id("user_id", req.user_id)?;
+    if users
+        .sql
+        .visible(caller, &[id], Scope::Profile)
+        .await?
+        .is_empty()
+    {
+        return Err(Status::not_found("user not found"));
+    }
     profiles(users, &[id])
         .await?
         .pop()
@@ -35,16 +52,50 @@ pub(crate) async fn get_profiles(
     ctx: &Context,
     req: GetProfilesRequest,
 ) -> Result<Profiles, Status> {
-    identity::user(ctx)?;
+    let caller = identity::user(ctx)?.id;
     if req.user_ids.len() > MAX_BATCH {
         return Err(Status::invalid_argument(format!(
             "user_ids has {} ids, more than the limit of {MAX_BATCH}",
             req.user_ids.len()
         )));
     }
+    let visible = users
+        .sql
+        .visible(caller, &req.user_ids, Scope::Profile)
+        .await?;
+    let ids: Vec<u64> = req
+        .user_ids
+        .into_iter()
+        .filter(|id| visible.contains(id))
+        .collect();
     Ok(Profiles {
-        profiles: profiles(users, &req.user_ids).await?,
+        profiles: profiles(users, &ids).await?,
     })
+}
+
+/// Of `req`'s ids, those whose status the caller may see ([`Scope::Status`]).
+pub(crate) async fn status_visible(
+    users: &Users,
+    ctx: &Context,
+    req: UserIds,
+) -> Result<UserIds, Status> {
+    let caller = identity::user(ctx)?.id;
+    if req.user_ids.len() > MAX_STATUS_IDS {
+        return Err(Status::invalid_argument(format!(
+            "user_ids has {} ids, more than the limit of {MAX_STATUS_IDS}",
+            req.user_ids.len()
+        )));
+    }
+    let visible = users
+        .sql
+        .visible(caller, &req.user_ids, Scope::Status)
+        .await?;
+    let user_ids = req
+        .user_ids
+        .into_iter()
+        .filter(|id| visible.contains(id))
+        .collect();
+    Ok(UserIds { user_ids })
 }
 
 pub(crate) async fn search_user(

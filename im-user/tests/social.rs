@@ -74,6 +74,12 @@ async fn requests(client: &UserServiceClient, of: u64, outgoing: bool) -> Vec<Fr
         .requests
 }
 
+/// Makes `a` and `b` friends.
+async fn befriend(client: &UserServiceClient, a: u64, b: u64) {
+    let request = ask(client, a, b).await.unwrap();
+    answer(client, b, request.request_id, true).await.unwrap();
+}
+
 fn state(request: &FriendRequest) -> FriendRequestState {
     FriendRequestState::try_from(request.state).unwrap()
 }
@@ -212,6 +218,7 @@ async fn profiles_change_only_for_their_owner(sql: Sql) {
     let (_server, client) = service(&sql, &Bus::in_process(), auth());
     let ada = register(&client, "ada").await;
     let bob = register(&client, "bob").await;
+    befriend(&client, ada, bob).await;
     let bob_before = client
         .get_profile_with(&UserId { user_id: bob }, &as_user(ada))
         .await
@@ -302,6 +309,26 @@ async fn batches_and_search(sql: Sql) {
     let (_server, client) = service(&sql, &Bus::in_process(), auth());
     let ada = register(&client, "ada").await;
     let bob = register(&client, "bob").await;
+    let cy = register(&client, "cyd").await;
+    befriend(&client, ada, bob).await;
+
+    // Cy is a stranger to Ada: by id, Cy looks like no user at all (by exact name, Cy is
+    // found).
+    let hidden = failure(
+        client
+            .get_profile_with(&UserId { user_id: cy }, &as_user(ada))
+            .await,
+    );
+    assert_eq!(hidden, (Code::NotFound, "user not found".to_owned()));
+    let request = GetProfilesRequest {
+        user_ids: vec![cy, bob],
+    };
+    let found = client
+        .get_profiles_with(&request, &as_user(ada))
+        .await
+        .unwrap();
+    let ids: Vec<u64> = found.profiles.iter().map(|p| p.user_id).collect();
+    assert_eq!(ids, [bob]);
 
     let request = GetProfilesRequest {
         user_ids: vec![bob, 999_999, ada, bob, 0],

@@ -11,6 +11,8 @@
 //!   [`StoreError::Precondition`].
 //! - Blocking removes the friendship and rejects the pending requests between the two users,
 //!   in one transaction.
+//! - [`Sql::visible`] says which users another may look up ([`Scope`]): the relationships,
+//!   read from the primary.
 
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::Query;
@@ -372,3 +374,6 @@ impl Sql {
 }
 
 mod sql;
+mod visible;
+
+pub use visible::Scope;

@@ -1,19 +1,21 @@
 //! Each legacy command as client-protocol requests to the dispatcher, and its reply line.
 
-use im_common::identity;
 use im_proto::client::request::Command as Request;
 use im_proto::client::server_message::Body;
 use im_proto::client::{Code, Error, Login, Logout};
 use im_proto::{
     CreateGroupRequest, DeviceKind, Empty, FriendRequestState, JoinPolicy, JoinRequest,
-    RegisterRequest, RespondFriendRequestRequest, SendFriendRequestRequest, SendGroupRequest,
-    SendRequest,
+    RegisterRequest, SendFriendRequestRequest, SendGroupRequest, SendRequest,
 };
 
 use super::Legacy;
 use super::format;
 use super::parse::Command;
-use crate::dispatch::service_error;
+
+/// ADDFRIEND's reply when both have asked: they are friends (the original's reply).
+const FRIEND_ADDED: &str = "friend added";
+/// ADDFRIEND's reply while the target has not asked back.
+const REQUEST_SENT: &str = "friend request sent";
 
 /// The device every legacy login names: the original system knew one connection per user.
 pub(crate) const DEVICE: &str = "legacy";
@@ -155,7 +157,9 @@ impl Legacy<'_> {
         Ok(Outcome::ok(ack.msg_id))
     }
 
-    /// A friend request accepted at once for its target: the original's one-step friends.
+    /// A friend request, which is a friendship once both users have asked: the user
+    /// service accepts a pending request when its target asks back. Nothing is ever
+    /// accepted here for the target.
     async fn add_friend(&mut self, user: u64) -> Result<Outcome, Error> {
         let request = Request::AddFriend(SendFriendRequestRequest {
             to_user_id: user,
@@ -164,26 +168,18 @@ impl Legacy<'_> {
         let request = match self.call(request).await {
             Ok(Body::FriendRequest(request)) => request,
             Ok(_) => return Err(unexpected()),
-            Err(error) if error.code == Code::AlreadyExists as i32 => return Ok(Outcome::ok("")),
+            Err(error) if error.code == Code::AlreadyExists as i32 => {
+                return Ok(Outcome::ok(FRIEND_ADDED));
+            }
             Err(error) => return Err(error),
         };
-        if request.state == FriendRequestState::Pending as i32 {
-            let options = identity::for_user(self.shared.options(), &identity::User::new(user));
-            let respond = RespondFriendRequestRequest {
-                request_id: request.request_id,
-                accept: true,
-            };
-            self.shared
-                .services
-                .user
-                .respond_friend_request_with(&respond, &options)
-                .await
-                .map_err(|err| service_error(&err))?;
+        if request.state != FriendRequestState::Accepted as i32 {
+            return Ok(Outcome::ok(REQUEST_SENT));
         }
         self.shared
             .registry
             .befriend(request.from_user_id, request.to_user_id);
-        Ok(Outcome::ok(""))
+        Ok(Outcome::ok(FRIEND_ADDED))
     }
 
     async fn friends(&mut self) -> Result<Outcome, Error> {
