@@ -213,10 +213,13 @@ impl Caller {
     /// Establishes the caller of the call in `ctx`.
     ///
     /// # Errors
-    /// `UNAUTHENTICATED` when a certificate names no MPIM role, or a plaintext caller
-    /// names itself not at all.
+    /// `UNAUTHENTICATED` when a certificate names no MPIM role, or a plaintext or
+    /// in-process caller names itself not at all.
     pub fn of(ctx: &Context) -> Result<Caller, Status> {
         if ctx.is_local() {
+            // Code of this binary, but still named: a call from a client built without
+            // [`ServiceIdentity`] is a wiring mistake worth refusing.
+            service(ctx)?;
             return Ok(Caller::InProcess);
         }
         if let Some(peer) = ctx.peer_identity() {
