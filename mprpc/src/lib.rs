@@ -19,6 +19,75 @@
 //!
 //! The `examples` crate of this workspace shows the generated API end to end.
 //!
+//! # TLS
+//!
+//! Connections are plaintext unless [`ServerBuilder::tls`] and [`ClientBuilder::tls`] are
+//! set. **Plaintext authenticates no one and encrypts nothing: use it on trusted networks
+//! only** (loopback, a test). Anything that reaches a plaintext port can call every method
+//! and claim any metadata.
+//!
+//! With mutual TLS ([`tls`]: rustls on ring, TLS 1.3) both ends present a certificate of
+//! one CA. The client requires the server's certificate to name the service it looked up
+//! (`example.Echo`), so an instance registered in discovery without that service's
+//! certificate gets no calls; the server hands the verified names of the client's
+//! certificate to interceptors ([`Context::peer_identity`]), which decide what the caller
+//! may do from them instead of from metadata it could forge. Both sides reload
+//! certificates in place, without dropping a connection or a call.
+//!
+//! ```
+//! use mprpc::tls::{ClientTls, Identity, ServerTls};
+//! use mprpc::{Client, Context, Server, Status};
+//! # use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+//! # type Fallible<T> = Result<T, Box<dyn std::error::Error>>;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Fallible<()> {
+//! # let mut ca = CertificateParams::new(Vec::<String>::new())?;
+//! # ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+//! # let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+//! # let issue = |params: CertificateParams| -> Fallible<(String, String)> {
+//! #     let key = KeyPair::generate()?;
+//! #     Ok((params.signed_by(&key, &ca)?.pem(), key.serialize_pem()))
+//! # };
+//! # let (server_cert, server_key) = issue(CertificateParams::new(vec!["example.Echo".into()])?)?;
+//! # let (next_cert, next_key) = issue(CertificateParams::new(vec!["example.Echo".into()])?)?;
+//! # let mut gateway = CertificateParams::new(Vec::<String>::new())?;
+//! # gateway.subject_alt_names.push(SanType::URI("spiffe://mpim/gateway".try_into()?));
+//! # let (client_cert, client_key) = issue(gateway)?;
+//! # let ca_pem = ca.pem();
+//! // One CA signs the cluster's certificates (here made with rcgen; in production read with
+//! // `Identity::from_pem_files`): the server's names its service, `example.Echo`, the
+//! // client's its role, `spiffe://mpim/gateway`.
+//! let server_tls = ServerTls::mutual(
+//!     Identity::from_pem(server_cert.as_bytes(), server_key.as_bytes())?,
+//!     ca_pem.as_bytes(),
+//! )?;
+//! let server = Server::builder()
+//!     .tls(server_tls.clone())
+//!     .intercept(|ctx: &mut Context| {
+//!         let caller = ctx.peer_identity();
+//!         match caller.is_some_and(|id| id.has_uri("spiffe://mpim/gateway")) {
+//!             true => Ok(()),
+//!             false => Err(Status::permission_denied("gateways only")),
+//!         }
+//!     })
+//!     /* .add_service(EchoServer::new(MyEcho)) */
+//!     .build();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?.to_string();
+//! tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
+//!
+//! let client_tls = ClientTls::new(ca_pem.as_bytes())?
+//!     .identity(Identity::from_pem(client_cert.as_bytes(), client_key.as_bytes())?)?
+//!     // Dialled by address, so name the service to require (`discover` does so itself).
+//!     .server_name("example.Echo");
+//! let client = Client::builder().tls(client_tls).connect_lazy(addr);
+//! client.ping().await?;
+//!
+//! // Rotation: connections accepted from now on present the new certificate.
+//! server_tls.reload(Identity::from_pem(next_cert.as_bytes(), next_key.as_bytes())?, None)?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Layout
 //! - [`frame`]: frame prefix, [`Header`] encoding and the [`Codec`] that cuts a stream into
 //!   frames with a size cap;
@@ -35,6 +104,9 @@
 //!   `connection` (one multiplexed connection), `local` (the in-process transport) and
 //!   `retry` (what is resent, and the retry budget);
 //! - `transport`: the batching writer and the draining reader both ends share;
+//! - [`tls`]: certificates, the server's and the client's TLS configuration, and the
+//!   verified [`PeerIdentity`](tls::PeerIdentity) of a caller; `server::handshake`
+//!   bounds and counts the server's handshakes;
 //! - [`error`]: the client's [`Error`];
 //! - [`discovery`]: where instances are found ([`discovery::Static`],
 //!   [`discovery::InProcess`], [`zookeeper`]); [`balance`] picks one per call;

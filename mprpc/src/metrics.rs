@@ -10,6 +10,12 @@
 //! | `mprpc_client_connections` | gauge | `addr` |
 //! | `mprpc_client_retries_total` | counter | |
 //! | `mprpc_client_ejections_total` | counter | |
+//! | `mprpc_server_tls_handshake_failures_total` | counter | `reason` |
+//! | `mprpc_client_tls_handshake_failures_total` | counter | `reason` |
+//!
+//! A failed TLS handshake's `reason` is `certificate` (the peer's certificate was refused,
+//! or it refused ours), `not_tls` (the peer does not speak TLS), `timeout`, `closed` (the
+//! peer went away mid-handshake), `protocol` (any other TLS error) or `io`.
 //!
 //! The HTTP endpoint ([`serve`], [`serve_with`]) answers at most [`Limits::max_connections`]
 //! scrapes at once, each within [`Limits::timeout`].

@@ -79,9 +79,13 @@ async fn metrics_count_calls_by_method_and_code_and_serve_over_http() {
         .expect("bind");
     let metrics_addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = tokio::spawn(mprpc::metrics::serve(listener, handle, async move {
-        let _ = stopped.await;
-    }));
+    let http = tokio::spawn(mprpc::metrics::serve(
+        listener,
+        handle.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     let mut stream = tokio::net::TcpStream::connect(metrics_addr)
         .await
         .expect("connect");
@@ -96,4 +100,41 @@ async fn metrics_count_calls_by_method_and_code_and_serve_over_http() {
     assert_eq!(sample(body, requests, &sleep_ok), 3.0);
     let _ = stop.send(());
     http.await.expect("join").expect("served");
+
+    tls_handshake_failures_are_counted_by_reason(&handle).await;
+}
+
+/// A client without a certificate refused by a mutual TLS server: counted on both sides
+/// as a certificate failure.
+async fn tls_handshake_failures_are_counted_by_reason(
+    handle: &metrics_exporter_prometheus::PrometheusHandle,
+) {
+    let ca = support::pki::Ca::new("cluster");
+    let server = support::start_server_with(|b| b.tls(ca.server(&[PROBE]))).await;
+    let tls = mprpc::tls::ClientTls::new(ca.pem().as_bytes())
+        .expect("client")
+        .server_name(PROBE);
+    let client = Client::builder()
+        .max_attempts(1)
+        .tls(tls)
+        .connect_lazy(server.addr.to_string());
+    let err = client
+        .unary::<_, Num>(
+            &Method::new(PROBE, "Echo"),
+            &Num { value: 1 },
+            &CallOptions::new(),
+        )
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, mprpc::Error::Tls { .. }), "{err:?}");
+    let certificate = [r#"reason="certificate""#];
+    let name = "mprpc_server_tls_handshake_failures_total";
+    let counted = support::eventually(std::time::Duration::from_secs(5), || {
+        let text = handle.render();
+        text.contains(name) && sample(&text, name, &certificate) == 1.0
+    });
+    assert!(counted.await, "{}", handle.render());
+    let text = handle.render();
+    let client_failures = "mprpc_client_tls_handshake_failures_total";
+    assert_eq!(sample(&text, client_failures, &certificate), 1.0);
 }

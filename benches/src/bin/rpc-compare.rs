@@ -1,6 +1,6 @@
 //! Unary echo over loopback with mprpc, tonic and tarpc under the same load, one after the
-//! other, each with its server in the same process and runtime as its client; plus mprpc's
-//! in-process transport, which skips the socket altogether.
+//! other, each with its server in the same process and runtime as its client; plus mprpc
+//! over mutual TLS, and mprpc's in-process transport, which skips the socket altogether.
 //!
 //! ```text
 //! cargo run --release -p benches --bin rpc-compare -- --seconds 5 --concurrency 256
@@ -49,6 +49,8 @@ struct Args {
 enum Transport {
     /// mprpc, pool of 2 connections.
     Mprpc,
+    /// mprpc over mutual TLS, pool of 2 connections.
+    MprpcMtls,
     /// mprpc, the server registered in ZooKeeper, the client discovering it and balancing
     /// with power-of-two-choices.
     MprpcZk,
@@ -63,8 +65,9 @@ enum Transport {
 }
 
 impl Transport {
-    const ALL: [Transport; 6] = [
+    const ALL: [Transport; 7] = [
         Transport::Mprpc,
+        Transport::MprpcMtls,
         Transport::MprpcZk,
         Transport::MprpcInProcess,
         Transport::Tonic,
@@ -75,6 +78,7 @@ impl Transport {
     fn label(self, args: &Args) -> String {
         match self {
             Transport::Mprpc => "mprpc (2 conns)".into(),
+            Transport::MprpcMtls => "mprpc (mTLS)".into(),
             Transport::MprpcZk => "mprpc (zk + p2c)".into(),
             Transport::MprpcInProcess => "mprpc (in process)".into(),
             Transport::Tonic => "tonic (1 channel)".into(),
@@ -87,6 +91,7 @@ impl Transport {
     fn result_key(self) -> Option<&'static str> {
         match self {
             Transport::Mprpc => Some("mprpc"),
+            Transport::MprpcMtls => Some("mprpc_mtls"),
             Transport::MprpcZk => Some("mprpc_zk"),
             Transport::MprpcInProcess => Some("mprpc_inproc"),
             Transport::Tonic => Some("tonic"),
@@ -98,6 +103,7 @@ impl Transport {
     async fn run(self, load: &Load, args: &Args) -> anyhow::Result<Stats> {
         match self {
             Transport::Mprpc => systems::mprpc::run(load).await,
+            Transport::MprpcMtls => systems::mprpc::run_mtls(load).await,
             Transport::MprpcZk => systems::mprpc::run_discovered(load, &args.zk).await,
             Transport::MprpcInProcess => systems::mprpc::run_in_process(load).await,
             Transport::Tonic => systems::tonic::run(load, 1).await,
@@ -171,11 +177,12 @@ fn result_line(results: &[(Transport, Stats)]) -> String {
         .iter()
         .filter_map(|(t, stats)| Some((*t, t.result_key()?, stats)))
         .collect();
-    // The discovered and in-process rows come last, in that order, so the first fields
-    // keep their fixed order.
+    // The discovered, in-process and mTLS rows come last, in that order, so the first
+    // fields keep their fixed order.
     keyed.sort_by_key(|(t, _, _)| match t {
         Transport::MprpcZk => 1,
         Transport::MprpcInProcess => 2,
+        Transport::MprpcMtls => 3,
         _ => 0,
     });
     let keyed: Vec<_> = keyed

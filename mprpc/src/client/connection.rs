@@ -309,14 +309,22 @@ async fn read_loop<R: Readable>(
 /// was: a TLS alert (a TLS 1.3 server checks the client's certificate after the client has
 /// sent its first requests, and reads none of them when it refuses), or a TLS record where
 /// a frame was expected (a plaintext client of a TLS server).
+///
+/// Counted as a failed client handshake, which in substance it is.
 fn refusal<R: Readable>(err: &FrameError, reader: &FrameReader<R>) -> Option<String> {
-    match err {
-        FrameError::Io(err) => crate::tls::refusal_reason(err),
-        FrameError::BadMagic if reader.starts_like_tls() => {
-            Some("the server speaks TLS and this client does not (see ClientBuilder::tls)".into())
-        }
-        _ => None,
-    }
+    let (reason, label) = match err {
+        FrameError::Io(err) => (
+            crate::tls::refusal_reason(err)?,
+            crate::tls::failure_reason(err),
+        ),
+        FrameError::BadMagic if reader.starts_like_tls() => (
+            "the server speaks TLS and this client does not (see ClientBuilder::tls)".into(),
+            "not_tls",
+        ),
+        _ => return None,
+    };
+    crate::tls::count_failure(crate::tls::Side::Client, label);
+    Some(reason)
 }
 
 /// Marks the connection closed and fails the calls still waiting on it.

@@ -6,8 +6,9 @@
 //!   the place of the longest-idle one (idle a second or more, no call in flight), which is
 //!   sent a `GOAWAY` and closed; when none is idle the newcomer is sent a `GOAWAY` with
 //!   `RESOURCE_EXHAUSTED` and closed, so it can go elsewhere at once;
-//! - handshake: a connection that sends no complete frame within `handshake_timeout` is
-//!   closed;
+//! - handshake: a connection that has not completed its TLS handshake (when the server has
+//!   [`ServerBuilder::tls`]) and sent a complete frame within `handshake_timeout` of being
+//!   accepted is closed;
 //! - calls per connection: at most `max_in_flight_per_connection`; past it the server stops
 //!   reading that connection (TCP backpressure) until a call finishes;
 //! - calls in total: at most `max_in_flight`; past it new calls are answered

@@ -16,7 +16,8 @@
 //! Both ends offer the ALPN protocol `mprpc`, so a TLS client of another protocol that holds
 //! a certificate of the same CA is refused at the handshake. Only TLS 1.3 is spoken: both
 //! ends are mprpc, and in TLS 1.3 a refused client certificate is never followed by a
-//! request the server reads.
+//! request the server reads. Sessions are not resumed: every connection verifies the
+//! peer's whole chain afresh (pooled connections are long-lived, so this costs little).
 //!
 //! Certificates that carry an extended key usage extension must list `serverAuth` to be
 //! served and `clientAuth` to be presented by a client (one certificate may list both);
@@ -348,6 +349,11 @@ fn server_config(
         .with_single_cert(identity.chain, identity.key)
         .map_err(TlsError::Rejected)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
+    // No resumption: every connection verifies the client's whole chain, so an expired or
+    // no longer trusted certificate is refused on the next connection, not once a cached
+    // session runs out. Pooled connections live long; a full handshake each costs little.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -488,6 +494,8 @@ fn client_config(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![ALPN.to_vec()];
+    // As on the server: a full handshake, and the server's chain verified, every time.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 
