@@ -40,6 +40,7 @@ im_common::on_every_bus!(
     cache_set_if_absent_keeps_what_is_there,
     cache_fill_loses_to_an_invalidation,
     a_read_through_that_began_before_an_invalidation_does_not_fill,
+    counters_count_within_their_window,
 );
 
 fn route(user: u64, device: &str, kind: DeviceKind, gateway: &str) -> Route {
@@ -937,4 +938,24 @@ async fn a_read_through_that_began_before_an_invalidation_does_not_fill(bus: Bus
     .await
     .unwrap();
     assert_eq!(cached, "[9]", "served from the cache");
+}
+
+async fn counters_count_within_their_window(bus: Bus) {
+    let cache = &bus.cache;
+    for expected in 1..=3 {
+        assert_eq!(
+            cache.count("tries".into(), SHORT_TTL).await.unwrap(),
+            expected
+        );
+    }
+    assert_eq!(cache.get("tries".into()).await.unwrap().unwrap(), "3");
+    assert_eq!(cache.count("other".into(), LONG_TTL).await.unwrap(), 1);
+    // The window runs from the first count, not the last: the counter lapses.
+    until("the counter lapses", || async {
+        cache.get("tries".into()).await.unwrap().is_none()
+    })
+    .await;
+    assert_eq!(cache.count("tries".into(), LONG_TTL).await.unwrap(), 1);
+    cache.delete(vec!["tries".into()]).await.unwrap();
+    assert_eq!(cache.count("tries".into(), LONG_TTL).await.unwrap(), 1);
 }

@@ -39,6 +39,8 @@ impl Shared {
                 name: login.name,
                 password: login.password,
                 device_id: device.clone(),
+                // Not yet known here: im-user then limits guessing per account name only.
+                client_addr: String::new(),
             };
             let reply = self
                 .services

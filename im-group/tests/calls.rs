@@ -457,6 +457,9 @@ impl Cache for Down {
     fn delete(&self, _keys: Vec<String>) -> BoxFuture<'_, BusResult<()>> {
         async { Err(StoreError::Precondition("cache down".into())) }.boxed()
     }
+    fn count(&self, _key: String, _window: Duration) -> BoxFuture<'_, BusResult<u64>> {
+        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
+    }
 }
 
 async fn a_failing_cache_fails_no_call(sql: Sql) {

@@ -58,6 +58,9 @@ impl Cache for Broken {
     fn delete(&self, _keys: Vec<String>) -> BoxFuture<'_, BusResult<()>> {
         async { Err(StoreError::Precondition("cache down".into())) }.boxed()
     }
+    fn count(&self, _key: String, _window: Duration) -> BoxFuture<'_, BusResult<u64>> {
+        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
+    }
 }
 
 async fn verify(client: &UserServiceClient, token: &str) -> Result<u64, mprpc::Error> {

@@ -138,6 +138,9 @@ pub trait Cache: Send + Sync + 'static {
     /// Invalidates `keys`: forgets their values and refuses every [`Cache::fill`] whose
     /// token was taken before.
     fn delete(&self, keys: Vec<String>) -> BoxFuture<'_, BusResult<()>>;
+    /// Adds one to the counter `key`, which lives for `window` from its first count; returns
+    /// the count. (Failed logins are counted so.) [`Cache::get`] reads it as decimal text.
+    fn count(&self, key: String, window: Duration) -> BoxFuture<'_, BusResult<u64>>;
 }
 
 /// How long an invalidation is remembered against late fills (see [`Cache`]).
@@ -270,6 +273,15 @@ pub mod keys {
     /// A group's member ids with role and mute state.
     pub fn members(group: u64) -> String {
         format!("mpim:cache:members:{group}")
+    }
+    /// Failed logins for an account name (hex, so that any name makes a plain key).
+    pub fn login_failures_by_name(name: &str) -> String {
+        let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("mpim:login-failures:name:{hex}")
+    }
+    /// Failed logins from a client address.
+    pub fn login_failures_by_addr(addr: std::net::IpAddr) -> String {
+        format!("mpim:login-failures:addr:{addr}")
     }
     /// A session's revocation state.
     pub fn session(session: &str) -> String {

@@ -212,4 +212,8 @@ impl Cache for FillGate {
     fn delete(&self, keys: Vec<String>) -> BoxFuture<'_, BusResult<()>> {
         self.inner.delete(keys)
     }
+
+    fn count(&self, key: String, window: Duration) -> BoxFuture<'_, BusResult<u64>> {
+        self.inner.count(key, window)
+    }
 }

@@ -120,6 +120,21 @@ impl Cache for Memory {
         futures::future::ready(Ok(filled)).boxed()
     }
 
+    fn count(&self, key: String, window: Duration) -> BoxFuture<'_, BusResult<u64>> {
+        let mut cache = self.cache.lock();
+        let now = Instant::now();
+        let (count, until) = match cache.values.get(&key) {
+            Some((value, until)) if *until > now => {
+                let count = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+                (count.unwrap_or(0_u64).saturating_add(1), *until)
+            }
+            _ => (1, now + window),
+        };
+        cache.insert(key, Bytes::from(count.to_string()), until - now);
+        drop(cache);
+        futures::future::ready(Ok(count)).boxed()
+    }
+
     fn delete(&self, keys: Vec<String>) -> BoxFuture<'_, BusResult<()>> {
         let mut cache = self.cache.lock();
         for key in &keys {

@@ -31,6 +31,13 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return 1
 ";
 
+/// KEYS: counter. ARGV: window ms. The window starts at the first count.
+const COUNT: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+";
+
 impl Redis {
     /// The generation key of cache key `name` (prefixed): tagged with the whole cache key,
     /// so that both live in one slot.
@@ -118,6 +125,20 @@ impl Cache for Redis {
                 .arg(ttl_ms(ttl));
             let filled: Vec<i64> = batch.query(&self.conn).await?;
             Ok(filled.first() == Some(&1))
+        }
+        .boxed()
+    }
+
+    fn count(&self, key: String, window: Duration) -> BoxFuture<'_, BusResult<u64>> {
+        async move {
+            let count: u64 = redis::cmd("EVAL")
+                .arg(COUNT)
+                .arg(1)
+                .arg(self.key(&key))
+                .arg(ttl_ms(window))
+                .query_async(&mut self.conn())
+                .await?;
+            Ok(count)
         }
         .boxed()
     }
