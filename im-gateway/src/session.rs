@@ -39,7 +39,9 @@ impl Shared {
                 name: login.name,
                 password: login.password,
                 device_id: device.clone(),
-                // Not yet known here: im-user then limits guessing per account name only.
+                // Left empty: behind the load balancer the socket's peer is the balancer,
+                // and one address for everyone would lock everyone out. im-user then
+                // limits guessing per account name only.
                 client_addr: String::new(),
             };
             let reply = self
