@@ -15,7 +15,7 @@ use ::redis::aio::MultiplexedConnection;
 use bytes::Bytes;
 use im_common::StoreError;
 use im_common::bus::redis::Redis;
-use im_common::bus::{Bus, ReadFrom, StreamEntry, delivery_stream, testing};
+use im_common::bus::{Bus, ReadFrom, StreamEntry, delivery_stream, read_through, testing};
 use im_common::config::RedisConfig;
 use im_common::ids::now_ms;
 use im_common::proto::{DeviceKind, Route};
@@ -38,6 +38,9 @@ im_common::on_every_bus!(
     subscribers_get_what_follows,
     cache_set_get_expire_delete,
     cache_set_if_absent_keeps_what_is_there,
+    cache_fill_loses_to_an_invalidation,
+    a_read_through_that_began_before_an_invalidation_does_not_fill,
+    counters_count_within_their_window,
 );
 
 fn route(user: u64, device: &str, kind: DeviceKind, gateway: &str) -> Route {
@@ -825,4 +828,134 @@ async fn subscriptions_survive_a_lost_connection(deployment: Deployment) {
         }
     }
     redis.clear().await.unwrap();
+}
+
+async fn cache_fill_loses_to_an_invalidation(bus: Bus) {
+    let cache = &bus.cache;
+    // A reader takes its token and reads the old list; a writer commits and invalidates;
+    // the reader's fill comes last and is refused.
+    let early = cache.fill_token("members".into()).await.unwrap();
+    cache.delete(vec!["members".into()]).await.unwrap();
+    assert!(
+        !cache
+            .fill("members".into(), early, "old".into(), LONG_TTL)
+            .await
+            .unwrap()
+    );
+    assert_eq!(cache.get("members".into()).await.unwrap(), None);
+
+    // A reader that began after the invalidation fills.
+    let late = cache.fill_token("members".into()).await.unwrap();
+    assert!(
+        cache
+            .fill("members".into(), late, "new".into(), LONG_TTL)
+            .await
+            .unwrap()
+    );
+    assert_eq!(cache.get("members".into()).await.unwrap().unwrap(), "new");
+
+    // Invalidating another key refuses nothing here; a second invalidation refuses the
+    // token taken between the two, even on a key that holds a value again.
+    cache.delete(vec!["other".into()]).await.unwrap();
+    assert!(
+        cache
+            .fill("members".into(), late, "new".into(), LONG_TTL)
+            .await
+            .unwrap()
+    );
+    cache.delete(vec!["members".into()]).await.unwrap();
+    assert!(
+        !cache
+            .fill("members".into(), late, "stale".into(), LONG_TTL)
+            .await
+            .unwrap()
+    );
+    assert_eq!(cache.get("members".into()).await.unwrap(), None);
+    // A key never invalidated fills from any token.
+    let fresh = cache.fill_token("never".into()).await.unwrap();
+    assert!(
+        cache
+            .fill("never".into(), fresh, "v".into(), LONG_TTL)
+            .await
+            .unwrap()
+    );
+}
+
+async fn a_read_through_that_began_before_an_invalidation_does_not_fill(bus: Bus) {
+    let cache = bus.cache.as_ref();
+    let decode = |bytes: Bytes| Some(String::from_utf8(bytes.to_vec()).unwrap());
+    let encode = |value: &String| Bytes::from(value.clone());
+    // The reader stops between its database read and its fill until the writer's
+    // invalidation ran: the interleaving of the race, forced.
+    let (read_done, mut read_seen) = mpsc::channel::<()>(1);
+    let (go_on, mut may_go_on) = mpsc::channel::<()>(1);
+    let reader = read_through(
+        cache,
+        "blocked:7".into(),
+        LONG_TTL,
+        decode,
+        encode,
+        || async {
+            let old = "[]".to_owned();
+            read_done.send(()).await.unwrap();
+            may_go_on.recv().await.unwrap();
+            Ok::<_, StoreError>(old)
+        },
+    );
+    let writer = async {
+        read_seen.recv().await.unwrap();
+        // The block commits in the database, then invalidates.
+        cache.delete(vec!["blocked:7".into()]).await.unwrap();
+        go_on.send(()).await.unwrap();
+    };
+    let (old, ()) = tokio::join!(reader, writer);
+    assert_eq!(old.unwrap(), "[]", "the reader itself gets what it read");
+    assert_eq!(
+        cache.get("blocked:7".into()).await.unwrap(),
+        None,
+        "the list read before the block was not cached after its invalidation"
+    );
+    // The next reader reads the database and caches it.
+    let now = read_through(
+        cache,
+        "blocked:7".into(),
+        LONG_TTL,
+        decode,
+        encode,
+        || async { Ok::<_, StoreError>("[9]".to_owned()) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(now, "[9]");
+    let cached = read_through(
+        cache,
+        "blocked:7".into(),
+        LONG_TTL,
+        decode,
+        encode,
+        || async { Ok::<_, StoreError>("unread".to_owned()) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(cached, "[9]", "served from the cache");
+}
+
+async fn counters_count_within_their_window(bus: Bus) {
+    let cache = &bus.cache;
+    for expected in 1..=3 {
+        assert_eq!(
+            cache.count("tries".into(), SHORT_TTL).await.unwrap(),
+            expected
+        );
+    }
+    assert_eq!(cache.get("tries".into()).await.unwrap().unwrap(), "3");
+    assert_eq!(cache.count("other".into(), LONG_TTL).await.unwrap(), 1);
+    // The window runs from the first count, not the last: the counter lapses.
+    until("the counter lapses", || async {
+        cache.get("tries".into()).await.unwrap().is_none()
+    })
+    .await;
+    assert_eq!(cache.count("tries".into(), LONG_TTL).await.unwrap(), 1);
+    cache.delete(vec!["tries".into()]).await.unwrap();
+    assert_eq!(cache.count("tries".into(), LONG_TTL).await.unwrap(), 1);
 }

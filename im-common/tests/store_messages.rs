@@ -1,16 +1,19 @@
-//! The message store's conversation listing, run on SQLite and on MariaDB: each
-//! conversation carries the user's own cursor and, for a 1:1 conversation, the peer's.
+//! The message store, run on SQLite and on MariaDB: the conversation listing carries the
+//! user's own cursor and, for a 1:1 conversation, the peer's; a recall leaves no text of the
+//! message or of any edit of it in the stored rows.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use im_common::ids::ConversationId;
 use im_common::on_both;
-use im_common::proto::{Conversation, JoinPolicy, MessageKind};
+use im_common::proto::{ChatMessage, Conversation, JoinPolicy, MessageKind};
 use im_common::store::Sql;
 use im_common::store::groups::{GroupStore, NewGroup};
 use im_common::store::messages::{MessageStore, NewMessage};
 
 on_both!(the_listing_carries_the_peer_cursor);
+on_both!(a_recall_empties_the_message_and_its_edits);
+on_both!(an_edit_committed_after_the_recall_keeps_no_text);
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -86,4 +89,109 @@ async fn the_listing_carries_the_peer_cursor(sql: Sql) {
     assert_eq!(listing.len(), 3, "{listing:?}");
     let in_group = listed(&sql, a, &g.to_string()).await;
     assert_eq!((in_group.peer_read_seq, in_group.last_seq), (0, 3));
+}
+
+fn event(
+    conversation: ConversationId,
+    sender: u64,
+    kind: MessageKind,
+    body: &str,
+    of: u64,
+) -> NewMessage {
+    NewMessage {
+        conversation,
+        sender,
+        client_msg_id: format!("c-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+        kind,
+        body: body.to_owned(),
+        ref_msg_id: of,
+    }
+}
+
+/// Commits `batch`; returns the stored messages.
+async fn commit(sql: &Sql, batch: &[NewMessage]) -> Vec<ChatMessage> {
+    let next_id = || NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let outcomes = sql.commit(batch, &next_id).await.unwrap();
+    outcomes.iter().map(|o| o.message().clone()).collect()
+}
+
+/// Every stored body of `conversation`, read from the rows themselves.
+async fn stored_bodies(sql: &Sql, conversation: ConversationId) -> Vec<String> {
+    let bodies: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT body FROM messages WHERE conv_id = ? ORDER BY seq")
+            .bind(conversation.to_string())
+            .fetch_all(sql.pool())
+            .await
+            .unwrap();
+    bodies
+        .into_iter()
+        .map(|body| String::from_utf8(body).unwrap())
+        .collect()
+}
+
+async fn a_recall_empties_the_message_and_its_edits(sql: Sql) {
+    let (a, b) = (11, 12);
+    let ab = ConversationId::direct(a, b);
+    let kept = commit(&sql, &[event(ab, a, MessageKind::Text, "kept", 0)]).await;
+    let original = commit(&sql, &[event(ab, a, MessageKind::Text, "secret-0", 0)]).await;
+    let id = original[0].msg_id;
+    commit(&sql, &[event(ab, a, MessageKind::Edit, "secret-1", id)]).await;
+    // Two edits and an edit of the other message in one batch.
+    commit(
+        &sql,
+        &[
+            event(ab, a, MessageKind::Edit, "secret-2", id),
+            event(ab, a, MessageKind::Edit, "kept too", kept[0].msg_id),
+            event(ab, a, MessageKind::Edit, "secret-3", id),
+        ],
+    )
+    .await;
+    assert!(
+        stored_bodies(&sql, ab)
+            .await
+            .iter()
+            .any(|b| b == "secret-3")
+    );
+
+    commit(&sql, &[event(ab, a, MessageKind::Recall, "", id)]).await;
+
+    let bodies = stored_bodies(&sql, ab).await;
+    assert!(
+        bodies.iter().all(|b| !b.starts_with("secret")),
+        "no text of the recalled message is stored: {bodies:?}"
+    );
+    assert!(bodies.contains(&"kept too".to_owned()), "{bodies:?}");
+    let (synced, _, _) = sql.sync(ab, 0, 100).await.unwrap();
+    assert!(synced.iter().all(|m| !m.body.starts_with("secret")));
+    assert!(sql.message(id).await.unwrap().unwrap().recalled);
+    let preview = listed(&sql, b, &ab.to_string()).await.last_message.unwrap();
+    assert!(!preview.body.starts_with("secret"), "{preview:?}");
+}
+
+async fn an_edit_committed_after_the_recall_keeps_no_text(sql: Sql) {
+    let (a, b) = (21, 22);
+    let ab = ConversationId::direct(a, b);
+    let original = commit(&sql, &[event(ab, a, MessageKind::Text, "secret-0", 0)]).await;
+    let id = original[0].msg_id;
+    // An edit checked before the recall committed, and committed after it; another in the
+    // recall's own batch, after it.
+    commit(&sql, &[event(ab, a, MessageKind::Recall, "", id)]).await;
+    let late = commit(&sql, &[event(ab, a, MessageKind::Edit, "secret-1", id)]).await;
+    assert_eq!(late[0].body, "", "the edit's push carries no text");
+    let other = commit(&sql, &[event(ab, a, MessageKind::Text, "secret-2", 0)]).await;
+    let same_batch = commit(
+        &sql,
+        &[
+            event(ab, a, MessageKind::Recall, "", other[0].msg_id),
+            event(ab, a, MessageKind::Edit, "secret-3", other[0].msg_id),
+        ],
+    )
+    .await;
+    assert_eq!(same_batch[1].body, "");
+
+    let bodies = stored_bodies(&sql, ab).await;
+    assert!(
+        bodies.iter().all(|b| !b.starts_with("secret")),
+        "no text of a recalled message is stored: {bodies:?}"
+    );
 }

@@ -112,7 +112,11 @@ async fn a_new_ca_file_is_picked_up_without_dropping_a_call() {
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
     assert!(calls.load(Ordering::Relaxed) > 0);
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "a call failed during the rotation");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "a call failed during the rotation"
+    );
     serving.abort();
     for dir in [old, new] {
         let _ = std::fs::remove_dir_all(dir);

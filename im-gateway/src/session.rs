@@ -39,6 +39,10 @@ impl Shared {
                 name: login.name,
                 password: login.password,
                 device_id: device.clone(),
+                // Left empty: behind the load balancer the socket's peer is the balancer,
+                // and one address for everyone would lock everyone out. im-user then
+                // limits guessing per account name only.
+                client_addr: String::new(),
             };
             let reply = self
                 .services

@@ -26,7 +26,9 @@
 //! A refused caller gets `PERMISSION_DENIED`; a missing or dismissed group `NOT_FOUND`;
 //! bad input `INVALID_ARGUMENT` naming the field; a rule the group's state breaks (a full
 //! group, an owner leaving others behind) `FAILED_PRECONDITION`. Invite and Create skip
-//! ids that name no user. Kicking someone who is not a member does nothing.
+//! ids that name no user, and ids of users who blocked the caller (alike: the reply lists
+//! who was added and does not tell the two apart). Kicking someone who is not a member does
+//! nothing.
 //!
 //! Every write that changes who is in a group, their roles or mutes, or the group's
 //! information deletes the group's cached member list (`im_common::bus::keys::members`),

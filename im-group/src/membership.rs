@@ -24,7 +24,7 @@ impl Groups {
         validate::text("description", &request.description, MAX_TEXT_BYTES)?;
         let policy = join_policy(request.join_policy)?;
         let members: Vec<u64> = self
-            .known_users(&request.member_ids)
+            .addable_users(me, &request.member_ids)
             .await?
             .into_iter()
             .filter(|&user| user != me)
@@ -68,6 +68,22 @@ impl Groups {
         Ok(ids.iter().copied().filter(|id| known.remove(id)).collect())
     }
 
+    /// The ids in `ids` that `me` may add to a group: users who exist and have not blocked
+    /// `me`, each once, in the order given. A user who blocked `me` is skipped like an id
+    /// that names nobody, so the reply does not tell the one from the other.
+    async fn addable_users(&self, me: u64, ids: &[u64]) -> Result<Vec<u64>, Status> {
+        let users = self.known_users(ids).await?;
+        let blockers = self.sql().blockers(me, &users).await?;
+        if blockers.is_empty() {
+            return Ok(users);
+        }
+        metrics::counter!("mpim_group_adds_refused_blocked_total").increment(blockers.len() as u64);
+        Ok(users
+            .into_iter()
+            .filter(|user| blockers.binary_search(user).is_err())
+            .collect())
+    }
+
     pub(crate) async fn invite_users(
         &self,
         me: u64,
@@ -83,7 +99,7 @@ impl Groups {
                 ));
             }
         }
-        let users = self.known_users(&request.user_ids).await?;
+        let users = self.addable_users(me, &request.user_ids).await?;
         let added = self
             .sql()
             .add_members(group, &users, self.settings().max_members)

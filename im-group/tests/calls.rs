@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use im_common::StoreError;
-use im_common::bus::{Bus, BusResult, Cache, keys};
+use im_common::bus::{Bus, BusResult, Cache, FillToken, keys};
 use im_common::identity::{self, User};
 use im_common::proto::{
     CreateGroupRequest, Empty, GroupId, GroupRole, GroupService, GroupServiceClient, GroupUser,
@@ -442,7 +442,22 @@ impl Cache for Down {
     ) -> BoxFuture<'_, BusResult<bool>> {
         async { Err(StoreError::Precondition("cache down".into())) }.boxed()
     }
+    fn fill_token(&self, _key: String) -> BoxFuture<'_, BusResult<FillToken>> {
+        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
+    }
+    fn fill(
+        &self,
+        _key: String,
+        _token: FillToken,
+        _value: Bytes,
+        _ttl: Duration,
+    ) -> BoxFuture<'_, BusResult<bool>> {
+        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
+    }
     fn delete(&self, _keys: Vec<String>) -> BoxFuture<'_, BusResult<()>> {
+        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
+    }
+    fn count(&self, _key: String, _window: Duration) -> BoxFuture<'_, BusResult<u64>> {
         async { Err(StoreError::Precondition("cache down".into())) }.boxed()
     }
 }

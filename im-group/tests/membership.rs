@@ -21,6 +21,7 @@ on_both!(approval_joins_wait_for_an_admin);
 on_both!(open_joins_are_immediate);
 on_both!(a_thousand_members_are_paged);
 on_both!(groups_stay_within_max_members);
+on_both!(nobody_adds_a_user_who_blocked_them);
 
 fn invite(group: u64, users: &[u64]) -> GroupUsers {
     GroupUsers {
@@ -514,4 +515,66 @@ async fn groups_stay_within_max_members(sql: Sql) {
         .await
         .unwrap();
     client.respond_join_with(&accept, &me).await.unwrap();
+}
+
+async fn block(sql: &Sql, blocker: u64, blocked: u64) {
+    sqlx::query("INSERT INTO blocks (user_id, blocked_id, created_at) VALUES (?, ?, 0)")
+        .bind(i64::try_from(blocker).unwrap())
+        .bind(i64::try_from(blocked).unwrap())
+        .execute(sql.pool())
+        .await
+        .unwrap();
+}
+
+async fn nobody_adds_a_user_who_blocked_them(sql: Sql) {
+    let ids = add_users(&sql, "blk", 4).await;
+    let (owner, member, victim, other) = (ids[0], ids[1], ids[2], ids[3]);
+    block(&sql, victim, member).await;
+    block(&sql, victim, owner).await;
+    let (_server, client) = default_service(&sql);
+    let open = client
+        .create_with(
+            &create("open", JoinPolicy::Open, &[member]),
+            &as_user(owner),
+        )
+        .await
+        .unwrap()
+        .group_id;
+
+    // A member of an open group, and its owner, try to add the user who blocked them: the
+    // victim is skipped exactly as an id that names nobody is.
+    for inviter in [member, owner] {
+        let added = client
+            .invite_with(&invite(open, &[victim, 424_242, other]), &as_user(inviter))
+            .await
+            .unwrap();
+        assert!(!added.user_ids.contains(&victim), "{added:?}");
+    }
+    let members = client
+        .members_with(&page(open, 0, 100), &as_user(owner))
+        .await
+        .unwrap();
+    let ids: Vec<u64> = members.members.iter().map(|m| m.user_id).collect();
+    assert!(
+        !ids.contains(&victim),
+        "the blocked inviter added {victim}: {ids:?}"
+    );
+    assert!(ids.contains(&other));
+
+    // Nor into a new group.
+    let created = client
+        .create_with(
+            &create("trap", JoinPolicy::Approval, &[victim, other]),
+            &as_user(member),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.member_count, 2, "the creator and `other` only");
+
+    // Someone the victim did not block may add them.
+    let added = client
+        .invite_with(&invite(open, &[victim]), &as_user(other))
+        .await
+        .unwrap();
+    assert_eq!(added.user_ids, vec![victim]);
 }

@@ -7,12 +7,14 @@
 //! - typing: where the user could post a 1:1 message; in a group, any member.
 //!
 //! Friend and block lists are read through the bus cache, which the user service
-//! invalidates on every change; a cache that fails or was flushed only costs a database read.
+//! invalidates on every change (after its commit); a read that began before the change
+//! never fills the cache after the invalidation, so a block holds from the moment it is
+//! acknowledged. A cache that fails or was flushed only costs a database read.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use im_common::bus::{Bus, keys};
+use im_common::bus::{Bus, keys, read_through};
 use im_common::ids::{ConversationId, now_ms};
 use im_common::proto::{GroupRole, UserIds};
 use im_common::store::Sql;
@@ -20,7 +22,6 @@ use im_common::store::messages::{GroupAccess, MessageStore};
 use im_common::store::users::UserStore;
 use mprpc::Status;
 use prost::Message as _;
-use tracing::debug;
 
 /// How long friend and block lists stay cached (writes invalidate them sooner).
 const LIST_TTL: Duration = Duration::from_secs(60);
@@ -118,31 +119,37 @@ impl Access {
         }
     }
 
+    /// A friend or block list through the cache; a read that began before a change never
+    /// caches the old list after the change's invalidation (see [`read_through`]).
     async fn cached_ids(&self, key: String, user: u64, list: List) -> Result<Vec<u64>, Status> {
-        match self.bus.cache.get(key.clone()).await {
-            Ok(Some(bytes)) => {
-                if let Ok(cached) = UserIds::decode(bytes) {
-                    return Ok(cached.user_ids);
-                }
+        let load = || async move {
+            match list {
+                List::Friends => self.sql.list_friends(user).await,
+                List::Blocked => self.sql.list_blocked(user).await,
             }
-            Ok(None) => {}
-            Err(err) => debug!(cause = %err, "cache unavailable; reading the database"),
-        }
-        let ids = match list {
-            List::Friends => self.sql.list_friends(user).await?,
-            List::Blocked => self.sql.list_blocked(user).await?,
         };
-        let encoded = Bytes::from(
-            UserIds {
-                user_ids: ids.clone(),
-            }
-            .encode_to_vec(),
-        );
-        if let Err(err) = self.bus.cache.set(key, encoded, LIST_TTL).await {
-            debug!(cause = %err, "cache unavailable");
-        }
-        Ok(ids)
+        Ok(read_through(
+            self.bus.cache.as_ref(),
+            key,
+            LIST_TTL,
+            decode_ids,
+            |ids: &Vec<u64>| encode_ids(ids),
+            load,
+        )
+        .await?)
     }
+}
+
+/// A cached id list (`UserIds`, as the user service writes it too).
+pub(crate) fn decode_ids(bytes: Bytes) -> Option<Vec<u64>> {
+    UserIds::decode(bytes).ok().map(|ids| ids.user_ids)
+}
+
+pub(crate) fn encode_ids(ids: &[u64]) -> Bytes {
+    let encoded = UserIds {
+        user_ids: ids.to_vec(),
+    };
+    Bytes::from(encoded.encode_to_vec())
 }
 
 #[derive(Clone, Copy)]

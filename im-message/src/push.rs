@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use bytes::Bytes;
-use im_common::bus::{Bus, delivery_stream, keys};
+use im_common::bus::{Bus, delivery_stream, keys, read_through};
 use im_common::ids::ConversationId;
-use im_common::proto::{ChatMessage, Delivery, UserIds};
+use im_common::proto::{ChatMessage, Delivery};
 use im_common::store::Sql;
 use im_common::store::groups::GroupStore;
 use prost::Message as _;
@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use crate::access::{decode_ids, encode_ids};
 use crate::commit::conversation_shard;
 
 /// How long a group's member list stays cached (writes to the group invalidate it sooner).
@@ -149,31 +150,21 @@ async fn recipients(sql: &Sql, bus: &Bus, message: &ChatMessage) -> anyhow::Resu
     }
 }
 
-/// A group's member ids, from the cache when it has them.
+/// A group's member ids, from the cache when it has them. A read that began before a
+/// membership change never fills the cache after the change's invalidation: a kicked
+/// member gets no push of a message sent after the kick was acknowledged.
 pub(crate) async fn group_members(
     sql: &Sql,
     bus: &Bus,
     group: u64,
 ) -> Result<Vec<u64>, im_common::StoreError> {
-    let key = keys::members(group);
-    match bus.cache.get(key.clone()).await {
-        Ok(Some(bytes)) => {
-            if let Ok(cached) = UserIds::decode(bytes) {
-                return Ok(cached.user_ids);
-            }
-        }
-        Ok(None) => {}
-        Err(err) => debug!(cause = %err, "cache unavailable; reading members from the database"),
-    }
-    let user_ids = sql.member_ids(group).await?;
-    let encoded = Bytes::from(
-        UserIds {
-            user_ids: user_ids.clone(),
-        }
-        .encode_to_vec(),
-    );
-    if let Err(err) = bus.cache.set(key, encoded, MEMBERS_TTL).await {
-        debug!(cause = %err, "cache unavailable");
-    }
-    Ok(user_ids)
+    read_through(
+        bus.cache.as_ref(),
+        keys::members(group),
+        MEMBERS_TTL,
+        decode_ids,
+        |ids: &Vec<u64>| encode_ids(ids),
+        || sql.member_ids(group),
+    )
+    .await
 }

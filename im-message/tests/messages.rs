@@ -388,6 +388,68 @@ on_both!(
     recall_and_edit_are_events_within_the_window
 );
 
+async fn a_recalled_message_leaves_no_text_of_any_edit(sql: Sql) {
+    let (a, b) = pair(&sql).await;
+    let (_server, client) = service(&sql, &Bus::in_process(), settings());
+    let sent = client
+        .send_with(&send(b, "x1", "secret draft"), &as_user(a))
+        .await
+        .unwrap();
+    for (n, body) in ["secret edit one", "secret edit two"].iter().enumerate() {
+        let edit = EditRequest {
+            msg_id: sent.msg_id,
+            client_msg_id: format!("xe{n}"),
+            body: (*body).to_owned(),
+        };
+        client.edit_with(&edit, &as_user(a)).await.unwrap();
+    }
+    let recall = RecallRequest {
+        msg_id: sent.msg_id,
+        client_msg_id: String::new(),
+    };
+    client.recall_with(&recall, &as_user(a)).await.unwrap();
+
+    let conv = sent.conversation_id.clone();
+    for user in [a, b] {
+        let synced = client
+            .sync_with(&sync(&conv, 0, 100), &as_user(user))
+            .await
+            .unwrap()
+            .messages;
+        assert_eq!(synced.len(), 4, "the message, two edits, the recall");
+        for message in &synced {
+            assert!(
+                !message.body.contains("secret"),
+                "{user}'s sync returns recalled text: {message:?}"
+            );
+        }
+        let listing = client
+            .list_conversations_with(&Empty {}, &as_user(user))
+            .await
+            .unwrap();
+        let preview = listing
+            .conversations
+            .iter()
+            .find(|c| c.conversation_id == conv)
+            .and_then(|c| c.last_message.clone())
+            .unwrap();
+        assert!(!preview.body.contains("secret"), "{preview:?}");
+    }
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT body FROM messages WHERE conv_id = ?")
+        .bind(conv)
+        .fetch_all(sql.pool())
+        .await
+        .unwrap();
+    assert!(
+        stored.iter().all(|body| body.is_empty()),
+        "the rows hold no text: {stored:?}"
+    );
+}
+on_both!(
+    recall_after_edit,
+    a_recalled_message_leaves_no_text_of_any_edit
+);
+
 async fn permissions_are_enforced(sql: Sql) {
     let (a, b) = pair(&sql).await;
     let stranger = add_user(&sql, "mallory").await;

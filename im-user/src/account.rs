@@ -20,6 +20,7 @@ use tracing::{debug, info};
 use crate::auth::{Claims, TokenError};
 use crate::handler::Users;
 use crate::notify;
+use crate::throttle::{Attempt, client_addr};
 
 /// The device of a login that names none.
 pub(crate) const DEFAULT_DEVICE: &str = "default";
@@ -63,21 +64,30 @@ pub(crate) async fn login(users: &Users, req: LoginRequest) -> Result<LoginReply
         validate::client_id("device_id", &req.device_id)?;
         req.device_id
     };
-    // No stored password is this long: refused without spending a hash on it.
-    if req.password.len() > 128 {
-        metrics::counter!("mpim_user_logins_total", "outcome" => "refused").increment(1);
+    let attempt = Attempt {
+        name: &req.name,
+        addr: client_addr(&req.client_addr),
+    };
+    // Past a guessing limit: refused like a wrong password, before any password is checked.
+    if !users.throttle.allows(&attempt).await {
+        metrics::counter!("mpim_user_logins_total", "outcome" => "throttled").increment(1);
         return Err(wrong_credentials());
     }
-    let credentials = users.sql.credentials(&req.name).await?;
-    let hash = credentials.as_ref().map(|c| c.password_hash.clone());
-    let matches = users.passwords.verify(req.password, hash).await?;
-    let profile = match credentials {
-        Some(credentials) if matches => credentials.profile,
-        _ => {
-            metrics::counter!("mpim_user_logins_total", "outcome" => "refused").increment(1);
-            return Err(wrong_credentials());
-        }
+    // No stored password (nor name) is this long: refused without spending a hash on it.
+    let profile = if req.password.len() > 128 || req.name.len() > 256 {
+        None
+    } else {
+        let credentials = users.sql.credentials(&req.name).await?;
+        let hash = credentials.as_ref().map(|c| c.password_hash.clone());
+        let matches = users.passwords.verify(req.password.clone(), hash).await?;
+        credentials.filter(|_| matches).map(|c| c.profile)
     };
+    let Some(profile) = profile else {
+        metrics::counter!("mpim_user_logins_total", "outcome" => "refused").increment(1);
+        users.throttle.failed(&attempt).await;
+        return Err(wrong_credentials());
+    };
+    users.throttle.succeeded(&attempt).await;
     let now = now_ms();
     let iat = now.div_euclid(1000);
     // Rounded up, so that a token lives at least the configured lifetime.

@@ -41,6 +41,16 @@ pub struct AuthSettings {
     pub argon2_iterations: u32,
     /// Argon2id lanes. Default 1.
     pub argon2_parallelism: u32,
+    /// Failed logins for one account name within the window after which further attempts
+    /// for that name are refused (with the wrong-password error) until the window ends.
+    /// Default 5; 0 disables the limit.
+    pub login_max_failures_per_name: u64,
+    /// The same per client address (as the gateway reports it), across names. Default 20;
+    /// 0 disables the limit.
+    pub login_max_failures_per_addr: u64,
+    /// The window failed logins are counted in, in seconds, from the first failure.
+    /// Default 900 (15 minutes).
+    pub login_failure_window_secs: u64,
 }
 
 impl Default for AuthSettings {
@@ -52,6 +62,9 @@ impl Default for AuthSettings {
             argon2_memory_kib: Params::DEFAULT_M_COST,
             argon2_iterations: Params::DEFAULT_T_COST,
             argon2_parallelism: Params::DEFAULT_P_COST,
+            login_max_failures_per_name: 5,
+            login_max_failures_per_addr: 20,
+            login_failure_window_secs: 900,
         }
     }
 }
@@ -66,6 +79,15 @@ impl std::fmt::Debug for AuthSettings {
             .field("argon2_memory_kib", &self.argon2_memory_kib)
             .field("argon2_iterations", &self.argon2_iterations)
             .field("argon2_parallelism", &self.argon2_parallelism)
+            .field(
+                "login_max_failures_per_name",
+                &self.login_max_failures_per_name,
+            )
+            .field(
+                "login_max_failures_per_addr",
+                &self.login_max_failures_per_addr,
+            )
+            .field("login_failure_window_secs", &self.login_failure_window_secs)
             .finish()
     }
 }

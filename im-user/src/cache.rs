@@ -1,14 +1,16 @@
 //! The bus cache in front of the database: profiles, friend and block lists, session state.
 //!
 //! The database owns every value; a cache that misses, was flushed, holds garbage or fails
-//! only costs a database read (failures are logged). Every write deletes the keys it makes
-//! stale, after the database commit.
+//! only costs a database read (failures are logged). Every write invalidates the keys it
+//! makes stale, after the database commit; friend and block lists are filled only by reads
+//! that began after the last invalidation (see `im_common::bus::Cache`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use im_common::bus::{Cache, keys};
+use im_common::StoreError;
+use im_common::bus::{Cache, keys, read_through};
 use im_common::proto::{UserIds, UserProfile};
 use prost::Message;
 use serde::Deserialize;
@@ -79,19 +81,38 @@ impl Cached {
         self.set(keys::profile(profile.user_id), bytes, ttl).await;
     }
 
-    /// The cached list, in the encoding other services read too (`UserIds`).
-    pub(crate) async fn ids(&self, list: List, user: u64) -> Option<Vec<u64>> {
-        let bytes = self.get(list.key(user)).await?;
-        UserIds::decode(bytes).ok().map(|ids| ids.user_ids)
-    }
-
-    pub(crate) async fn set_ids(&self, list: List, user: u64, ids: &[u64]) {
+    /// `user`'s list from the cache, else from `load` (the database), in the encoding other
+    /// services read too (`UserIds`). A read that began before a change never fills the
+    /// cache after the change's invalidation ([`read_through`]).
+    ///
+    /// # Errors
+    /// `load`'s.
+    pub(crate) async fn ids_through<Fut>(
+        &self,
+        list: List,
+        user: u64,
+        load: impl FnOnce() -> Fut,
+    ) -> Result<Vec<u64>, StoreError>
+    where
+        Fut: Future<Output = Result<Vec<u64>, StoreError>>,
+    {
         let ttl = Duration::from_secs(self.settings.list_ttl_secs);
-        let encoded = UserIds {
-            user_ids: ids.to_vec(),
+        let decode = |bytes: Bytes| UserIds::decode(bytes).ok().map(|ids| ids.user_ids);
+        let encode = |ids: &Vec<u64>| {
+            let encoded = UserIds {
+                user_ids: ids.clone(),
+            };
+            Bytes::from(encoded.encode_to_vec())
         };
-        let bytes = Bytes::from(encoded.encode_to_vec());
-        self.set(list.key(user), bytes, ttl).await;
+        read_through(
+            self.cache.as_ref(),
+            list.key(user),
+            ttl,
+            decode,
+            encode,
+            load,
+        )
+        .await
     }
 
     /// Whether the cache says `session` is an active session of `user`. (The entry holds

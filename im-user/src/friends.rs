@@ -174,15 +174,13 @@ pub(crate) async fn list_blocked(users: &Users, ctx: &Context) -> Result<UserIds
 
 /// `user`'s friend or block list, from the cache or else the database (then cached).
 async fn ids(users: &Users, list: List, user: u64) -> Result<Vec<u64>, Status> {
-    if let Some(ids) = users.cache.ids(list, user).await {
-        return Ok(ids);
-    }
-    let ids = match list {
-        List::Friends => users.sql.list_friends(user).await?,
-        List::Blocked => users.sql.list_blocked(user).await?,
+    let load = || async move {
+        match list {
+            List::Friends => users.sql.list_friends(user).await,
+            List::Blocked => users.sql.list_blocked(user).await,
+        }
     };
-    users.cache.set_ids(list, user, &ids).await;
-    Ok(ids)
+    Ok(users.cache.ids_through(list, user, load).await?)
 }
 
 /// Whether either of `a` and `b` blocked the other (from the database, which decides).

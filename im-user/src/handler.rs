@@ -15,6 +15,7 @@ use mprpc::{Context, Status};
 
 use crate::auth::{AuthSettings, Passwords, SettingsError, Tokens};
 use crate::cache::{CacheSettings, Cached};
+use crate::throttle::Throttle;
 use crate::{account, friends, profiles, sessions};
 
 /// The user service: accounts, sessions, profiles, friends and blocks over a [`Sql`]
@@ -34,6 +35,7 @@ pub struct Users {
     pub(crate) cache: Cached,
     pub(crate) passwords: Arc<Passwords>,
     pub(crate) tokens: Arc<Tokens>,
+    pub(crate) throttle: Arc<Throttle>,
 }
 
 impl std::fmt::Debug for Users {
@@ -55,6 +57,7 @@ impl Users {
         auth.validate()?;
         Ok(Users {
             cache: Cached::new(bus.cache.clone(), CacheSettings::default()),
+            throttle: Arc::new(Throttle::new(bus.cache.clone(), &auth)),
             sql,
             bus,
             passwords: Arc::new(Passwords::new(&auth)?),

@@ -15,6 +15,11 @@
 //! What it guarantees:
 //! - passwords are stored only as argon2id hashes, computed off the async threads; a wrong
 //!   name and a wrong password get the same answer, after the same work;
+//! - password guessing is limited: past `[auth] login_max_failures_per_name` failed logins
+//!   for a name, or `login_max_failures_per_addr` from one client address (as the gateway
+//!   reports it), within `login_failure_window_secs`, further attempts are refused with that
+//!   same answer until the window ends (counters on the bus: shared through Redis; metrics
+//!   `mpim_login_failures_total`, `mpim_login_throttled_total`);
 //! - a login is a session row plus an HS256 token naming it; `VerifyToken` (for the gateway)
 //!   checks signature, expiry and that the session is not revoked, and `Logout` revokes at
 //!   once (the cached session state is deleted, and a kick event goes to the user's
@@ -39,6 +44,7 @@
 //!   - `friends`: friend requests, friends, blocks;
 //!   - `sessions`: CheckSessions, [`MAX_CHECK`];
 //! - [`auth`]: password hashing and tokens, [`AuthSettings`];
+//! - `throttle`: the limits on failed logins per account name and per client address;
 //! - `notify`: events for the gateways holding users' connections (kicks, friend
 //!   requests);
 //! - `cache`: the typed, never-failing view of the bus cache, [`CacheSettings`];
@@ -54,6 +60,7 @@ mod handler;
 mod notify;
 mod profiles;
 mod sessions;
+mod throttle;
 
 use im_common::bus::Bus;
 use im_common::config::{

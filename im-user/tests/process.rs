@@ -56,6 +56,7 @@ async fn serves_accounts_through_discovery_and_stops_on_sigterm() {
         name: "ada".into(),
         password: PASSWORD.into(),
         device_id: "phone".into(),
+        client_addr: String::new(),
     };
     let reply = client.login(&login).await.unwrap();
     assert_eq!(

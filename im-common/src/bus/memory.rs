@@ -15,14 +15,14 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 
-use super::{BusResult, Cache, PubSub, ReadFrom, Routes, StreamEntry, Streams};
+use super::{BusResult, PubSub, ReadFrom, Routes, StreamEntry, Streams};
 use crate::ids::now_ms;
 use crate::proto::{Route, UserStatus};
 
+mod cache;
+
 /// Entries a stream keeps before it drops its oldest (as Redis' `MAXLEN`).
 const MAX_STREAM_LEN: usize = 100_000;
-/// Cached values kept before expired ones are purged.
-const MAX_CACHE_LEN: usize = 100_000;
 /// Messages queued per subscriber before further ones are dropped for it.
 const SUBSCRIBER_QUEUE: usize = 1024;
 
@@ -32,7 +32,7 @@ pub struct Memory {
     routes: Mutex<RouteTable>,
     streams: Mutex<HashMap<String, Stream>>,
     channels: Mutex<HashMap<String, Vec<mpsc::Sender<Bytes>>>>,
-    cache: Mutex<HashMap<String, (Bytes, Instant)>>,
+    cache: Mutex<cache::Table>,
 }
 
 #[derive(Debug, Default)]
@@ -315,57 +315,5 @@ impl PubSub for Memory {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         self.channels.lock().entry(channel).or_default().push(tx);
         futures::future::ready(Ok(rx)).boxed()
-    }
-}
-
-impl Cache for Memory {
-    fn get(&self, key: String) -> BoxFuture<'_, BusResult<Option<Bytes>>> {
-        let now = Instant::now();
-        let value = self
-            .cache
-            .lock()
-            .get(&key)
-            .filter(|(_, until)| *until > now)
-            .map(|(value, _)| value.clone());
-        futures::future::ready(Ok(value)).boxed()
-    }
-
-    fn set(&self, key: String, value: Bytes, ttl: Duration) -> BoxFuture<'_, BusResult<()>> {
-        let now = Instant::now();
-        let mut cache = self.cache.lock();
-        if cache.len() >= MAX_CACHE_LEN {
-            cache.retain(|_, (_, until)| *until > now);
-            if cache.len() >= MAX_CACHE_LEN {
-                cache.clear();
-            }
-        }
-        cache.insert(key, (value, now + ttl));
-        drop(cache);
-        futures::future::ready(Ok(())).boxed()
-    }
-
-    fn set_if_absent(
-        &self,
-        key: String,
-        value: Bytes,
-        ttl: Duration,
-    ) -> BoxFuture<'_, BusResult<bool>> {
-        let now = Instant::now();
-        let mut cache = self.cache.lock();
-        let present = cache.get(&key).is_some_and(|(_, until)| *until > now);
-        if !present {
-            cache.insert(key, (value, now + ttl));
-        }
-        drop(cache);
-        futures::future::ready(Ok(!present)).boxed()
-    }
-
-    fn delete(&self, keys: Vec<String>) -> BoxFuture<'_, BusResult<()>> {
-        let mut cache = self.cache.lock();
-        for key in &keys {
-            cache.remove(key);
-        }
-        drop(cache);
-        futures::future::ready(Ok(())).boxed()
     }
 }

@@ -101,12 +101,19 @@ pub trait PubSub: Send + Sync + 'static {
     fn subscribe(&self, channel: String) -> BoxFuture<'_, BusResult<mpsc::Receiver<Bytes>>>;
 }
 
-/// A cache of values the database owns; every write to the database deletes the keys it
-/// makes stale.
+/// A cache of values the database owns; every write to the database invalidates the keys
+/// it makes stale ([`Cache::delete`], after the commit).
+///
+/// A reader that misses must not put back what it read before a write committed: it takes
+/// a [`FillToken`] *before* reading the database and fills with [`Cache::fill`], which is
+/// refused when the key was invalidated since the token was taken. So a read that started
+/// before a kick or a block never caches the old list after the invalidation ran
+/// ([`read_through`] does it all). The guarantee holds for fills that come within
+/// [`GENERATION_TTL`] of their token (reads are bounded by call deadlines of seconds).
 pub trait Cache: Send + Sync + 'static {
     /// The value of `key`, if cached.
     fn get(&self, key: String) -> BoxFuture<'_, BusResult<Option<Bytes>>>;
-    /// Caches `value` under `key` for `ttl`.
+    /// Caches `value` under `key` for `ttl`, unconditionally (a writer's own value).
     fn set(&self, key: String, value: Bytes, ttl: Duration) -> BoxFuture<'_, BusResult<()>>;
     /// Caches `value` under `key` for `ttl` unless the key holds a value; returns whether it
     /// was set. A reader filling the cache uses it so that it never overwrites what a writer
@@ -117,8 +124,72 @@ pub trait Cache: Send + Sync + 'static {
         value: Bytes,
         ttl: Duration,
     ) -> BoxFuture<'_, BusResult<bool>>;
-    /// Forgets `keys`.
+    /// The token a reader takes before it reads `key`'s value from the database.
+    fn fill_token(&self, key: String) -> BoxFuture<'_, BusResult<FillToken>>;
+    /// Caches `value` (read from the database after `token` was taken) under `key` for
+    /// `ttl`, unless `key` was invalidated since; returns whether it was cached.
+    fn fill(
+        &self,
+        key: String,
+        token: FillToken,
+        value: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'_, BusResult<bool>>;
+    /// Invalidates `keys`: forgets their values and refuses every [`Cache::fill`] whose
+    /// token was taken before.
     fn delete(&self, keys: Vec<String>) -> BoxFuture<'_, BusResult<()>>;
+    /// Adds one to the counter `key`, which lives for `window` from its first count; returns
+    /// the count. (Failed logins are counted so.) [`Cache::get`] reads it as decimal text.
+    fn count(&self, key: String, window: Duration) -> BoxFuture<'_, BusResult<u64>>;
+}
+
+/// How long an invalidation is remembered against late fills (see [`Cache`]).
+pub const GENERATION_TTL: Duration = Duration::from_secs(600);
+
+/// What [`Cache::fill_token`] returns: the key's generation when the read began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FillToken(pub(crate) u64);
+
+/// Reads `key` through `cache`: the cached value if `decode` accepts it, else `load()`'s
+/// (from the database), cached for `ttl` unless the key was invalidated while it loaded. A
+/// cache that fails only costs the database read (logged at debug level, counted in
+/// `mpim_cache_failures_total`).
+///
+/// # Errors
+/// `load`'s.
+pub async fn read_through<T, E, Fut>(
+    cache: &dyn Cache,
+    key: String,
+    ttl: Duration,
+    decode: impl FnOnce(Bytes) -> Option<T>,
+    encode: impl FnOnce(&T) -> Bytes,
+    load: impl FnOnce() -> Fut,
+) -> Result<T, E>
+where
+    Fut: Future<Output = Result<T, E>>,
+{
+    let failed = |err: StoreError| {
+        metrics::counter!("mpim_cache_failures_total").increment(1);
+        tracing::debug!(cause = %err, "cache unavailable; reading the database");
+    };
+    match cache.get(key.clone()).await {
+        Ok(Some(bytes)) => {
+            if let Some(value) = decode(bytes) {
+                return Ok(value);
+            }
+        }
+        Ok(None) => {}
+        Err(err) => failed(err),
+    }
+    // Taken before the read: an invalidation between the two makes the fill a no-op.
+    let token = cache.fill_token(key.clone()).await.map_err(failed).ok();
+    let value = load().await?;
+    if let Some(token) = token
+        && let Err(err) = cache.fill(key, token, encode(&value), ttl).await
+    {
+        failed(err);
+    }
+    Ok(value)
 }
 
 /// One of each bus concern, shared by a process's services.
@@ -203,104 +274,22 @@ pub mod keys {
     pub fn members(group: u64) -> String {
         format!("mpim:cache:members:{group}")
     }
+    /// Failed logins for an account name (hex, so that any name makes a plain key).
+    pub fn login_failures_by_name(name: &str) -> String {
+        let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("mpim:login-failures:name:{hex}")
+    }
+    /// Failed logins from a client address.
+    pub fn login_failures_by_addr(addr: std::net::IpAddr) -> String {
+        format!("mpim:login-failures:addr:{addr}")
+    }
     /// A session's revocation state.
     pub fn session(session: &str) -> String {
         format!("mpim:cache:session:{session}")
     }
 }
 
-/// For tests: a Redis bus of their own on the test server, or on the test cluster.
-pub mod testing {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    use super::BusResult;
-    use super::redis::Redis;
-
-    /// The Redis server tests use: `TEST_REDIS_URL`, default `redis://127.0.0.1:6379`.
-    pub fn redis_url() -> String {
-        std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-    }
-
-    /// The Redis Cluster tests use, if any: the comma-separated node URLs in
-    /// `TEST_REDIS_CLUSTER` (`scripts/redis-cluster.sh up` starts one on 127.0.0.1:7001-7003,
-    /// and `scripts/test.sh` sets the variable). None when it is unset or empty.
-    pub fn redis_cluster_nodes() -> Option<Vec<String>> {
-        let nodes: Vec<String> = std::env::var("TEST_REDIS_CLUSTER")
-            .ok()?
-            .split(',')
-            .map(str::trim)
-            .filter(|node| !node.is_empty())
-            .map(str::to_owned)
-            .collect();
-        (!nodes.is_empty()).then_some(nodes)
-    }
-
-    /// A key prefix no other test shares.
-    pub fn unique_prefix() -> String {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        format!(
-            "test:{}:{}:{}:",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed),
-            rand::random::<u32>()
-        )
-    }
-
-    /// A Redis bus whose keys and channels no other test shares (a unique prefix); call
-    /// [`Redis::clear`] at the end to delete what it wrote.
-    ///
-    /// # Errors
-    /// When the test server cannot be reached.
-    pub async fn redis() -> BusResult<Arc<Redis>> {
-        Ok(Arc::new(
-            Redis::connect_with_prefix(&redis_url(), &unique_prefix()).await?,
-        ))
-    }
-
-    /// As [`redis()`], on the test cluster; None without one ([`redis_cluster_nodes`]).
-    ///
-    /// # Errors
-    /// When the test cluster cannot be reached.
-    pub async fn redis_cluster() -> Option<BusResult<Arc<Redis>>> {
-        let nodes = redis_cluster_nodes()?;
-        let redis = Redis::connect_cluster(&nodes, &unique_prefix()).await;
-        Some(redis.map(Arc::new))
-    }
-
-    /// Runs `scenario` on a Redis bus of its own ([`redis()`]), then deletes what it wrote.
-    ///
-    /// # Panics
-    /// When the test server cannot be reached or cleared.
-    pub async fn with_redis<F, Fut>(scenario: F)
-    where
-        F: FnOnce(super::Bus) -> Fut,
-        Fut: Future<Output = ()>,
-    {
-        let redis = redis().await.expect("redis at TEST_REDIS_URL");
-        scenario(super::Bus::new(redis.clone())).await;
-        redis.clear().await.expect("clear the test prefix");
-    }
-
-    /// As [`with_redis`], on the test cluster; without one (`TEST_REDIS_CLUSTER` unset) it
-    /// says so and passes.
-    ///
-    /// # Panics
-    /// When the test cluster cannot be reached or cleared.
-    pub async fn with_redis_cluster<F, Fut>(scenario: F)
-    where
-        F: FnOnce(super::Bus) -> Fut,
-        Fut: Future<Output = ()>,
-    {
-        let Some(redis) = redis_cluster().await else {
-            eprintln!("skipped: TEST_REDIS_CLUSTER is not set (scripts/redis-cluster.sh up)");
-            return;
-        };
-        let redis = redis.expect("the redis cluster at TEST_REDIS_CLUSTER");
-        scenario(super::Bus::new(redis.clone())).await;
-        redis.clear().await.expect("clear the test prefix");
-    }
-}
+pub mod testing;
 
 /// Pub/sub channels.
 pub mod channels {

@@ -23,12 +23,14 @@
 //! | `mpim:gateway-routes:{<gw>}` | set | `"<user>:<device>"` bound through the gateway, for sweep |
 //! | `mpim:gateways` | set | gateways that may hold routes, for sweep |
 //! | streams, cache keys, channels | | as named by the caller ([`super::delivery_stream`], [`super::keys`], [`super::channels`]) |
+//! | `{<cache key>}:gen` | string, PX [`GENERATION_TTL`](super::GENERATION_TTL) | the cache key's generation: a random number each invalidation sets |
 //!
 //! Every operation that must see several keys at once stays within one tag, and so within
 //! one slot of a cluster: the script that removes a route reads and writes the user's two
 //! keys, the script that claims a route for the sweep the gateway's two keys; acknowledging
-//! stream entries (`XACK` + `XDEL`) touches one stream. Everything else that goes out
-//! together (a bind's four writes, the reads of a query for many users) is a batch of
+//! stream entries (`XACK` + `XDEL`) touches one stream; the fill and invalidation scripts
+//! touch a cache key and its generation, whose tag is the whole cache key (so cache keys
+//! must not contain braces). Everything else that goes out together (a bind's four writes, the reads of a query for many users) is a batch of
 //! independent commands, split by slot on a cluster (see `conn`). No `MULTI`, no
 //! multi-key command that needs its keys in one slot.
 //!
@@ -43,6 +45,7 @@
 //! fails, the subscriber moves on to the next seed node. A blocking stream read runs on a
 //! cluster connection of its own, sent to the master that owns the stream.
 
+mod cache;
 mod conn;
 mod routes;
 mod streams;
@@ -57,8 +60,8 @@ use parking_lot::Mutex;
 use redis::RedisError;
 use tokio::sync::{Semaphore, mpsc};
 
-use self::conn::{Batch, Conn, Server};
-use super::{BusResult, Cache, PubSub};
+use self::conn::{Conn, Server};
+use super::{BusResult, PubSub};
 
 /// How long one command (or pipeline) on the shared connection may take.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -153,6 +156,16 @@ impl Redis {
         } else {
             format!("{}*", self.prefix)
         };
+        // The cache's generation keys open with the tag of their cache key.
+        let generations = format!("{{{pattern}");
+        let mut deleted = 0;
+        for pattern in [pattern, generations] {
+            deleted += self.unlink_matching(&pattern).await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn unlink_matching(&self, pattern: &str) -> BusResult<u64> {
         let mut deleted = 0;
         // A SCAN cursor belongs to one node: on a cluster, each master in turn.
         for node in self.conn.masters().await? {
@@ -161,7 +174,7 @@ impl Redis {
                 let mut scan = redis::cmd("SCAN");
                 scan.arg(cursor)
                     .arg("MATCH")
-                    .arg(&pattern)
+                    .arg(pattern)
                     .arg("COUNT")
                     .arg(1000);
                 let (next, keys): (u64, Vec<String>) = self.conn.query_on(&node, scan).await?;
@@ -218,68 +231,5 @@ impl PubSub for Redis {
 
     fn subscribe(&self, channel: String) -> BoxFuture<'_, BusResult<mpsc::Receiver<Bytes>>> {
         async move { Ok(self.subscriber.subscribe(self.key(&channel)).await?) }.boxed()
-    }
-}
-
-impl Cache for Redis {
-    fn get(&self, key: String) -> BoxFuture<'_, BusResult<Option<Bytes>>> {
-        async move {
-            let value: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(self.key(&key))
-                .query_async(&mut self.conn())
-                .await?;
-            Ok(value.map(Bytes::from))
-        }
-        .boxed()
-    }
-
-    fn set(&self, key: String, value: Bytes, ttl: Duration) -> BoxFuture<'_, BusResult<()>> {
-        async move {
-            redis::cmd("SET")
-                .arg(self.key(&key))
-                .arg(value.as_ref())
-                .arg("PX")
-                .arg(ttl_ms(ttl))
-                .exec_async(&mut self.conn())
-                .await?;
-            Ok(())
-        }
-        .boxed()
-    }
-
-    fn set_if_absent(
-        &self,
-        key: String,
-        value: Bytes,
-        ttl: Duration,
-    ) -> BoxFuture<'_, BusResult<bool>> {
-        async move {
-            let set: Option<String> = redis::cmd("SET")
-                .arg(self.key(&key))
-                .arg(value.as_ref())
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl_ms(ttl))
-                .query_async(&mut self.conn())
-                .await?;
-            Ok(set.is_some())
-        }
-        .boxed()
-    }
-
-    fn delete(&self, keys: Vec<String>) -> BoxFuture<'_, BusResult<()>> {
-        async move {
-            if keys.is_empty() {
-                return Ok(());
-            }
-            // One DEL per key: the keys may live in different slots of a cluster.
-            let mut batch = Batch::new();
-            for key in &keys {
-                batch.cmd("DEL", &self.key(key));
-            }
-            batch.exec(&self.conn).await?;
-            Ok(())
-        }
-        .boxed()
     }
 }

@@ -123,6 +123,14 @@ pub trait GroupStore: Send + Sync {
         ids: &[u64],
     ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
 
+    /// Which of `ids` blocked `target` (each once, ascending): users `target` may not add
+    /// to a group.
+    fn blockers(
+        &self,
+        target: u64,
+        ids: &[u64],
+    ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
+
     /// Adds `users` as MEMBERs, skipping those already in; returns the ones added, in the
     /// order given. Their pending join requests are settled.
     ///
@@ -283,6 +291,10 @@ impl GroupStore for Sql {
 
     async fn existing_users(&self, ids: &[u64]) -> Result<Vec<u64>, StoreError> {
         self.read_existing_users(ids).await
+    }
+
+    async fn blockers(&self, target: u64, ids: &[u64]) -> Result<Vec<u64>, StoreError> {
+        self.read_blockers(target, ids).await
     }
 
     async fn add_members(

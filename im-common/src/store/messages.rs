@@ -263,7 +263,7 @@ impl Sql {
             }
         }
         insert_rows(&mut tx, &rows).await?;
-        apply_recalls_and_edits(&mut tx, batch, &outcomes).await?;
+        apply_recalls_and_edits(&mut tx, batch, &mut outcomes).await?;
         tx.commit().await?;
 
         // Repeats inside the batch get the first one's message.
@@ -432,30 +432,89 @@ async fn insert_rows(
     Ok(())
 }
 
-/// A stored recall empties its original; a stored edit replaces the original's text.
+/// A stored recall empties its original and every edit of it; a stored edit replaces the
+/// original's text, unless the original was recalled (by an earlier batch, or earlier in
+/// this one): then the edit keeps no text either, in its row or in what is pushed. So no
+/// text of a recalled message survives in storage, whatever order recall and edit commit in.
 async fn apply_recalls_and_edits(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     batch: &[NewMessage],
-    outcomes: &[Option<Outcome>],
+    outcomes: &mut [Option<Outcome>],
 ) -> Result<(), StoreError> {
-    for (message, outcome) in batch.iter().zip(outcomes) {
-        if !matches!(outcome, Some(Outcome::Stored(_))) {
+    for (message, outcome) in batch.iter().zip(outcomes.iter_mut()) {
+        let Some(Outcome::Stored(stored)) = outcome else {
             continue;
-        }
-        let statement = match message.kind {
-            MessageKind::Recall => "UPDATE messages SET recalled = 1, body = ? WHERE msg_id = ?",
-            MessageKind::Edit => {
-                "UPDATE messages SET edited = 1, body = ? WHERE msg_id = ? AND recalled = 0"
-            }
-            _ => continue,
         };
-        sqlx::query(statement)
-            .bind(message.body.clone().into_bytes())
-            .bind(i64_of(message.ref_msg_id))
-            .execute(&mut **tx)
-            .await?;
+        match message.kind {
+            MessageKind::Recall => recall_in(tx, message.ref_msg_id).await?,
+            MessageKind::Edit => {
+                let updated = sqlx::query(
+                    "UPDATE messages SET edited = 1, body = ? WHERE msg_id = ? AND recalled = 0",
+                )
+                .bind(message.body.clone().into_bytes())
+                .bind(i64_of(message.ref_msg_id))
+                .execute(&mut **tx)
+                .await?;
+                // MySQL counts changed rows only: an edit repeating the current text changes
+                // none, so ask whether the original is recalled rather than trust the count.
+                if updated.rows_affected() == 0 && recalled(tx, message.ref_msg_id).await? {
+                    sqlx::query("UPDATE messages SET body = ? WHERE msg_id = ?")
+                        .bind(Vec::<u8>::new())
+                        .bind(i64_of(stored.msg_id))
+                        .execute(&mut **tx)
+                        .await?;
+                    stored.body.clear();
+                }
+            }
+            _ => {}
+        }
     }
     Ok(())
+}
+
+/// Marks `msg_id` recalled and empties its text and the text of every edit of it. Edits
+/// come after their original in the same conversation: the scan is a primary-key range.
+async fn recall_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    msg_id: u64,
+) -> Result<(), StoreError> {
+    let original = sqlx::query("SELECT conv_id, seq FROM messages WHERE msg_id = ?")
+        .bind(i64_of(msg_id))
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(original) = original else {
+        return Ok(());
+    };
+    let conv: String = original.try_get("conv_id")?;
+    let seq: i64 = original.try_get("seq")?;
+    sqlx::query("UPDATE messages SET recalled = 1, body = ? WHERE msg_id = ?")
+        .bind(Vec::<u8>::new())
+        .bind(i64_of(msg_id))
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "UPDATE messages SET body = ? WHERE conv_id = ? AND seq > ? AND ref_msg_id = ? AND kind = ?",
+    )
+    .bind(Vec::<u8>::new())
+    .bind(conv)
+    .bind(seq)
+    .bind(i64_of(msg_id))
+    .bind(MessageKind::Edit as i64)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn recalled(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    msg_id: u64,
+) -> Result<bool, StoreError> {
+    let recalled: Option<i64> =
+        sqlx::query_scalar("SELECT recalled FROM messages WHERE msg_id = ?")
+            .bind(i64_of(msg_id))
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(recalled.unwrap_or(0) != 0)
 }
 
 /// Whether a failed commit may simply run again: a deadlock, a lock wait that timed out, or

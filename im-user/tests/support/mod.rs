@@ -72,6 +72,24 @@ pub async fn login(
             name: name.to_owned(),
             password: password.to_owned(),
             device_id: device.to_owned(),
+            client_addr: String::new(),
+        })
+        .await
+}
+
+/// Logs `name` in from client address `addr`.
+pub async fn login_from(
+    client: &UserServiceClient,
+    name: &str,
+    password: &str,
+    addr: &str,
+) -> Result<LoginReply, mprpc::Error> {
+    client
+        .login(&LoginRequest {
+            name: name.to_owned(),
+            password: password.to_owned(),
+            device_id: "dev".to_owned(),
+            client_addr: addr.to_owned(),
         })
         .await
 }

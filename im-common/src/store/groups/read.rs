@@ -168,6 +168,32 @@ impl Sql {
         Ok(found)
     }
 
+    pub(super) async fn read_blockers(
+        &self,
+        target: u64,
+        ids: &[u64],
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut wanted: Vec<u64> = ids.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut found = Vec::new();
+        for chunk in wanted.chunks(CHUNK) {
+            let select = format!(
+                "SELECT user_id FROM blocks WHERE blocked_id = ? AND user_id IN ({})",
+                list(chunk.len())
+            );
+            let mut query =
+                sqlx::query_scalar::<_, i64>(AssertSqlSafe(select)).bind(i64_of(target));
+            for id in chunk {
+                query = query.bind(i64_of(*id));
+            }
+            let rows = query.fetch_all(self.pool()).await?;
+            found.extend(rows.into_iter().filter_map(|id| u64::try_from(id).ok()));
+        }
+        found.sort_unstable();
+        Ok(found)
+    }
+
     pub(super) async fn read_join_requests(
         &self,
         group: u64,
