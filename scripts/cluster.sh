@@ -230,7 +230,9 @@ service_start() {
 
 gateway_start() {
   local n=$1
+  # nginx, in front, is the trusted balancer (password-guessing limits per client address).
   proc_start_as gateway "im-gateway-$n" "${COMMON[@]}" MPIM_GATEWAY__ID="gw-$n" \
+    MPIM_GATEWAY__TRUSTED_PROXIES='["127.0.0.1"]' \
     MPIM_SERVER__LISTEN="$HOST:$(gateway_tcp "$n")" MPIM_WS__LISTEN="$HOST:$(gateway_http "$n")" \
     "$BIN/im-gateway" --config "$REPO_ROOT/config/im-gateway.toml"
 }

@@ -128,6 +128,12 @@ pub struct Settings {
     /// ends here within this interval plus one check call. The checks are spread over
     /// the interval; a failed one keeps the connections until the next. Default 30000.
     pub session_check_ms: u64,
+    /// Addresses of the load balancers in front of this gateway. A connection from one of
+    /// them is not counted as coming from that address when im-user limits password guesses
+    /// per source address: on WebSocket the client's address is taken from the balancer's
+    /// `X-Real-IP` header, on TCP it is unknown (only the per-name limit applies). A
+    /// connection from any other address counts as its own. Default: none.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for Settings {
@@ -151,6 +157,7 @@ impl Default for Settings {
             max_pending_deliveries: 100_000,
             shutdown_grace_ms: 2_000,
             session_check_ms: 30_000,
+            trusted_proxies: Vec::new(),
         }
     }
 }

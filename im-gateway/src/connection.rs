@@ -65,8 +65,12 @@ enum End {
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one connection until it ends, then unregisters it.
-pub(crate) async fn serve<T: Transport>(shared: Arc<Shared>, mut io: T) {
-    let conn = Conn::new(shared.next_conn_id());
+pub(crate) async fn serve<T: Transport>(
+    shared: Arc<Shared>,
+    mut io: T,
+    client: Option<std::net::IpAddr>,
+) {
+    let conn = Conn::from_client(shared.next_conn_id(), client);
     stats::connections(T::NAME, 1.0);
     let end = drive(&shared, &conn, &mut io).await;
     if end != End::Dead {

@@ -226,6 +226,7 @@ impl Gateway {
             let router = ws::router(shared.clone());
             let stop = shared.stop.clone();
             tokio::spawn(async move {
+                let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
                 let served = axum::serve(listener, router)
                     .with_graceful_shutdown(async move { stop.cancelled().await })
                     .await;
@@ -254,10 +255,10 @@ async fn accept(
 ) {
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors, usually: wait for connections to close.
                     warn!(cause = %err, "accept failed");
@@ -277,8 +278,9 @@ async fn accept(
         let _ = stream.set_nodelay(true);
         let transport = tcp::Tcp::new(stream, shared.settings.max_frame);
         let shared_conn = shared.clone();
+        let client = shared.client_addr(peer.ip(), None);
         shared.tasks.spawn(async move {
-            connection::serve(shared_conn, transport).await;
+            connection::serve(shared_conn, transport, client).await;
             drop(permit);
         });
     }

@@ -87,10 +87,19 @@ pub(crate) struct Conn {
     wake: Notify,
     /// When this connection last passed on a Typing (ms since the epoch).
     pub(crate) last_typing_ms: AtomicI64,
+    /// The client's address, when known (see `Settings::trusted_proxies`).
+    pub(crate) client: Option<std::net::IpAddr>,
 }
 
 impl Conn {
+    /// A connection whose client's address is unknown.
+    #[cfg(test)]
     pub(crate) fn new(id: u64) -> Arc<Conn> {
+        Conn::from_client(id, None)
+    }
+
+    /// A connection whose client is at `client`.
+    pub(crate) fn from_client(id: u64, client: Option<std::net::IpAddr>) -> Arc<Conn> {
         Arc::new(Conn {
             id,
             session: Mutex::new(None),
@@ -101,6 +110,7 @@ impl Conn {
             }),
             wake: Notify::new(),
             last_typing_ms: AtomicI64::new(0),
+            client,
         })
     }
 

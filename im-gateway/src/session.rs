@@ -1,6 +1,7 @@
 //! Login, Resume and Logout: how a connection gets its session, and what the gateway does
 //! then (registry, route, friend list).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use im_proto::client::server_message::Body;
@@ -26,6 +27,13 @@ struct Proven {
 }
 
 impl Shared {
+    /// The address a connection from `peer` counts as for password-guessing limits:
+    /// `forwarded` (what a trusted balancer says) when `peer` is one of
+    /// `trusted_proxies`, else `peer` itself.
+    pub(crate) fn client_addr(&self, peer: IpAddr, forwarded: Option<IpAddr>) -> Option<IpAddr> {
+        client_addr(&self.settings.trusted_proxies, peer, forwarded)
+    }
+
     pub(crate) async fn login(&self, conn: &Arc<Conn>, login: Login) -> Handled {
         already(conn)?;
         let kind = DeviceKind::try_from(login.device_kind).unwrap_or_default();
@@ -39,10 +47,9 @@ impl Shared {
                 name: login.name,
                 password: login.password,
                 device_id: device.clone(),
-                // Left empty: behind the load balancer the socket's peer is the balancer,
-                // and one address for everyone would lock everyone out. im-user then
-                // limits guessing per account name only.
-                client_addr: String::new(),
+                // Empty when unknown (a TCP client behind a trusted balancer): im-user
+                // then limits guessing per account name only.
+                client_addr: conn.client.map(|ip| ip.to_string()).unwrap_or_default(),
             };
             let reply = self
                 .services
@@ -254,4 +261,34 @@ fn logged_in() -> im_proto::client::Error {
         "this connection is logged in already",
         false,
     )
+}
+
+fn client_addr(trusted: &[IpAddr], peer: IpAddr, forwarded: Option<IpAddr>) -> Option<IpAddr> {
+    // An IPv4 client seen through an IPv6 socket counts as its IPv4 address.
+    let peer = peer.to_canonical();
+    if trusted.contains(&peer) {
+        forwarded.map(|ip| ip.to_canonical())
+    } else {
+        Some(peer)
+    }
+}
+
+#[cfg(test)]
+mod client_addr_tests {
+    use super::*;
+
+    #[test]
+    fn a_trusted_balancer_speaks_for_its_client_and_nobody_else_does() {
+        let balancer: IpAddr = "10.0.0.2".parse().unwrap();
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        let trusted = [balancer];
+        assert_eq!(client_addr(&trusted, client, None), Some(client));
+        // A client cannot name another address for itself.
+        let other: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(client_addr(&trusted, client, Some(other)), Some(client));
+        assert_eq!(client_addr(&trusted, balancer, Some(client)), Some(client));
+        assert_eq!(client_addr(&trusted, balancer, None), None);
+        let mapped: IpAddr = "::ffff:203.0.113.7".parse().unwrap();
+        assert_eq!(client_addr(&[], mapped, None), Some(client));
+    }
 }

@@ -3,12 +3,13 @@
 //! [`router`] is the one place routes are added.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
@@ -45,7 +46,12 @@ async fn health(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str)
     }
 }
 
-async fn upgrade(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
@@ -55,6 +61,11 @@ async fn upgrade(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -
     // Counted among the gateway's connections until it ends, so that shutdown waits for it.
     let tracked = shared.tasks.token();
     let max = shared.settings.max_frame;
+    let forwarded = headers
+        .get("x-real-ip")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse().ok());
+    let client = shared.client_addr(peer.ip(), forwarded);
     // Small buffers: the library's defaults (128 KiB each way, the read one allocated up
     // front) would make every idle WebSocket client cost more than a hundred KiB. The
     // read buffer grows for a large message; each message is written as it is sent.
@@ -64,7 +75,7 @@ async fn upgrade(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
-            connection::serve(shared, Ws { socket }).await;
+            connection::serve(shared, Ws { socket }, client).await;
             drop((permit, tracked));
         })
 }

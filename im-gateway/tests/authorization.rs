@@ -6,6 +6,7 @@ mod support;
 
 use im_common::bus::Bus;
 use im_common::ids::ConversationId;
+use im_gateway::Settings;
 use im_proto::client::request::Command;
 use im_proto::client::server_message::Body;
 use im_proto::client::{Code, ServerMessage, Typing};
@@ -267,4 +268,55 @@ async fn users_see_those_they_have_to_do_with() {
     assert_eq!(profiles(eve, vec![ada.user_id()]).await, [ada.user_id()]);
     gateway.stopped().await;
     cluster.close().await;
+}
+
+fn login_as(name: &str, password: &str) -> Command {
+    Command::Login(im_proto::client::Login {
+        name: name.to_owned(),
+        password: password.to_owned(),
+        device_id: "phone".to_owned(),
+        ..im_proto::client::Login::default()
+    })
+}
+
+/// Guessing passwords from one address, one account after another: past im-user's
+/// per-address limit (20 failures) even the right password of a fresh account is refused
+/// from there, with the same error as a wrong one. A trusted balancer's own address is not
+/// one client: its connections are judged by what it says.
+#[tokio::test]
+async fn guessing_from_one_address_is_limited_across_accounts() {
+    let cluster = Cluster::start(Bus::in_process(), false).await;
+    let gateway = cluster.gateway(&name("gw-"), settings()).await;
+    let victim = name("victim");
+    let mut setup = Client::tcp(gateway.tcp).await;
+    setup.register_login(&victim, "phone").await;
+
+    let mut guesser = Client::tcp(gateway.tcp).await;
+    let wrong = |reply: &ServerMessage| {
+        let error = reply.error.as_ref().unwrap_or_else(|| panic!("{reply:?}"));
+        assert_eq!(error.code, Code::Unauthenticated as i32, "{reply:?}");
+        error.message.clone()
+    };
+    let first = wrong(&guesser.call(login_as(&name("nobody"), "guess")).await);
+    for i in 1..20 {
+        let message = wrong(&guesser.call(login_as(&name("nobody"), "guess")).await);
+        assert_eq!(message, first, "failure {i} reads like any other");
+    }
+    let reply = guesser.call(login_as(&victim, "secret-password")).await;
+    assert_eq!(
+        wrong(&reply),
+        first,
+        "the right password from a locked address"
+    );
+
+    // The same address behind a trusted balancer that names no client: only the per-name
+    // limit applies, and the account logs in.
+    let trusting = Settings {
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        ..settings()
+    };
+    let behind = cluster.gateway(&name("gw-"), trusting).await;
+    let mut client = Client::tcp(behind.tcp).await;
+    let reply = client.call(login_as(&victim, "secret-password")).await;
+    assert!(reply.error.is_none(), "{reply:?}");
 }

@@ -44,10 +44,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Accepts legacy clients until the gateway stops, within the gateway's connection limit.
 pub(crate) async fn accept(shared: Arc<Shared>, listener: TcpListener, max_line: usize) {
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = shared.stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     warn!(cause = %err, "legacy accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -64,16 +64,22 @@ pub(crate) async fn accept(shared: Arc<Shared>, listener: TcpListener, max_line:
         };
         let _ = stream.set_nodelay(true);
         let shared_conn = shared.clone();
+        let client = shared.client_addr(peer.ip(), None);
         shared.tasks.spawn(async move {
-            serve(shared_conn, stream, max_line).await;
+            serve(shared_conn, stream, max_line, client).await;
             drop(permit);
         });
     }
 }
 
 /// Serves one connection until it ends, then unregisters it.
-async fn serve(shared: Arc<Shared>, stream: TcpStream, max_line: usize) {
-    let conn = Conn::new(shared.next_conn_id());
+async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    max_line: usize,
+    client: Option<std::net::IpAddr>,
+) {
+    let conn = Conn::from_client(shared.next_conn_id(), client);
     stats::connections(NAME, 1.0);
     let mut legacy = Legacy {
         bucket: Bucket::new(shared.settings.rate_per_sec, shared.settings.rate_burst),
