@@ -17,7 +17,7 @@ use im_common::identity::Role;
 #[derive(Debug, Parser)]
 #[command(about = "Make the MPIM cluster CA and role certificates (mutual TLS)")]
 struct Args {
-    /// Directory of ca.pem, ca.key and <role>.pem/<role>.key.
+    /// Directory of ca.pem, ca.key and ROLE.pem, ROLE.key for each role.
     #[arg(long, default_value = "certs")]
     dir: PathBuf,
     /// Roles to issue: gateway, user, presence, message, group (comma-separated).
