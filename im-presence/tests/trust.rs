@@ -62,6 +62,26 @@ impl Drop for Pki {
     }
 }
 
+/// The configuration of an im-presence process holding the presence certificate of `pki`,
+/// registered under `root` with the cluster credential.
+fn presence_config(pki: &Pki, root: &str) -> ConfigFile {
+    let (cert, key) = certs::files(&pki.dir, Role::Presence);
+    ConfigFile::new(
+        "im-presence.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+             grace_period_ms = 2000\n\
+             [discovery]\nzookeeper = \"{ZOOKEEPER}\"\nroot = \"{root}\"\n\
+             session_timeout_ms = 4000\ncredential_file = \"{}\"\n\
+             [tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+            pki.credential().display(),
+            cert.display(),
+            key.display(),
+            pki.dir.join("ca.pem").display()
+        ),
+    )
+}
+
 fn discovery_config(root: &str, credential: &Path) -> DiscoveryConfig {
     DiscoveryConfig {
         zookeeper: Some(ZOOKEEPER.into()),
@@ -102,21 +122,7 @@ async fn only_the_cluster_gets_in_and_only_a_gateway_acts_for_users() {
     let pki = Pki::new("cluster");
     let rogue = Pki::new("rogue");
     let root = unique_root();
-    let (cert, key) = certs::files(&pki.dir, Role::Presence);
-    let config = ConfigFile::new(
-        "im-presence.toml",
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
-             grace_period_ms = 2000\n\
-             [discovery]\nzookeeper = \"{ZOOKEEPER}\"\nroot = \"{root}\"\n\
-             session_timeout_ms = 4000\ncredential_file = \"{}\"\n\
-             [tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
-            pki.credential().display(),
-            cert.display(),
-            key.display(),
-            pki.dir.join("ca.pem").display()
-        ),
-    );
+    let config = presence_config(&pki, &root);
     let _process = ServiceProcess::start(BINARY, &config.path);
 
     // The gateway's certificate: calls, for a user too.
@@ -167,20 +173,7 @@ async fn only_the_cluster_gets_in_and_only_a_gateway_acts_for_users() {
 async fn a_false_registration_without_the_service_certificate_gets_no_calls() {
     let pki = Pki::new("impostor");
     let root = unique_root();
-    let (cert, key) = certs::files(&pki.dir, Role::Presence);
-    let config = ConfigFile::new(
-        "im-presence.toml",
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
-             [discovery]\nzookeeper = \"{ZOOKEEPER}\"\nroot = \"{root}\"\n\
-             credential_file = \"{}\"\n\
-             [tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
-            pki.credential().display(),
-            cert.display(),
-            key.display(),
-            pki.dir.join("ca.pem").display()
-        ),
-    );
+    let config = presence_config(&pki, &root);
     let _genuine = ServiceProcess::start(BINARY, &config.path);
 
     // An impostor with a valid cluster certificate of another role (and the credential:

@@ -37,16 +37,7 @@ fn init_logs() {
 /// The shared server's address; fails the test (rather than skipping it) when it is down.
 async fn shared_hosts() -> String {
     init_logs();
-    let hosts = std::env::var("MPRPC_ZK").unwrap_or_else(|_| "127.0.0.1:2181".to_owned());
-    let port = hosts
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .unwrap_or(2181);
-    assert!(
-        zk::srvr(port).await.is_some(),
-        "no ZooKeeper answers on {hosts}: start it with `scripts/services.sh up zookeeper`"
-    );
-    hosts
+    zk::shared_hosts().await
 }
 
 fn unique_root() -> String {

@@ -15,19 +15,6 @@ use zookeeper_client as client;
 const SERVICE: &str = "test.Echo";
 const CREDENTIAL: (&str, &str) = ("mpim", "s3cret-cluster-password");
 
-async fn shared_hosts() -> String {
-    let hosts = std::env::var("MPRPC_ZK").unwrap_or_else(|_| "127.0.0.1:2181".to_owned());
-    let port = hosts
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .unwrap_or(2181);
-    assert!(
-        zk::srvr(port).await.is_some(),
-        "no ZooKeeper answers on {hosts}: start it with `scripts/services.sh up zookeeper`"
-    );
-    hosts
-}
-
 fn unique_root(name: &str) -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -76,7 +63,7 @@ async fn remove_tree(admin: &client::Client, root: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_credential_changes_the_registry() {
-    let hosts = shared_hosts().await;
+    let hosts = zk::shared_hosts().await;
     let root = unique_root("only");
     let outsider = raw(&hosts, None).await;
     let dir = format!("{root}/services/{SERVICE}");

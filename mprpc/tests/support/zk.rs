@@ -195,3 +195,18 @@ fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
+
+/// The shared server's address (`MPRPC_ZK`, default 127.0.0.1:2181); fails the test (rather
+/// than skipping it) when it is down.
+pub async fn shared_hosts() -> String {
+    let hosts = std::env::var("MPRPC_ZK").unwrap_or_else(|_| "127.0.0.1:2181".to_owned());
+    let port = hosts
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(2181);
+    assert!(
+        srvr(port).await.is_some(),
+        "no ZooKeeper answers on {hosts}: start it with `scripts/services.sh up zookeeper`"
+    );
+    hosts
+}
