@@ -184,10 +184,11 @@ build() {
   # rustc links through the system's C compiler, and ring compiles C: rustup brings neither.
   command -v cc >/dev/null || apt_install gcc libc6-dev
   log "building ($PROFILE)"
+  # -p mpim for mpim-certs: a --bin here would limit every package to that binary.
   local profile=(--release)
   [[ $PROFILE == debug ]] && profile=()
   (cd "$REPO_ROOT" && cargo build "${profile[@]}" --locked -p im-user -p im-presence \
-    -p im-message -p im-group -p im-gateway -p mpim --bin mpim-certs)
+    -p im-message -p im-group -p im-gateway -p mpim)
 }
 
 # The Redis Cluster's seed URLs, comma-separated.

@@ -40,8 +40,9 @@ up() {
   "$REPO_ROOT/scripts/services.sh" up zookeeper mariadb redis
   mysql -uroot -h127.0.0.1 -e "CREATE DATABASE IF NOT EXISTS \`$DB\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
   log "building (release)"
+  # -p mpim for mpim-certs: a --bin here would limit every package to that binary.
   (cd "$REPO_ROOT" && cargo build --release --locked -p im-user -p im-presence -p im-message \
-    -p im-group -p im-gateway -p mpim --bin mpim-certs)
+    -p im-group -p im-gateway -p mpim)
   # Mutual TLS between the processes and the ZooKeeper credential (docs/security.md).
   cluster_trust "$BIN"
   local common=(
