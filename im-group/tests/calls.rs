@@ -10,10 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::FutureExt;
-use futures::future::BoxFuture;
-use im_common::StoreError;
-use im_common::bus::{Bus, BusResult, Cache, FillToken, keys};
+use im_common::bus::testing::DownCache;
+use im_common::bus::{Bus, keys};
 use im_common::identity::{self, User};
 use im_common::proto::{
     CreateGroupRequest, Empty, GroupId, GroupRole, GroupService, GroupServiceClient, GroupUser,
@@ -424,48 +422,10 @@ async fn writes_delete_the_cached_member_list(sql: Sql) {
     assert!(cached(&bus, other_group).await);
 }
 
-/// A cache whose every operation fails, as an unreachable Redis would.
-struct Down;
-
-impl Cache for Down {
-    fn get(&self, _key: String) -> BoxFuture<'_, BusResult<Option<Bytes>>> {
-        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
-    }
-    fn set(&self, _key: String, _value: Bytes, _ttl: Duration) -> BoxFuture<'_, BusResult<()>> {
-        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
-    }
-    fn set_if_absent(
-        &self,
-        _key: String,
-        _value: Bytes,
-        _ttl: Duration,
-    ) -> BoxFuture<'_, BusResult<bool>> {
-        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
-    }
-    fn fill_token(&self, _key: String) -> BoxFuture<'_, BusResult<FillToken>> {
-        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
-    }
-    fn fill(
-        &self,
-        _key: String,
-        _token: FillToken,
-        _value: Bytes,
-        _ttl: Duration,
-    ) -> BoxFuture<'_, BusResult<bool>> {
-        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
-    }
-    fn delete(&self, _keys: Vec<String>) -> BoxFuture<'_, BusResult<()>> {
-        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
-    }
-    fn count(&self, _key: String, _window: Duration) -> BoxFuture<'_, BusResult<u64>> {
-        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
-    }
-}
-
 async fn a_failing_cache_fails_no_call(sql: Sql) {
     let ids = add_users(&sql, "d", 3).await;
     let bus = Bus {
-        cache: Arc::new(Down),
+        cache: Arc::new(DownCache),
         ..Bus::in_process()
     };
     let (_server, client) = service(&sql, &bus, Settings::default());

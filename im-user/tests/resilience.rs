@@ -9,10 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::FutureExt;
-use futures::future::BoxFuture;
-use im_common::StoreError;
-use im_common::bus::{Bus, BusResult, Cache, FillToken, keys};
+use im_common::bus::testing::DownCache;
+use im_common::bus::{Bus, keys};
 use im_common::identity::ServiceIdentity;
 use im_common::proto::{
     Empty, LogoutRequest, RespondFriendRequestRequest, SendFriendRequestRequest,
@@ -24,44 +22,6 @@ use support::*;
 
 on_both!(a_flushed_cache_changes_nothing);
 on_both!(a_failing_cache_only_costs_reads);
-
-/// A cache whose every operation fails, as an unreachable Redis would.
-struct Broken;
-
-impl Cache for Broken {
-    fn get(&self, _key: String) -> BoxFuture<'_, BusResult<Option<Bytes>>> {
-        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
-    }
-    fn set(&self, _key: String, _value: Bytes, _ttl: Duration) -> BoxFuture<'_, BusResult<()>> {
-        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
-    }
-    fn set_if_absent(
-        &self,
-        _key: String,
-        _value: Bytes,
-        _ttl: Duration,
-    ) -> BoxFuture<'_, BusResult<bool>> {
-        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
-    }
-    fn fill_token(&self, _key: String) -> BoxFuture<'_, BusResult<FillToken>> {
-        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
-    }
-    fn fill(
-        &self,
-        _key: String,
-        _token: FillToken,
-        _value: Bytes,
-        _ttl: Duration,
-    ) -> BoxFuture<'_, BusResult<bool>> {
-        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
-    }
-    fn delete(&self, _keys: Vec<String>) -> BoxFuture<'_, BusResult<()>> {
-        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
-    }
-    fn count(&self, _key: String, _window: Duration) -> BoxFuture<'_, BusResult<u64>> {
-        async { Err(StoreError::Precondition("cache down".into())) }.boxed()
-    }
-}
 
 async fn verify(client: &UserServiceClient, token: &str) -> Result<u64, mprpc::Error> {
     let request = VerifyTokenRequest {
@@ -187,7 +147,7 @@ async fn a_flushed_cache_changes_nothing(sql: Sql) {
 
 async fn a_failing_cache_only_costs_reads(sql: Sql) {
     let mut bus = Bus::in_process();
-    bus.cache = Arc::new(Broken);
+    bus.cache = Arc::new(DownCache);
     let (_server, client) = service(&sql, &bus, auth());
     let ada = register(&client, "ada").await;
     let bob = register(&client, "bob").await;

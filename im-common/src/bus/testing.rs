@@ -1,5 +1,6 @@
-//! For tests: a Redis bus of their own on the test server, or on the test cluster, and
-//! a cache that holds fills back ([`FillGate`]) to force a race's interleaving.
+//! For tests: a Redis bus of their own on the test server, or on the test cluster, a cache
+//! that holds fills back ([`FillGate`]) to force a race's interleaving, and a cache that is
+//! down ([`DownCache`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -13,6 +14,7 @@ use tokio::sync::oneshot;
 
 use super::redis::Redis;
 use super::{Bus, BusResult, Cache, FillToken};
+use crate::StoreError;
 
 /// The Redis server tests use: `TEST_REDIS_URL`, default `redis://127.0.0.1:6379`.
 pub fn redis_url() -> String {
@@ -215,5 +217,50 @@ impl Cache for FillGate {
 
     fn count(&self, key: String, window: Duration) -> BoxFuture<'_, BusResult<u64>> {
         self.inner.count(key, window)
+    }
+}
+
+/// A cache whose every operation fails, as an unreachable Redis would.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DownCache;
+
+impl DownCache {
+    fn down<T: Send + 'static>() -> BoxFuture<'static, BusResult<T>> {
+        futures::future::ready(Err(StoreError::Precondition("cache down".into()))).boxed()
+    }
+}
+
+impl Cache for DownCache {
+    fn get(&self, _key: String) -> BoxFuture<'_, BusResult<Option<Bytes>>> {
+        DownCache::down()
+    }
+    fn set(&self, _key: String, _value: Bytes, _ttl: Duration) -> BoxFuture<'_, BusResult<()>> {
+        DownCache::down()
+    }
+    fn set_if_absent(
+        &self,
+        _key: String,
+        _value: Bytes,
+        _ttl: Duration,
+    ) -> BoxFuture<'_, BusResult<bool>> {
+        DownCache::down()
+    }
+    fn fill_token(&self, _key: String) -> BoxFuture<'_, BusResult<FillToken>> {
+        DownCache::down()
+    }
+    fn fill(
+        &self,
+        _key: String,
+        _token: FillToken,
+        _value: Bytes,
+        _ttl: Duration,
+    ) -> BoxFuture<'_, BusResult<bool>> {
+        DownCache::down()
+    }
+    fn delete(&self, _keys: Vec<String>) -> BoxFuture<'_, BusResult<()>> {
+        DownCache::down()
+    }
+    fn count(&self, _key: String, _window: Duration) -> BoxFuture<'_, BusResult<u64>> {
+        DownCache::down()
     }
 }
