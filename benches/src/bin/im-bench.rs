@@ -1,4 +1,6 @@
-//! `im-bench`: load for an MPIM gateway (`im-gateway` or `mpim`) over its client protocol.
+//! `im-bench`: load for an MPIM gateway (`im-gateway` or `mpim`) over its client protocol,
+//! or with `--target ejabberd|mqtt` the same `pairs` and `idle` load for ejabberd (XMPP) or
+//! an MQTT broker (see `benches::im::rival`).
 //!
 //! ```text
 //! cargo run --release -p benches --bin im-bench -- --gateway 127.0.0.1:6000 \
@@ -9,6 +11,10 @@
 //!     idle --connections 19000 --gateway-pid $(pgrep -x mpim)
 //! cargo run --release -p benches --bin im-bench -- --gateway 127.0.0.1:6000 \
 //!     soak --pairs 50 --rate 200 --seconds 30 --record sends.csv
+//! cargo run --release -p benches --bin im-bench -- --target ejabberd --prefix bench \
+//!     pairs --users 2000 --rate 10000 --seconds 20
+//! cargo run --release -p benches --bin im-bench -- --target mqtt --server 127.0.0.1:1883 \
+//!     idle --connections 2000 --server-pid $(pgrep -x mosquitto)
 //! ```
 //!
 //! `--ws` speaks WebSocket to `ws://<host>:6080/ws` instead, or to the URL `--ws-url` names.
@@ -19,8 +25,9 @@
 //! last line on stdout is
 //! `RESULT connections=<n> sent=<n> acked=<n> delivered=<n> lost=<n> dup=<n> p50_ms=<x>
 //! p99_ms=<x> msgs_per_s=<x>` and extra fields (`order=` pushes out of seq order, `echo=`
-//! pushes of a device's own message, ack latency, failures, and for idle the gateway's
-//! memory). The exit status is 1 when anything acknowledged was lost or shown twice.
+//! pushes of a device's own message, `system=` the system loaded, ack latency, failures,
+//! and for idle the server's memory). The exit status is 1 when anything acknowledged was
+//! lost or shown twice.
 
 use std::net::ToSocketAddrs as _;
 use std::process::ExitCode;
@@ -31,8 +38,10 @@ use benches::im::args::{Args, Mode};
 use benches::im::idle::{self, IdleRun};
 use benches::im::link::Endpoint;
 use benches::im::modes::{self, GroupRun, Load};
+use benches::im::rival::{self, System};
 use benches::im::setup::Setup;
 use benches::im::soak::SoakRun;
+use benches::im::tally::Report;
 use clap::Parser;
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -51,6 +60,10 @@ fn main() -> anyhow::Result<ExitCode> {
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.target != System::Mpim {
+        let report = rival::run(&args, run_id()).await?;
+        return Ok(finish(report, args.target));
+    }
     let prefix = args.prefix.clone().unwrap_or_else(run_id);
     let connections = match args.mode {
         Mode::Pairs { users, .. } => users,
@@ -132,12 +145,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Mode::Soak { .. } => unreachable!("answered above"),
     };
-    println!("{report}");
-    Ok(if report.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(finish(report, System::Mpim))
 }
 
 /// The `soak` run: SDK clients through faults.
@@ -173,6 +181,18 @@ async fn soak(args: &Args, prefix: String) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Prints the RESULT line, naming the system; the exit status: failure when anything
+/// acknowledged was lost or shown twice.
+fn finish(mut report: Report, system: System) -> ExitCode {
+    report.extra.insert(0, ("system", system.name().into()));
+    println!("{report}");
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// A name for this run that no other run has: its start time and process id.

@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use im_client::Address;
 use im_client::tls::Connector;
 
+use super::rival::{self, System};
+
 /// Connections one source address can open to one port (the default ephemeral range has
 /// about 28,000 ports), with a margin.
 const PER_SOURCE: usize = 25_000;
@@ -23,6 +25,12 @@ const PER_PROCESS: usize = 15_000;
     about = "Load for an MPIM gateway over its client protocol"
 )]
 pub struct Args {
+    /// The system to load: an MPIM gateway, ejabberd (XMPP) or an MQTT broker.
+    #[arg(long, global = true, value_enum, default_value_t = System::Mpim)]
+    pub target: System,
+    /// ejabberd's and the MQTT broker's options.
+    #[command(flatten)]
+    pub rival: rival::Options,
     /// The gateway's TCP address: `host:port`, or `tls://host:port` for TLS.
     #[arg(long, global = true, default_value = "127.0.0.1:6000")]
     pub gateway: String,
@@ -128,8 +136,8 @@ pub enum Mode {
         /// Seconds to hold them once all are open.
         #[arg(long, default_value_t = 10)]
         hold_seconds: u64,
-        /// The gateway's pid, to read its VmRSS before and after.
-        #[arg(long)]
+        /// The gateway's (or other server's) pid, to read its VmRSS before and after.
+        #[arg(long, visible_alias = "server-pid")]
         gateway_pid: Option<u32>,
         /// Processes to spread the connections over (default: one per 15,000).
         #[arg(long)]

@@ -19,14 +19,21 @@
 //! - [`tally`]: seq sets, the verdict (lost, duplicated, out of order) and the RESULT line;
 //! - [`modes`]: the `pairs` and `group` runs;
 //! - [`idle`]: the `idle` run, its worker processes and the gateway's memory;
-//! - [`soak`]: the `soak` run: SDK clients that live through faults, for the drills.
+//! - [`soak`]: the `soak` run: SDK clients that live through faults, for the drills;
+//! - [`rival`]: `--target ejabberd|mqtt`: the `pairs` and `idle` runs against another
+//!   system, over [`peer`] connections speaking [`xmpp`] (with [`xml`]) or [`mqtt`].
 
 pub mod args;
 pub mod drive;
 pub mod idle;
 pub mod link;
 pub mod modes;
+pub mod mqtt;
+pub mod peer;
+pub mod rival;
 pub mod setup;
 pub mod soak;
 pub mod tally;
 pub mod wire;
+pub mod xml;
+pub mod xmpp;
