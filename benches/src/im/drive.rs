@@ -55,6 +55,8 @@ pub struct Counters {
     pub senders: AtomicU64,
     /// Connections that failed during the load.
     pub broken: AtomicU64,
+    /// The longest send→receive latency since the progress line last took it, µs.
+    pub window_max_us: AtomicU64,
 }
 
 /// What every connection task shares.
@@ -409,7 +411,9 @@ impl Conn<'_> {
         }
         if let Some(stamp) = wire::read_stamp(body).filter(|&stamp| shared.measured(stamp)) {
             counters.delivered_measured.fetch_add(1, Ordering::Relaxed);
-            self.latency.record(now.saturating_sub(stamp) / 1000);
+            let us = now.saturating_sub(stamp) / 1000;
+            self.latency.record(us);
+            counters.window_max_us.fetch_max(us, Ordering::Relaxed);
         }
     }
 }

@@ -294,7 +294,7 @@ impl Progress {
         self.next += Duration::from_secs(1);
         let c = &shared.counters;
         eprintln!(
-            "{:>4.0}s sent={} acked={} failed={} retried={} pushed={}/{} broken={}",
+            "{:>4.0}s sent={} acked={} failed={} retried={} pushed={}/{} broken={} max_ms={:.1}",
             self.started.elapsed().as_secs_f64(),
             c.sent.load(Ordering::Relaxed),
             c.acked.load(Ordering::Relaxed),
@@ -303,6 +303,7 @@ impl Progress {
             c.pushed.load(Ordering::Relaxed),
             c.owed.load(Ordering::Relaxed),
             c.broken.load(Ordering::Relaxed),
+            c.window_max_us.swap(0, Ordering::Relaxed) as f64 / 1000.0,
         );
     }
 }
