@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::Sql;
+use super::{Dialect, Sql};
 use crate::error::StoreError;
 use crate::ids::{ConversationId, now_ms};
 use crate::proto::{ChatMessage, Conversation, ConversationKind, GroupRole, MessageKind};
@@ -262,7 +262,7 @@ impl Sql {
                 rows.push(stored);
             }
         }
-        insert_rows(&mut tx, &rows).await?;
+        insert_rows(&mut tx, &rows, self.dialect()).await?;
         apply_recalls_and_edits(&mut tx, batch, &mut outcomes).await?;
         tx.commit().await?;
 
@@ -405,11 +405,20 @@ async fn find_existing(
     Ok(found)
 }
 
+/// Inserts `rows`: on MySQL/MariaDB in power-of-two chunks (few statement shapes for the
+/// server's cache); on SQLite in one statement per [`MAX_LIST`] rows, since preparing a
+/// statement there is an in-process parse while every statement is a round trip to the
+/// connection's own thread.
 async fn insert_rows(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     rows: &[ChatMessage],
+    dialect: Dialect,
 ) -> Result<(), StoreError> {
-    for chunk in pow2_chunks(rows) {
+    let chunks = match dialect {
+        Dialect::Sqlite => rows.chunks(MAX_LIST).collect(),
+        Dialect::MySql => pow2_chunks(rows),
+    };
+    for chunk in chunks {
         let insert = format!(
             "INSERT INTO messages (conv_id, seq, msg_id, sender_id, client_msg_id, kind, body, ref_msg_id, created_at) VALUES {}",
             placeholders(chunk.len(), 9)
