@@ -59,6 +59,15 @@ pub struct Counters {
     pub window_max_us: AtomicU64,
 }
 
+impl Counters {
+    /// Whether every send was answered and every owed push arrived.
+    pub fn settled(&self) -> bool {
+        let answered = self.acked.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
+        answered >= self.sent.load(Ordering::Relaxed)
+            && self.pushed.load(Ordering::Relaxed) >= self.owed.load(Ordering::Relaxed)
+    }
+}
+
 /// What every connection task shares.
 #[derive(Debug)]
 pub struct Shared {

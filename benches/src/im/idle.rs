@@ -203,19 +203,30 @@ pub async fn idle(
         (opened, failed, (alive, rss_after))
     };
     let (alive, rss_after) = alive;
+    Ok(idle_report(
+        alive,
+        opened,
+        failed,
+        rss_before.zip(rss_after),
+    ))
+}
+
+/// The report of an idle run: `alive` of `opened` connections held (`failed` never
+/// opened), and the server's resident memory before and after them, KiB.
+pub(crate) fn idle_report(alive: u64, opened: u64, failed: u64, rss: Option<(u64, u64)>) -> Report {
     let mut report = Report {
         connections: alive,
         ..Report::default()
     };
     report.extra.push(("opened", opened.to_string()));
     report.extra.push(("failed", failed.to_string()));
-    if let (Some(before), Some(after)) = (rss_before, rss_after) {
+    if let Some((before, after)) = rss {
         let per = (after.saturating_sub(before) * 1024) / opened.max(1);
         report.extra.push(("rss_before_kib", before.to_string()));
         report.extra.push(("rss_after_kib", after.to_string()));
         report.extra.push(("bytes_per_conn", per.to_string()));
     }
-    Ok(report)
+    report
 }
 
 /// Lets the gateway settle, reads its memory, and holds for the rest of `run.hold`.

@@ -77,9 +77,6 @@ pub async fn pairs(load: &Load, users: usize, rate: u64, seconds: u64) -> anyhow
             }
         })
         .collect::<Vec<_>>();
-    let members = (0..users / 2)
-        .map(|pair| vec![2 * pair, 2 * pair + 1])
-        .collect::<Vec<_>>();
     let shared = Shared::new(
         epoch,
         (measure_from, measure_to),
@@ -89,11 +86,31 @@ pub async fn pairs(load: &Load, users: usize, rate: u64, seconds: u64) -> anyhow
     let run = Run::start(sessions, plans, shared);
     run.wait_sending(measure_to).await;
     let (shared, seen, drained) = run.finish(load.drain).await;
-    let window = measure_to - measure_from;
-    let arrived = shared.counters.arrived_in_window.load(Ordering::Relaxed);
-    let mut report = report(
+    Ok(pairs_report(
         &shared,
         &seen,
+        measure_to - measure_from,
+        setup_time,
+        drained,
+    ))
+}
+
+/// The report of a `pairs` run, whichever system it ran against: connection `2k` and
+/// `2k + 1` were partners, `window` the measured time.
+pub(crate) fn pairs_report(
+    shared: &Shared,
+    seen: &[Seen],
+    window: Duration,
+    setup_time: Duration,
+    drained: bool,
+) -> Report {
+    let members = (0..seen.len() / 2)
+        .map(|pair| vec![2 * pair, 2 * pair + 1])
+        .collect::<Vec<_>>();
+    let arrived = shared.counters.arrived_in_window.load(Ordering::Relaxed);
+    let mut report = report(
+        shared,
+        seen,
         &members,
         arrived as f64 / window.as_secs_f64(),
     );
@@ -101,7 +118,7 @@ pub async fn pairs(load: &Load, users: usize, rate: u64, seconds: u64) -> anyhow
         .extra
         .push(("setup_s", format!("{:.1}", setup_time.as_secs_f64())));
     report.extra.push(("drained", drained.to_string()));
-    Ok(report)
+    report
 }
 
 /// The options of a `group` run.
@@ -252,10 +269,7 @@ impl Run {
         let deadline = Instant::now() + drain;
         let mut progress = Progress::new(&self.shared);
         let drained = loop {
-            let c = &self.shared.counters;
-            let answered = c.acked.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed);
-            let settled = answered >= c.sent.load(Ordering::Relaxed)
-                && c.pushed.load(Ordering::Relaxed) >= c.owed.load(Ordering::Relaxed);
+            let settled = self.shared.counters.settled();
             if settled || Instant::now() >= deadline {
                 break settled;
             }

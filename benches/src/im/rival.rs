@@ -21,9 +21,10 @@ use tokio::task::JoinSet;
 
 use super::args::{Args, Mode};
 use super::drive::Shared;
-use super::idle::rss_kib;
+use super::idle::{idle_report, rss_kib};
+use super::modes::pairs_report;
 use super::peer::{self, Peer, Plan};
-use super::tally::{self, Report, Seen};
+use super::tally::{Report, Seen};
 use super::{mqtt, xmpp};
 
 /// How long one connection's login may take.
@@ -245,22 +246,13 @@ async fn pairs(target: &Target, users: usize, rate: u64, timing: Timing) -> anyh
     }
     let drained = running.drain(timing.drain, started).await;
     let (shared, seen) = running.finish().await;
-    let members = (0..users / 2)
-        .map(|pair| vec![2 * pair, 2 * pair + 1])
-        .collect::<Vec<_>>();
-    let arrived = shared.counters.arrived_in_window.load(Ordering::Relaxed);
-    let window = measure_to - measure_from;
-    let mut report = report(
+    Ok(pairs_report(
         &shared,
         &seen,
-        &members,
-        arrived as f64 / window.as_secs_f64(),
-    );
-    report
-        .extra
-        .push(("setup_s", format!("{:.1}", setup_time.as_secs_f64())));
-    report.extra.push(("drained", drained.to_string()));
-    Ok(report)
+        measure_to - measure_from,
+        setup_time,
+        drained,
+    ))
 }
 
 async fn idle(
@@ -299,19 +291,12 @@ async fn idle(
     tokio::time::sleep(hold - settle).await;
     let (shared, _) = running.finish().await;
     let broken = shared.counters.broken.load(Ordering::Relaxed);
-    let mut report = Report {
-        connections: opened.saturating_sub(broken),
-        ..Report::default()
-    };
-    report.extra.push(("opened", opened.to_string()));
-    report.extra.push(("failed", failed.to_string()));
-    if let (Some(before), Some(after)) = (rss_before, rss_after) {
-        let per = (after.saturating_sub(before) * 1024) / opened.max(1);
-        report.extra.push(("rss_before_kib", before.to_string()));
-        report.extra.push(("rss_after_kib", after.to_string()));
-        report.extra.push(("bytes_per_conn", per.to_string()));
-    }
-    Ok(report)
+    Ok(idle_report(
+        opened.saturating_sub(broken),
+        opened,
+        failed,
+        rss_before.zip(rss_after),
+    ))
 }
 
 /// A load in progress: a task per connection, and the switch that stops them.
@@ -348,10 +333,7 @@ impl Running {
         let deadline = Instant::now() + drain;
         let mut next_line = Instant::now() + Duration::from_secs(1);
         loop {
-            let c = &self.shared.counters;
-            let answered = c.acked.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed);
-            let settled = answered >= c.sent.load(Ordering::Relaxed)
-                && c.pushed.load(Ordering::Relaxed) >= c.owed.load(Ordering::Relaxed);
+            let settled = self.shared.counters.settled();
             if settled || Instant::now() >= deadline {
                 return settled;
             }
@@ -388,42 +370,6 @@ impl Running {
             c.broken.load(Ordering::Relaxed),
         );
     }
-}
-
-/// The report of a finished load: the fields of the MPIM runs.
-fn report(shared: &Shared, seen: &[Seen], members: &[Vec<usize>], msgs_per_s: f64) -> Report {
-    let c = &shared.counters;
-    let latency = shared.latency.lock();
-    let ack_latency = shared.ack_latency.lock();
-    let ms = |us: u64| us as f64 / 1000.0;
-    let mut report = Report {
-        connections: seen.len() as u64,
-        sent: c.sent_measured.load(Ordering::Relaxed),
-        acked: c.acked_measured.load(Ordering::Relaxed),
-        delivered: c.delivered_measured.load(Ordering::Relaxed),
-        verdict: tally::verdict(seen, members),
-        p50_ms: ms(latency.value_at_quantile(0.50)),
-        p99_ms: ms(latency.value_at_quantile(0.99)),
-        msgs_per_s,
-        extra: Vec::new(),
-    };
-    report.extra.extend([
-        ("max_ms", format!("{:.2}", ms(latency.max()))),
-        (
-            "ack_p50_ms",
-            format!("{:.2}", ms(ack_latency.value_at_quantile(0.50))),
-        ),
-        (
-            "ack_p99_ms",
-            format!("{:.2}", ms(ack_latency.value_at_quantile(0.99))),
-        ),
-        ("failed", c.failed.load(Ordering::Relaxed).to_string()),
-        ("broken", c.broken.load(Ordering::Relaxed).to_string()),
-    ]);
-    if let Some(error) = shared.first_error.lock().as_ref() {
-        eprintln!("first error: {error}");
-    }
-    report
 }
 
 #[cfg(test)]
