@@ -335,3 +335,36 @@ async fn connections_that_never_authenticate_are_closed() {
     gateway.stopped().await;
     cluster.close().await;
 }
+
+#[tokio::test]
+async fn websocket_frames_far_larger_than_the_read_buffer_arrive_whole() {
+    let (cluster, gateway, _pair) = setup(settings()).await;
+    let mut receiver = Client::tcp(gateway.tcp).await;
+    receiver.register_login(&name("big-in"), "d").await;
+    let to = receiver.user_id();
+    // 60,000 bytes of text, under the 64 KiB body limit: over a hundred of the connection's
+    // 512-byte reads for one binary or text frame.
+    let body: String = (0..60_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    for json in [false, true] {
+        let mut sender = Client::ws(gateway.ws, json).await;
+        sender.register_login(&name("big-out"), "d").await;
+        let id = format!("big-{json}");
+        sender
+            .ok(Command::Send(SendRequest {
+                to_user_id: to,
+                client_msg_id: id.clone(),
+                body: body.clone(),
+            }))
+            .await;
+        let got = receiver
+            .push_where(|b| matches!(b, Body::Message(m) if m.client_msg_id == id))
+            .await;
+        let Body::Message(message) = got else {
+            unreachable!("push_where returns a message");
+        };
+        assert_eq!(message.body, body, "json={json}");
+    }
+    cluster.close().await;
+}
