@@ -66,7 +66,8 @@ fn on_own_thread(job: impl Future<Output = ()> + Send + 'static) -> AbortHandle 
             std::thread::Builder::new()
                 .name("mpim-committer".into())
                 .spawn(move || {
-                    if let Some(job) = theirs.lock().take() {
+                    let job = theirs.lock().take();
+                    if let Some(job) = job {
                         let _ = runtime.block_on(job);
                     }
                 })
