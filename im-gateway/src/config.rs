@@ -256,6 +256,11 @@ pub struct LegacyConfig {
     /// Longest line in bytes; the rest of a longer one is discarded with an error. Default
     /// 65536.
     pub max_line: usize,
+    /// How long a connection may stay without a login, from its connect or its last
+    /// `LOGOUT`, whatever it sends meanwhile; then `-ERR not login: …` and the close.
+    /// Default 120000 (a person types `LOGIN` at a terminal; programs get the client
+    /// protocol's much shorter `auth_timeout_ms`).
+    pub login_timeout_ms: u64,
 }
 
 impl Default for LegacyConfig {
@@ -263,6 +268,7 @@ impl Default for LegacyConfig {
         LegacyConfig {
             listen: "off".to_owned(),
             max_line: 64 * 1024,
+            login_timeout_ms: 120_000,
         }
     }
 }
@@ -279,6 +285,15 @@ impl LegacyConfig {
     /// Naming the key at fault.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.max_line > 0, "legacy.max_line must be at least 1");
+        anyhow::ensure!(
+            self.login_timeout_ms > 0,
+            "legacy.login_timeout_ms must be at least 1"
+        );
         Ok(())
+    }
+
+    /// How long a connection may stay without a login.
+    pub(crate) fn login_timeout(&self) -> Duration {
+        Duration::from_millis(self.login_timeout_ms)
     }
 }

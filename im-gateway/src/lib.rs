@@ -131,8 +131,8 @@ impl Shared {
 /// A gateway: build it with [`Gateway::new`], run it with [`Gateway::serve`].
 pub struct Gateway {
     shared: Arc<Shared>,
-    /// The legacy line protocol's listener and longest line, when it is served.
-    legacy: Option<(TcpListener, usize)>,
+    /// The legacy line protocol's listener and settings, when it is served.
+    legacy: Option<(TcpListener, LegacyConfig)>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -169,11 +169,11 @@ impl Gateway {
         }
     }
 
-    /// Also serves the legacy line protocol on `listener`, with lines of at most
-    /// `max_line` bytes (docs/legacy-protocol.md).
+    /// Also serves the legacy line protocol on `listener`, with `config`'s longest line
+    /// and login timeout (its `listen` is not used; docs/legacy-protocol.md).
     #[must_use]
-    pub fn legacy(mut self, listener: TcpListener, max_line: usize) -> Gateway {
-        self.legacy = Some((listener, max_line.max(1)));
+    pub fn legacy(mut self, listener: TcpListener, config: LegacyConfig) -> Gateway {
+        self.legacy = Some((listener, config));
         self
     }
 
@@ -235,8 +235,9 @@ impl Gateway {
                 }
             })
         });
-        let legacy = legacy
-            .map(|(listener, max)| tokio::spawn(legacy::accept(shared.clone(), listener, max)));
+        let legacy = legacy.map(|(listener, config)| {
+            tokio::spawn(legacy::accept(shared.clone(), listener, config))
+        });
         accept(&shared, tcp, shutdown).await;
         if let Some(legacy) = legacy {
             // It stops with `stop`, before the connections are waited for.
@@ -381,7 +382,7 @@ pub async fn run(
     let metrics = im_common::serve::spawn_metrics(&config.server, bound, stop_rx).await?;
     let mut gateway = Gateway::new(id, services, bus, config.gateway);
     if let Some(listener) = legacy {
-        gateway = gateway.legacy(listener, config.legacy.max_line);
+        gateway = gateway.legacy(listener, config.legacy);
     }
     let served = gateway.serve(tcp, ws, shutdown).await;
     let _ = stop_tx.send(true);

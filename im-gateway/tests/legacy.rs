@@ -11,7 +11,7 @@ use im_gateway::Settings;
 use im_proto::client::request::Command;
 use im_proto::client::server_message::Body;
 use im_proto::{Empty, SendRequest, SyncRequest};
-use support::term::{PASSWORD, Term, field};
+use support::term::{PASSWORD, Term, field, uid_of};
 use support::*;
 
 async fn start(friends_only: bool) -> (Cluster, Running, SocketAddr) {
@@ -21,6 +21,15 @@ async fn start(friends_only: bool) -> (Cluster, Running, SocketAddr) {
         .await;
     let addr = gateway.legacy.unwrap();
     (cluster, gateway, addr)
+}
+
+/// The value of a `key=<value>` reply detail.
+fn value(detail: &str, key: &str) -> String {
+    detail
+        .strip_prefix(key)
+        .and_then(|rest| rest.strip_prefix('='))
+        .unwrap_or_else(|| panic!("not {key}=<value>: {detail}"))
+        .to_owned()
 }
 
 /// Friends the legacy way: each asks the other.
@@ -44,7 +53,7 @@ async fn friends_chats_and_groups() {
         ada.ok(&format!("ADDFRIEND {}", bob.uid)).await,
         "friend request sent"
     );
-    assert_eq!(ada.ok("GETFRIENDS").await, "");
+    assert_eq!(ada.ok("GETFRIENDS").await, "friends: ");
     assert_eq!(
         bob.ok(&format!("addfriend {}", ada.uid)).await,
         "friend added"
@@ -53,19 +62,14 @@ async fn friends_chats_and_groups() {
         ada.ok(&format!("ADDFRIEND {}", bob.uid)).await,
         "friend added"
     );
-    let friends = ada.ok("GETFRIENDS").await;
-    assert!(
-        friends.starts_with(&format!("{}:bob", bob.uid)),
-        "{friends}"
-    );
-    let friends = bob.ok("GETFRIENDS").await;
-    assert!(
-        friends.starts_with(&format!("{}:ada", ada.uid)),
-        "{friends}"
-    );
-    assert_eq!(cy.ok("GETFRIENDS").await, "");
+    assert_eq!(ada.ok("GETFRIENDS").await, format!("friends: {}", bob.uid));
+    assert_eq!(bob.ok("GETFRIENDS").await, format!("friends: {}", ada.uid));
+    assert_eq!(cy.ok("GETFRIENDS").await, "friends: ");
 
-    let id = ada.ok(&format!("SEND {} hello  bob \\o/", bob.uid)).await;
+    let id = value(
+        &ada.ok(&format!("SEND {} hello  bob \\o/", bob.uid)).await,
+        "msg_id",
+    );
     let push = bob.push().await;
     assert_eq!(field(&push, "id"), id);
     assert_eq!(field(&push, "from"), ada.uid.to_string());
@@ -78,10 +82,13 @@ async fn friends_chats_and_groups() {
     let why = cy.err(&format!("SEND {} hello", ada.uid)).await;
     assert!(why.contains("friend"), "{why}");
 
-    let gid = ada.ok("CREATEGROUP crabs the crab club").await;
-    assert_eq!(bob.ok(&format!("JOINGROUP {gid}")).await, "");
-    assert_eq!(cy.ok(&format!("JoinGroup {gid}")).await, "");
-    let id = ada.ok(&format!("SENDGROUP {gid} hi all")).await;
+    let gid = value(&ada.ok("CREATEGROUP crabs the crab club").await, "group_id");
+    assert_eq!(bob.ok(&format!("JOINGROUP {gid}")).await, "joined group");
+    assert_eq!(cy.ok(&format!("JoinGroup {gid}")).await, "joined group");
+    let id = value(
+        &ada.ok(&format!("SENDGROUP {gid} hi all")).await,
+        "group_msg_id",
+    );
     for member in [&mut bob, &mut cy] {
         let push = member.push().await;
         assert_eq!(
@@ -99,7 +106,7 @@ async fn friends_chats_and_groups() {
     assert_eq!(field(&bob.push().await, "text"), "hello crabs");
     // What was pushed counts as seen.
     for term in [&mut ada, &mut bob, &mut cy] {
-        assert_eq!(term.pull().await, (Vec::new(), "0".to_owned()));
+        assert_eq!(term.pull().await, (Vec::new(), false));
     }
     cluster.close().await;
 }
@@ -111,37 +118,48 @@ async fn offline_messages_are_pulled_once_in_order_and_kept() {
     let mut ada = Term::user(addr, &ada_name).await;
     let mut bob = Term::user(addr, &bob_name).await;
     befriend(&mut ada, &mut bob).await;
-    let gid = ada.ok("CREATEGROUP club").await;
+    let gid = value(&ada.ok("CREATEGROUP club").await, "group_id");
     bob.ok(&format!("JOINGROUP {gid}")).await;
-    assert_eq!(bob.ok("LOGOUT").await, "");
-    assert!(bob.closed().await.is_empty());
+    // LOGOUT keeps the connection, logged out: nothing is pushed to it, and commands wait
+    // for a login.
+    assert_eq!(bob.ok("LOGOUT").await, "logout success");
+    assert_eq!(bob.err("PULL").await, "not login");
 
     let mut sent = Vec::new();
     for text in ["one", "two"] {
-        sent.push(ada.ok(&format!("SEND {} {text}", bob.uid)).await);
+        sent.push(value(
+            &ada.ok(&format!("SEND {} {text}", bob.uid)).await,
+            "msg_id",
+        ));
     }
-    sent.push(ada.ok(&format!("SENDGROUP {gid} in the club")).await);
-    sent.push(ada.ok(&format!("SEND {} three", bob.uid)).await);
+    let id = ada.ok(&format!("SENDGROUP {gid} in the club")).await;
+    sent.push(value(&id, "group_msg_id"));
+    sent.push(value(
+        &ada.ok(&format!("SEND {} three", bob.uid)).await,
+        "msg_id",
+    ));
 
-    let mut bob = Term::connect(addr).await;
-    let uid = bob.ok(&format!("LOGIN {bob_name} {PASSWORD}")).await;
-    bob.uid = uid.parse().unwrap();
+    // The same connection logs in again, as the original client does after LOGOUT. The
+    // first line it reads is LOGIN's reply: nothing was pushed while it was logged out.
+    bob.send(&format!("LOGIN {bob_name} {PASSWORD}")).await;
+    let uid = bob.line().await.unwrap();
+    assert_eq!(uid, format!("+OK uid={}", bob.uid));
     // A message pushed before the PULL is not shown again by it.
     ada.ok(&format!("SEND {} four", bob.uid)).await;
     assert_eq!(field(&bob.push().await, "text"), "four");
-    let (messages, count) = bob.pull().await;
-    assert_eq!(count, "4");
+    let (messages, more) = bob.pull().await;
+    assert!(!more);
     let ids: Vec<&str> = messages.iter().map(|m| field(m, "id")).collect();
     assert_eq!(ids, sent);
     let texts: Vec<&str> = messages.iter().map(|m| field(m, "text")).collect();
     assert_eq!(texts, ["one", "two", "in the club", "three"]);
     assert_eq!(field(&messages[2], "group"), gid);
-    assert_eq!(bob.pull().await, (Vec::new(), "0".to_owned()));
+    assert_eq!(bob.pull().await, (Vec::new(), false));
 
     // Nothing was deleted: a client-protocol login of Bob syncs the whole conversation.
     let mut tcp = Client::tcp(gateway.tcp).await;
     let session = tcp.login(&bob_name, "phone").await;
-    assert_eq!(session.user_id.to_string(), uid);
+    assert_eq!(session.user_id, bob.uid);
     let conversation = ConversationId::direct(ada.uid, bob.uid).to_string();
     let Body::Synced(synced) = tcp
         .ok(Command::Sync(SyncRequest {
@@ -188,10 +206,9 @@ async fn legacy_and_client_protocol_users_talk() {
         },
     ))
     .await;
-    let friends = bob.ok("GETFRIENDS").await;
-    assert!(
-        friends.starts_with(&format!("{}:", ada.user_id())),
-        "{friends}"
+    assert_eq!(
+        bob.ok("GETFRIENDS").await,
+        format!("friends: {}", ada.user_id())
     );
     let Body::Profiles(friends) = ada.ok(Command::ListFriends(Empty {})).await else {
         panic!("profiles")
@@ -215,7 +232,7 @@ async fn legacy_and_client_protocol_users_talk() {
     // A second legacy login of Bob: both connections get pushes, and the first keeps
     // them after the second logs out.
     let mut bob2 = Term::connect(addr).await;
-    bob2.ok(&format!("LOGIN {} {PASSWORD}", bob.name)).await;
+    bob2.login(&bob.name).await;
     for (i, body) in ["to both", "to the first"].into_iter().enumerate() {
         ada.ok(Command::Send(SendRequest {
             to_user_id: bob.uid,
@@ -230,7 +247,10 @@ async fn legacy_and_client_protocol_users_talk() {
         }
     }
 
-    let id = bob.ok(&format!("SEND {} back at you", ada.user_id())).await;
+    let id = value(
+        &bob.ok(&format!("SEND {} back at you", ada.user_id())).await,
+        "msg_id",
+    );
     let Body::Message(message) = ada.push_where(|b| matches!(b, Body::Message(_))).await else {
         unreachable!()
     };
@@ -246,8 +266,8 @@ async fn legacy_and_client_protocol_users_talk() {
 async fn bad_lines_get_errors_and_the_connection_goes_on() {
     let (cluster, _gateway, addr) = start(true).await;
     let mut term = Term::connect(addr).await;
-    assert_eq!(term.err("PULL").await, "log in first");
-    assert_eq!(term.err("SEND 1 hi").await, "log in first");
+    assert_eq!(term.err("PULL").await, "not login");
+    assert_eq!(term.err("SEND 1 hi").await, "not login");
     assert!(
         term.err("FROB 1 2")
             .await
@@ -261,8 +281,12 @@ async fn bad_lines_get_errors_and_the_connection_goes_on() {
     assert!(!why.is_empty(), "{why}");
 
     let ada = name("ada");
-    term.ok(&format!("REGISTER {ada} {PASSWORD}")).await;
-    term.ok(&format!("LOGIN {ada} {PASSWORD}")).await;
+    let uid = uid_of(&term.ok(&format!("REGISTER {ada} {PASSWORD}")).await);
+    // REGISTER logged the connection in: another login needs a LOGOUT first.
+    assert_eq!(
+        term.err(&format!("LOGIN {ada} {PASSWORD}")).await,
+        format!("already logged in as uid={uid}; LOGOUT first")
+    );
     assert_eq!(
         term.err("SEND abc hi").await,
         "bad uid \"abc\": not a number"
@@ -294,10 +318,10 @@ async fn bad_lines_get_errors_and_the_connection_goes_on() {
 
     // Others were served all along.
     let mut other = Term::user(addr, &name("bob")).await;
-    assert_eq!(other.ok("GETFRIENDS").await, "");
+    assert_eq!(other.ok("GETFRIENDS").await, "friends: ");
 
-    assert_eq!(term.ok("LOGOUT").await, "");
-    assert!(term.closed().await.is_empty());
+    assert_eq!(term.ok("LOGOUT").await, "logout success");
+    assert_eq!(term.err("LOGOUT").await, "not login");
     cluster.close().await;
 }
 
@@ -354,16 +378,16 @@ async fn a_long_backlog_is_pulled_in_parts() {
 
     let bob_name = bob.name.clone();
     let mut bob = Term::connect(addr).await;
-    bob.ok(&format!("LOGIN {bob_name} {PASSWORD}")).await;
-    let (first, count) = bob.pull().await;
-    assert_eq!((first.len(), count.as_str()), (1000, "1000 more"));
-    let (rest, count) = bob.pull().await;
-    assert_eq!((rest.len(), count.as_str()), (50, "50"));
+    bob.login(&bob_name).await;
+    let (first, more) = bob.pull().await;
+    assert_eq!((first.len(), more), (1000, true));
+    let (rest, more) = bob.pull().await;
+    assert_eq!((rest.len(), more), (50, false));
     let mut ids: Vec<&str> = first.iter().chain(&rest).map(|m| field(m, "id")).collect();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 1050);
-    assert_eq!(bob.pull().await, (Vec::new(), "0".to_owned()));
+    assert_eq!(bob.pull().await, (Vec::new(), false));
     cluster.close().await;
 }
 
@@ -405,7 +429,7 @@ async fn add_friend_never_accepts_for_the_target() {
         .name
         .clone();
     let mut ada = Term::connect(addr).await;
-    ada.ok(&format!("LOGIN {ada_name} {PASSWORD}")).await;
+    ada.login(&ada_name).await;
 
     // A stranger's ADDFRIEND is a request: with friends_only on, Dan is still out of reach,
     // also after asking twice.
@@ -503,6 +527,299 @@ async fn lines_are_rate_limited() {
         [
             "+OK PONG",
             "+OK PONG",
+            "-ERR rate limit: at most 1 lines per second; slow down",
+            "-ERR rate limit: at most 1 lines per second; slow down",
+        ]
+    );
+    cluster.close().await;
+}
+
+/// The original terminal client, as it reads the gateway: line by line, each line
+/// recognised by its prefix (or, for the end of a PULL, compared whole).
+mod original {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+    use tokio::net::TcpStream;
+    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+    use super::support::WAIT;
+
+    /// What the original client makes of a line.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(super) enum Seen {
+        Welcome,
+        /// `+OK uid=`: the client counts itself logged in as this uid.
+        LoggedIn(u64),
+        /// `+OK msg_id=`: shown as sent.
+        Sent,
+        /// A `MSG` line: sender and text, as its tokenizer reads them.
+        Message {
+            from: u64,
+            text: String,
+        },
+        PullDone,
+        Error,
+        /// Any other line, shown as it is.
+        Shown,
+    }
+
+    pub(super) struct Client {
+        reader: BufReader<OwnedReadHalf>,
+        writer: OwnedWriteHalf,
+    }
+
+    impl Client {
+        pub(super) async fn connect(addr: SocketAddr) -> Client {
+            let (read, writer) = TcpStream::connect(addr).await.unwrap().into_split();
+            Client {
+                reader: BufReader::new(read),
+                writer,
+            }
+        }
+
+        pub(super) async fn send(&mut self, line: &str) {
+            self.writer
+                .write_all(format!("{line}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+
+        /// The next line, with its newline, exactly as it came.
+        pub(super) async fn raw(&mut self) -> String {
+            let mut line = String::new();
+            let read = tokio::time::timeout(WAIT, self.reader.read_line(&mut line))
+                .await
+                .expect("a line in time")
+                .unwrap();
+            assert!(read > 0, "the connection stays open");
+            line
+        }
+
+        /// Sends `line`; the reply, byte for byte.
+        pub(super) async fn exchange(&mut self, line: &str) -> String {
+            self.send(line).await;
+            self.raw().await
+        }
+    }
+
+    /// The original client's reading of `line` (without its newline).
+    pub(super) fn seen(line: &str) -> Seen {
+        if line.starts_with("+OK welcome") {
+            Seen::Welcome
+        } else if let Some(uid) = line.strip_prefix("+OK uid=") {
+            Seen::LoggedIn(uid.parse().unwrap_or(0))
+        } else if line.starts_with("+OK msg_id=") {
+            Seen::Sent
+        } else if let Some(rest) = line.strip_prefix("MSG ") {
+            let mut tokens = rest.split_whitespace();
+            let (mut from, mut text) = (0, String::new());
+            while let Some(token) = tokens.next() {
+                if let Some(value) = token.strip_prefix("from=") {
+                    from = value.parse().unwrap();
+                } else if let Some(value) = token.strip_prefix("text=") {
+                    text = std::iter::once(value)
+                        .chain(tokens.by_ref())
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                }
+            }
+            Seen::Message { from, text }
+        } else if line == "+OK pull_done" {
+            Seen::PullDone
+        } else if line.starts_with("-ERR") {
+            Seen::Error
+        } else {
+            Seen::Shown
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_original_terminal_client_reads_every_reply_as_it_did() {
+    use original::{Client, Seen, seen};
+
+    let (cluster, _gateway, addr) = start(true).await;
+    let (ada_name, bob_name) = (name("ada"), name("bob"));
+
+    let mut ada = Client::connect(addr).await;
+    let welcome = ada.raw().await;
+    assert_eq!(welcome, "+OK welcome. Commands: REGISTER/LOGIN/SEND/PULL\n");
+    assert_eq!(seen(welcome.trim_end()), Seen::Welcome);
+    // Every command that needs a login says so in the original's words.
+    for line in [
+        "SEND 1 hi",
+        "SENDGROUP 1 hi",
+        "PULL",
+        "LOGOUT",
+        "ADDFRIEND 1",
+        "GETFRIENDS",
+        "CREATEGROUP club",
+        "JOINGROUP 1",
+    ] {
+        assert_eq!(ada.exchange(line).await, "-ERR not login\n", "{line}");
+    }
+    let reply = ada
+        .exchange(&format!("REGISTER {ada_name} {PASSWORD}"))
+        .await;
+    let Seen::LoggedIn(ada_uid) = seen(reply.trim_end()) else {
+        panic!("{reply}")
+    };
+    assert_eq!(reply, format!("+OK uid={ada_uid}\n"));
+
+    let mut bob = Client::connect(addr).await;
+    bob.raw().await;
+    let reply = bob
+        .exchange(&format!("REGISTER {bob_name} {PASSWORD}"))
+        .await;
+    let Seen::LoggedIn(bob_uid) = seen(reply.trim_end()) else {
+        panic!("{reply}")
+    };
+
+    // Friends: a request first (its own +OK line), then both have asked.
+    assert_eq!(
+        ada.exchange(&format!("ADDFRIEND {bob_uid}")).await,
+        "+OK friend request sent\n"
+    );
+    assert_eq!(
+        bob.exchange(&format!("ADDFRIEND {ada_uid}")).await,
+        "+OK friend added\n"
+    );
+    assert_eq!(
+        ada.exchange("GETFRIENDS").await,
+        format!("+OK friends: {bob_uid}\n")
+    );
+
+    // A message: the sender's ack, the receiver's line.
+    let reply = ada.exchange(&format!("SEND {bob_uid} hello  there")).await;
+    assert_eq!(seen(reply.trim_end()), Seen::Sent);
+    let msg_id: u64 = reply["+OK msg_id=".len()..].trim_end().parse().unwrap();
+    let push = bob.raw().await;
+    assert!(
+        push.starts_with(&format!("MSG id={msg_id} from={ada_uid} ts=")),
+        "{push}"
+    );
+    assert!(push.ends_with(" text=hello  there\n"), "{push}");
+    assert_eq!(
+        seen(push.trim_end()),
+        Seen::Message {
+            from: ada_uid,
+            text: "hello there".to_owned()
+        }
+    );
+
+    // Groups.
+    let reply = ada.exchange("CREATEGROUP club the club").await;
+    let gid: u64 = reply
+        .strip_prefix("+OK group_id=")
+        .and_then(|gid| gid.trim_end().parse().ok())
+        .unwrap_or_else(|| panic!("{reply}"));
+    assert_eq!(reply, format!("+OK group_id={gid}\n"));
+    assert_eq!(
+        bob.exchange(&format!("JOINGROUP {gid}")).await,
+        "+OK joined group\n"
+    );
+    let reply = ada.exchange(&format!("SENDGROUP {gid} to the club")).await;
+    let group_msg_id: u64 = reply
+        .strip_prefix("+OK group_msg_id=")
+        .and_then(|id| id.trim_end().parse().ok())
+        .unwrap_or_else(|| panic!("{reply}"));
+    let push = bob.raw().await;
+    assert!(
+        push.starts_with(&format!("MSG id={group_msg_id} from={ada_uid} ts=")),
+        "{push}"
+    );
+
+    // LOGOUT keeps the connection; LOGIN on it again, and PULL what came meanwhile.
+    assert_eq!(bob.exchange("LOGOUT").await, "+OK logout success\n");
+    let reply = ada
+        .exchange(&format!("SEND {bob_uid} while you were out"))
+        .await;
+    assert_eq!(seen(reply.trim_end()), Seen::Sent);
+    assert_eq!(
+        bob.exchange(&format!("LOGIN {bob_name} {PASSWORD}")).await,
+        format!("+OK uid={bob_uid}\n")
+    );
+    bob.send("PULL").await;
+    let line = bob.raw().await;
+    assert_eq!(
+        seen(line.trim_end()),
+        Seen::Message {
+            from: ada_uid,
+            text: "while you were out".to_owned()
+        }
+    );
+    assert_eq!(bob.raw().await, "+OK pull_done\n");
+    assert_eq!(bob.exchange("PULL").await, "+OK pull_done\n");
+    cluster.close().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_never_logs_in_is_closed() {
+    let cluster = Cluster::start(Bus::in_process(), true).await;
+    let settings = Settings {
+        rate_per_sec: 100_000,
+        rate_burst: 100_000,
+        ..settings()
+    };
+    let config = im_gateway::LegacyConfig {
+        login_timeout_ms: 300,
+        ..im_gateway::LegacyConfig::default()
+    };
+    let gateway = cluster
+        .gateway_with_legacy_config(&name("gw-"), settings, config)
+        .await;
+    let addr = gateway.legacy.unwrap();
+
+    // Lines do not keep a connection without a login open.
+    let mut term = Term::connect(addr).await;
+    let mut lines = Vec::new();
+    loop {
+        term.send("PING").await;
+        match term.line().await {
+            Some(line) if line == "+OK PONG" => {}
+            Some(line) => {
+                lines.push(line);
+                break;
+            }
+            None => break,
+        }
+    }
+    lines.extend(term.closed().await);
+    assert_eq!(lines, ["-ERR not login: no login within 300 ms"]);
+
+    // A logged-in connection is not held to it: it answers for longer than the timeout,
+    // until LOGOUT starts the timeout again.
+    let mut ada = Term::user(addr, &name("ada")).await;
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_millis(900) {
+        assert_eq!(ada.ok("PING").await, "PONG");
+    }
+    assert_eq!(ada.ok("LOGOUT").await, "logout success");
+    assert_eq!(
+        ada.closed().await,
+        ["-ERR not login: no login within 300 ms"]
+    );
+    cluster.close().await;
+}
+
+#[tokio::test]
+async fn empty_lines_count_against_the_rate_limit() {
+    let cluster = Cluster::start(Bus::in_process(), true).await;
+    let settings = Settings {
+        rate_per_sec: 1,
+        rate_burst: 2,
+        max_rate_limited: 1,
+        ..settings()
+    };
+    let gateway = cluster
+        .gateway_with_legacy(&name("gw-"), settings, 1024)
+        .await;
+    let mut term = Term::connect(gateway.legacy.unwrap()).await;
+    term.send_raw(b"\n  \n\r\n\n\n").await;
+    assert_eq!(
+        term.closed().await,
+        [
             "-ERR rate limit: at most 1 lines per second; slow down",
             "-ERR rate limit: at most 1 lines per second; slow down",
         ]

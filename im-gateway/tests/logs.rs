@@ -92,12 +92,8 @@ async fn no_session_id_or_token_is_logged_at_info() {
 
     // A revocation found by the re-check, on the legacy listener.
     let mut term = Term::connect(gateway.legacy.unwrap()).await;
-    let uid = term.ok(&format!("LOGIN {name} {PASSWORD}")).await;
-    cluster
-        .sql
-        .revoke_sessions(uid.parse().unwrap(), now_ms())
-        .await
-        .unwrap();
+    let uid = term.login(&name).await;
+    cluster.sql.revoke_sessions(uid, now_ms()).await.unwrap();
     assert!(term.line().await.unwrap().contains("session revoked"));
 
     // An expiry (3 to 4 s after this login), and a login whose route bind fails.

@@ -222,7 +222,7 @@ pub async fn run(
         config.gateway.clone(),
     );
     if let Some(listener) = legacy {
-        gateway = gateway.legacy(listener, config.legacy.max_line);
+        gateway = gateway.legacy(listener, config.legacy.clone());
     }
     let served = gateway.serve(tcp, ws, shutdown).await;
     let _ = stop_tx.send(true);

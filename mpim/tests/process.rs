@@ -181,7 +181,7 @@ async fn mpim_answers_the_legacy_line_protocol() {
     let stream = TcpStream::connect(&mpim.legacy).await.unwrap();
     let (read, mut write) = stream.into_split();
     write
-        .write_all(b"REGISTER ada correct horse\r\nLOGIN ada correct horse\n")
+        .write_all(b"REGISTER ada correct horse\r\nLOGOUT\nLOGIN ada correct horse\n")
         .await
         .unwrap();
     let mut lines = BufReader::new(read).lines();
@@ -189,9 +189,18 @@ async fn mpim_answers_the_legacy_line_protocol() {
         let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
         line.expect("a reply within 20 s").unwrap().expect("a line")
     };
+    assert_eq!(
+        next().await,
+        "+OK welcome. Commands: REGISTER/LOGIN/SEND/PULL"
+    );
     let registered = next().await;
-    let uid: u64 = registered.strip_prefix("+OK ").unwrap().parse().unwrap();
-    assert_eq!(next().await, format!("+OK {uid}"));
+    let uid: u64 = registered
+        .strip_prefix("+OK uid=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(next().await, "+OK logout success");
+    assert_eq!(next().await, format!("+OK uid={uid}"));
     drop(mpim);
     std::fs::remove_dir_all(&data).unwrap();
 }

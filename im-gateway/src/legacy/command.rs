@@ -2,25 +2,34 @@
 
 use im_proto::client::request::Command as Request;
 use im_proto::client::server_message::Body;
-use im_proto::client::{Code, Error, Login, Logout};
+use im_proto::client::{Code, Error, Login};
 use im_proto::{
     CreateGroupRequest, DeviceKind, Empty, FriendRequestState, JoinPolicy, JoinRequest,
     RegisterRequest, SendFriendRequestRequest, SendGroupRequest, SendRequest,
 };
 
+use tokio::time::Instant;
+
 use super::Legacy;
 use super::format;
 use super::parse::Command;
+use super::seen::Seen;
 
 /// ADDFRIEND's reply when both have asked: they are friends (the original's reply).
 const FRIEND_ADDED: &str = "friend added";
 /// ADDFRIEND's reply while the target has not asked back.
 const REQUEST_SENT: &str = "friend request sent";
+/// JOINGROUP's reply when the user is a member (the original's reply).
+const JOINED: &str = "joined group";
+/// JOINGROUP's reply when the group's admins must approve first.
+const JOIN_REQUESTED: &str = "join request sent";
+/// LOGOUT's reply; the connection stays open for another LOGIN.
+const LOGGED_OUT: &str = "logout success";
 
 /// The device every legacy login names: the original system knew one connection per user.
 pub(crate) const DEVICE: &str = "legacy";
 
-/// What a command produced: its reply (one line, or PULL's lines), and what follows.
+/// What a command produced: its reply (one line, or PULL's lines), and what to mark read.
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {
     pub(crate) text: String,
@@ -28,8 +37,6 @@ pub(crate) struct Outcome {
     pub(crate) lines: u64,
     /// Conversations to mark read once `text` is written.
     pub(crate) marks: Vec<(String, u64)>,
-    /// Close the connection after the reply.
-    pub(crate) close: bool,
 }
 
 impl Outcome {
@@ -59,8 +66,16 @@ impl From<Result<Outcome, Error>> for Outcome {
 impl Legacy<'_> {
     /// Runs one command.
     pub(super) async fn run(&mut self, command: Command) -> Outcome {
-        if !command.before_login() && self.conn.session().is_none() {
-            return Outcome::err("log in first");
+        let session = self.conn.session();
+        match (&session, command.before_login()) {
+            (None, false) => return Outcome::err(format::NOT_LOGIN),
+            (Some(session), true) if command != Command::Ping => {
+                return Outcome::err(&format!(
+                    "already logged in as uid={}; LOGOUT first",
+                    session.user
+                ));
+            }
+            _ => {}
         }
         let result = match command {
             Command::Ping => Ok(Outcome::ok("PONG")),
@@ -73,7 +88,7 @@ impl Legacy<'_> {
                     client_msg_id: client_msg_id(),
                     body: text,
                 });
-                self.send(request).await
+                self.send(request, "msg_id").await
             }
             Command::SendGroup { group, text } => {
                 let request = Request::SendGroup(SendGroupRequest {
@@ -81,7 +96,7 @@ impl Legacy<'_> {
                     client_msg_id: client_msg_id(),
                     body: text,
                 });
-                self.send(request).await
+                self.send(request, "group_msg_id").await
             }
             Command::Pull => self.pull().await,
             Command::AddFriend { user } => self.add_friend(user).await,
@@ -110,16 +125,24 @@ impl Legacy<'_> {
         }
     }
 
+    /// An account, and a login into it: the original gateway logged a new user in, and its
+    /// client takes `+OK uid=` as a login.
     async fn register(&mut self, name: String, password: String) -> Result<Outcome, Error> {
         let request = Request::Register(RegisterRequest {
-            name,
-            password,
+            name: name.clone(),
+            password: password.clone(),
             nickname: String::new(),
         });
-        match self.call(request).await? {
-            Body::Profile(profile) => Ok(Outcome::ok(profile.user_id)),
-            _ => Err(unexpected()),
-        }
+        let Body::Profile(profile) = self.call(request).await? else {
+            return Err(unexpected());
+        };
+        self.login(name, password).await.map_err(|error| Error {
+            message: format!(
+                "registered as uid={}, but not logged in: {}; LOGIN to go on",
+                profile.user_id, error.message
+            ),
+            ..error
+        })
     }
 
     async fn login(&mut self, name: String, password: String) -> Result<Outcome, Error> {
@@ -133,28 +156,43 @@ impl Legacy<'_> {
         let Body::Session(session) = self.call(request).await? else {
             return Err(unexpected());
         };
+        self.login_by = None;
         // Without the list every conversation counts as behind: PULL shows more, never less.
         if let Ok(Body::Conversations(list)) = self.call(Request::ListConversations(Empty {})).await
         {
             self.seen.start(&list.conversations);
         }
-        Ok(Outcome::ok(session.user_id))
+        Ok(Outcome::ok(format!("uid={}", session.user_id)))
     }
 
+    /// Ends the session and keeps the connection, logged out, for another LOGIN (as the
+    /// original did). The connection leaves the registry before the session ends, so the
+    /// session's end (a `Kicked` to its connections) does not close this one.
     async fn logout(&mut self) -> Result<Outcome, Error> {
-        self.call(Request::Logout(Logout {})).await?;
-        Ok(Outcome {
-            close: true,
-            ..Outcome::ok("")
-        })
+        let Some(session) = self.conn.session() else {
+            return Ok(Outcome::err(format::NOT_LOGIN));
+        };
+        crate::connection::release(self.shared, self.conn).await;
+        self.conn.unauthenticate();
+        self.seen = Seen::default();
+        self.login_by = Some(Instant::now() + self.login_timeout);
+        self.shared.logout(&session).await.map_err(|error| Error {
+            message: format!(
+                "logged out here, but the session may last until it expires: {}",
+                error.message
+            ),
+            ..error
+        })?;
+        Ok(Outcome::ok(LOGGED_OUT))
     }
 
-    async fn send(&mut self, request: Request) -> Result<Outcome, Error> {
+    /// SEND and SENDGROUP: `+OK <key>=<msg_id>` once the message is stored.
+    async fn send(&mut self, request: Request, key: &str) -> Result<Outcome, Error> {
         let Body::Ack(ack) = self.call(request).await? else {
             return Err(unexpected());
         };
         self.seen.sent(&ack.conversation_id, ack.seq);
-        Ok(Outcome::ok(ack.msg_id))
+        Ok(Outcome::ok(format!("{key}={}", ack.msg_id)))
     }
 
     /// A friend request, which is a friendship once both users have asked: the user
@@ -189,9 +227,9 @@ impl Legacy<'_> {
         let friends: Vec<String> = profiles
             .profiles
             .iter()
-            .map(|p| format!("{}:{}", p.user_id, p.name))
+            .map(|p| p.user_id.to_string())
             .collect();
-        Ok(Outcome::ok(friends.join(" ")))
+        Ok(Outcome::ok(format!("friends: {}", friends.join(","))))
     }
 
     async fn create_group(&mut self, name: String, description: String) -> Result<Outcome, Error> {
@@ -202,7 +240,7 @@ impl Legacy<'_> {
             member_ids: Vec::new(),
         });
         match self.call(request).await? {
-            Body::Group(group) => Ok(Outcome::ok(group.group_id)),
+            Body::Group(group) => Ok(Outcome::ok(format!("group_id={}", group.group_id))),
             _ => Err(unexpected()),
         }
     }
@@ -213,8 +251,8 @@ impl Legacy<'_> {
             message: String::new(),
         });
         match self.call(request).await? {
-            Body::Joined(joined) if joined.joined => Ok(Outcome::ok("")),
-            Body::Joined(_) => Ok(Outcome::ok("pending")),
+            Body::Joined(joined) if joined.joined => Ok(Outcome::ok(JOINED)),
+            Body::Joined(_) => Ok(Outcome::ok(JOIN_REQUESTED)),
             _ => Err(unexpected()),
         }
     }

@@ -3,6 +3,17 @@
 
 use std::fmt::Write as _;
 
+/// The first line of every connection, as the original gateway wrote it (its terminal
+/// client recognises `+OK welcome`).
+pub(crate) const WELCOME: &str = "+OK welcome. Commands: REGISTER/LOGIN/SEND/PULL\n";
+/// The reason of the reply to a command that needs a login, before one: the original's
+/// words, which its client shows as they are.
+pub(crate) const NOT_LOGIN: &str = "not login";
+/// The last line of PULL's reply, always (the original client compares it whole).
+pub(crate) const PULL_DONE: &str = "+OK pull_done\n";
+/// The line before [`PULL_DONE`] when messages are left for the next PULL.
+pub(crate) const PULL_MORE: &str = "+OK more: PULL again for the rest\n";
+
 use im_common::ids::ConversationId;
 use im_proto::ChatMessage;
 

@@ -29,10 +29,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::Shared;
 use crate::limit::Bucket;
 use crate::registry::{Conn, Flow, Queued};
 use crate::stats;
+use crate::{LegacyConfig, Shared};
 use line::{Line, Lines};
 use seen::{Seen, Verdict};
 
@@ -42,7 +42,7 @@ const NAME: &str = "legacy";
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts legacy clients until the gateway stops, within the gateway's connection limit.
-pub(crate) async fn accept(shared: Arc<Shared>, listener: TcpListener, max_line: usize) {
+pub(crate) async fn accept(shared: Arc<Shared>, listener: TcpListener, config: LegacyConfig) {
     loop {
         let (stream, peer) = tokio::select! {
             () = shared.stop.cancelled() => return,
@@ -65,8 +65,9 @@ pub(crate) async fn accept(shared: Arc<Shared>, listener: TcpListener, max_line:
         let _ = stream.set_nodelay(true);
         let shared_conn = shared.clone();
         let client = shared.client_addr(peer.ip(), None);
+        let config = config.clone();
         shared.tasks.spawn(async move {
-            serve(shared_conn, stream, max_line, client).await;
+            serve(shared_conn, stream, &config, client).await;
             drop(permit);
         });
     }
@@ -76,22 +77,27 @@ pub(crate) async fn accept(shared: Arc<Shared>, listener: TcpListener, max_line:
 async fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
-    max_line: usize,
+    config: &LegacyConfig,
     client: Option<std::net::IpAddr>,
 ) {
     let conn = Conn::from_client(shared.next_conn_id(), client);
     stats::connections(NAME, 1.0);
+    let login_timeout = config.login_timeout();
     let mut legacy = Legacy {
         bucket: Bucket::new(shared.settings.rate_per_sec, shared.settings.rate_burst),
         shared: &shared,
         conn: &conn,
         stream,
-        lines: Lines::new(max_line),
+        lines: Lines::new(config.max_line.max(1)),
         seen: Seen::default(),
         refused: 0,
         next_id: 1,
+        login_timeout,
+        login_by: Some(Instant::now() + login_timeout),
     };
-    legacy.drive().await;
+    if legacy.write(format::WELCOME.as_bytes(), 1).await.is_ok() {
+        legacy.drive().await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(1), legacy.close()).await;
     drop(legacy);
     crate::connection::release(&shared, &conn).await;
@@ -110,6 +116,10 @@ struct Legacy<'a> {
     refused: u32,
     /// The id of the next request made for this connection.
     next_id: u64,
+    /// How long the connection may stay without a login.
+    login_timeout: Duration,
+    /// When the connection is closed unless it logs in: none while it is logged in.
+    login_by: Option<Instant>,
 }
 
 /// What the loop does after an event.
@@ -128,6 +138,9 @@ impl Legacy<'_> {
         let idle = self.shared.settings.idle_timeout();
         let timer = tokio::time::sleep(idle);
         tokio::pin!(timer);
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let login = tokio::time::sleep_until(self.login_by.unwrap_or(far));
+        tokio::pin!(login);
         loop {
             let step = tokio::select! {
                 biased;
@@ -142,7 +155,20 @@ impl Legacy<'_> {
                     let _ = self.write(format::err(&why).as_bytes(), 1).await;
                     Step::End
                 }
+                () = &mut login, if self.login_by.is_some() => {
+                    let why = format!(
+                        "{}: no login within {} ms",
+                        format::NOT_LOGIN,
+                        self.login_timeout.as_millis()
+                    );
+                    let _ = self.write(format::err(&why).as_bytes(), 1).await;
+                    Step::End
+                }
             };
+            let by = self.login_by.unwrap_or(far);
+            if login.deadline() != by {
+                login.as_mut().reset(by);
+            }
             match step {
                 Step::Continue => {}
                 Step::Alive => timer.as_mut().reset(Instant::now() + idle),
@@ -153,7 +179,6 @@ impl Legacy<'_> {
 
     async fn on_line(&mut self, line: Line) -> Step {
         let reply = match line {
-            Line::Text(text) if text.trim().is_empty() => return Step::Alive,
             Line::Closed => return Step::End,
             Line::Failed(why) => {
                 debug!(conn = self.conn.id, why, "legacy connection failed");
@@ -161,10 +186,14 @@ impl Legacy<'_> {
             }
             line => {
                 stats::frames_in(1);
+                // Empty lines too: they keep a connection alive, so they are not free.
                 if !self.bucket.take() {
                     return self.refuse().await;
                 }
                 self.refused = 0;
+                if matches!(&line, Line::Text(text) if text.trim().is_empty()) {
+                    return Step::Alive;
+                }
                 self.answer(line).await
             }
         };
@@ -176,9 +205,6 @@ impl Legacy<'_> {
             return Step::End;
         }
         self.mark(reply.marks).await;
-        if reply.close {
-            return Step::End;
-        }
         Step::Alive
     }
 

@@ -19,7 +19,7 @@ use super::command::Outcome;
 use super::format;
 
 /// Messages one PULL returns, about (it finishes the page it is on); the rest waits for
-/// the next PULL, and the reply says `more`.
+/// the next PULL, and a `+OK more: …` line before `+OK pull_done` says so.
 const MAX_PULL: usize = 1000;
 /// Bytes of message text one PULL returns, about (the same way).
 const MAX_PULL_BYTES: usize = 1 << 20;
@@ -95,14 +95,13 @@ impl Legacy<'_> {
         for message in &messages {
             outcome.text.push_str(&format::message(message));
         }
-        let count = messages.len();
-        let done = if more {
-            format::ok(format!("{count} more"))
-        } else {
-            format::ok(count)
-        };
-        outcome.text.push_str(&done);
-        outcome.lines = count as u64 + 1;
+        let mut lines = messages.len() as u64 + 1;
+        if more {
+            outcome.text.push_str(format::PULL_MORE);
+            lines += 1;
+        }
+        outcome.text.push_str(format::PULL_DONE);
+        outcome.lines = lines;
         Ok(outcome)
     }
 

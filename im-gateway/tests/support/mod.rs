@@ -126,10 +126,24 @@ impl Cluster {
         settings: Settings,
         max_line: usize,
     ) -> Running {
+        let config = im_gateway::LegacyConfig {
+            max_line,
+            ..im_gateway::LegacyConfig::default()
+        };
+        self.gateway_with_legacy_config(id, settings, config).await
+    }
+
+    /// As [`Cluster::gateway_with_legacy`], with all of the legacy listener's settings.
+    pub async fn gateway_with_legacy_config(
+        &self,
+        id: &str,
+        settings: Settings,
+        config: im_gateway::LegacyConfig,
+    ) -> Running {
         let legacy = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = legacy.local_addr().unwrap();
         let gateway = Gateway::new(id, self.services.clone(), self.bus.clone(), settings)
-            .legacy(legacy, max_line);
+            .legacy(legacy, config);
         let mut running = Running::start(gateway).await;
         running.legacy = Some(addr);
         running
@@ -322,13 +336,21 @@ impl Client {
 
     /// Sends a text frame (a WebSocket client only).
     pub async fn send_text(&mut self, text: &str) {
+        assert!(
+            self.try_send_text(text).await,
+            "the text frame was not sent"
+        );
+    }
+
+    /// Sends a text frame (a WebSocket client only); false when the connection is gone.
+    pub async fn try_send_text(&mut self, text: &str) -> bool {
         let Io::Ws(socket, _) = &mut self.io else {
             panic!("not a WebSocket client")
         };
         socket
             .send(tungstenite::Message::Text(text.into()))
             .await
-            .unwrap();
+            .is_ok()
     }
 
     pub async fn send(&mut self, request: &Request) {

@@ -23,7 +23,15 @@ pub struct Term {
 }
 
 impl Term {
+    /// A new connection, its welcome line read.
     pub async fn connect(addr: SocketAddr) -> Term {
+        let mut term = Term::connect_raw(addr).await;
+        assert_eq!(term.line().await.as_deref(), Some(WELCOME));
+        term
+    }
+
+    /// A new connection, nothing read.
+    pub async fn connect_raw(addr: SocketAddr) -> Term {
         let (read, writer) = TcpStream::connect(addr).await.unwrap().into_split();
         Term {
             reader: BufReader::new(read),
@@ -34,14 +42,21 @@ impl Term {
         }
     }
 
-    /// Registers and logs in `name` on a new connection.
+    /// Registers `name` on a new connection, which REGISTER logs in.
     pub async fn user(addr: SocketAddr, name: &str) -> Term {
         let mut term = Term::connect(addr).await;
         let uid = term.ok(&format!("REGISTER {name} {PASSWORD}")).await;
-        assert_eq!(term.ok(&format!("LOGIN {name} {PASSWORD}")).await, uid);
-        term.uid = uid.parse().unwrap();
+        term.uid = uid_of(&uid);
         term.name = name.to_owned();
         term
+    }
+
+    /// LOGIN as `name`; the uid.
+    pub async fn login(&mut self, name: &str) -> u64 {
+        let uid = uid_of(&self.ok(&format!("LOGIN {name} {PASSWORD}")).await);
+        self.uid = uid;
+        self.name = name.to_owned();
+        uid
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) {
@@ -108,15 +123,21 @@ impl Term {
         line
     }
 
-    /// PULL: its `MSG` lines and its `+OK` detail.
-    pub async fn pull(&mut self) -> (Vec<String>, String) {
+    /// PULL: its `MSG` lines, and whether it said more are left.
+    pub async fn pull(&mut self) -> (Vec<String>, bool) {
         self.send("PULL").await;
         let mut messages = Vec::new();
+        let mut more = false;
         loop {
             let line = self.line().await.expect("PULL's reply");
-            match line.strip_prefix("+OK ") {
-                Some(count) => return (messages, count.to_owned()),
-                None => messages.push(line),
+            match line.as_str() {
+                "+OK pull_done" => return (messages, more),
+                "+OK more: PULL again for the rest" if !more => more = true,
+                _ => {
+                    assert!(line.starts_with("MSG "), "{line}");
+                    assert!(!more, "a MSG line after the more line: {line}");
+                    messages.push(line);
+                }
             }
         }
     }
@@ -129,6 +150,17 @@ impl Term {
         }
         seen
     }
+}
+
+/// The `+OK welcome` line every connection starts with, as the original gateway wrote it.
+pub const WELCOME: &str = "+OK welcome. Commands: REGISTER/LOGIN/SEND/PULL";
+
+/// The uid of a `uid=<uid>` detail.
+pub fn uid_of(detail: &str) -> u64 {
+    detail
+        .strip_prefix("uid=")
+        .and_then(|uid| uid.parse().ok())
+        .unwrap_or_else(|| panic!("not uid=<uid>: {detail}"))
 }
 
 /// The `key=` field of a `MSG` line (`text` is the rest of the line).
