@@ -248,18 +248,26 @@ impl<T: Transport> Driver<'_, T> {
         if form != Form::Frame {
             self.conn.set_json(form == Form::Json);
         }
-        let request = match wire::decode(form, &bytes) {
-            Ok(request) => request,
+        // Every frame takes a token, a well-formed request or not: undecodable frames cost
+        // the gateway as much to answer.
+        let decoded = wire::decode(form, &bytes);
+        if !self.bucket.take() {
+            let id = decoded.as_ref().map_or(0, |request| request.id);
+            return self.refuse(id).await;
+        }
+        self.refused = 0;
+        match decoded {
+            Ok(request) => Ok(Some((form, request))),
             Err(err) => {
                 let error = wire::error(Code::InvalidArgument, err.to_string(), false);
                 self.fail(0, error).await?;
-                return Ok(None);
+                Ok(None)
             }
-        };
-        if self.bucket.take() {
-            self.refused = 0;
-            return Ok(Some((form, request)));
         }
+    }
+
+    /// A frame over the rate limit: an error reply, and the close after too many in a row.
+    async fn refuse(&mut self, id: u64) -> Result<Option<(Form, Request)>, End> {
         stats::rate_limited();
         self.refused += 1;
         let error = wire::error(
@@ -270,7 +278,7 @@ impl<T: Transport> Driver<'_, T> {
             ),
             true,
         );
-        self.fail(request.id, error).await?;
+        self.fail(id, error).await?;
         if self.refused > self.shared.settings.max_rate_limited {
             return Err(End::Done);
         }

@@ -248,6 +248,54 @@ async fn a_flood_is_limited_then_closed() {
 }
 
 #[tokio::test]
+async fn a_flood_of_undecodable_frames_is_limited_then_closed() {
+    let limited = Settings {
+        rate_per_sec: 5,
+        rate_burst: 10,
+        max_rate_limited: 20,
+        ..settings()
+    };
+    let (cluster, gateway, mut pair) = setup(limited).await;
+    for form in ["frames", "JSON over WebSocket"] {
+        let mut flood = if form == "frames" {
+            Client::tcp(gateway.tcp).await
+        } else {
+            Client::ws(gateway.ws, true).await
+        };
+        // One frame, then its answer, until the gateway closes: nothing is left unread
+        // when it does.
+        let mut codes = Vec::new();
+        for _ in 0..200 {
+            if form == "frames" {
+                flood.send_raw(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await;
+            } else if !flood.try_send_text("{not json").await {
+                break;
+            }
+            match flood.next().await {
+                Some(reply) => codes.push(error_of(&reply).0),
+                None => break,
+            }
+        }
+        // The burst (and what the rate refills meanwhile) is answered as bad input; the rest
+        // as over the limit, until the connection is closed well before the 200th frame.
+        let bad = codes
+            .iter()
+            .filter(|c| **c == Code::InvalidArgument)
+            .count();
+        let refused = codes
+            .iter()
+            .filter(|c| **c == Code::ResourceExhausted)
+            .count();
+        assert!((10..20).contains(&bad), "{form}: {bad} answered: {codes:?}");
+        assert_eq!(refused, 21, "{form}: {codes:?}");
+        assert_eq!(bad + refused, codes.len(), "{form}: {codes:?}");
+    }
+    pair.chat().await;
+    gateway.stopped().await;
+    cluster.close().await;
+}
+
+#[tokio::test]
 async fn a_client_that_never_reads_is_disconnected() {
     let small_queue = Settings {
         max_queued: 8,
