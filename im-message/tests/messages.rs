@@ -1,22 +1,28 @@
 //! The message service on SQLite and MariaDB: acks, seqs, idempotency, sync, read cursors,
-//! recall and edit, permissions, fan-out, restarts.
+//! recall and edit, permissions, fan-out, restarts with sends in flight.
 
 mod support;
 
 use im_common::on_both;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use im_common::bus::{Bus, ReadFrom, delivery_stream};
+use im_common::identity::ServiceIdentity;
 use im_common::proto::{
-    Delivery, EditRequest, Empty, MarkReadRequest, MessageKind, RecallRequest, Route,
-    SendGroupRequest, SendRequest, SyncRequest,
+    ChatMessage, Delivery, EditRequest, Empty, MarkReadRequest, MessageKind, MessageServiceClient,
+    RecallRequest, Route, SendAck, SendGroupRequest, SendRequest, SyncRequest,
 };
 use im_common::store::Sql;
+use im_message::Messages;
 use mprpc::Code;
 use prost::Message as _;
 use support::*;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
 
 fn send(to: u64, id: &str, body: &str) -> SendRequest {
     SendRequest {
@@ -687,37 +693,198 @@ on_both!(
     a_group_message_is_one_row_and_one_entry_per_gateway
 );
 
+/// Senders running at once while the service restarts under them.
+const SENDERS: usize = 6;
+/// Sends per sender, each resent with its client_msg_id until acknowledged.
+const SENDS: usize = 40;
+/// Restarts in a run, spread over it: each waits for another share of the acks.
+const RESTARTS: usize = 3;
+
+/// One life of the message service: a handler of its own, served over TCP until stopped.
+struct Life {
+    client: MessageServiceClient,
+    stop: oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Life {
+    async fn start(sql: &Sql, bus: &Bus) -> Life {
+        let messages = Messages::new(sql.clone(), bus.clone(), settings());
+        // No grace: calls in flight when it stops are cut off, as a crash would.
+        let server = im_message::builder(messages)
+            .grace_period(Duration::ZERO)
+            .build();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        // The server, and with it the handler and its committers, is dropped when this ends.
+        let serving = tokio::spawn(async move {
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            server.serve(listener, stopped).await.unwrap();
+        });
+        let client = mprpc::Client::builder()
+            .intercept(ServiceIdentity::new("gateway"))
+            .timeout(Some(Duration::from_secs(10)))
+            .connect_lazy(addr.to_string());
+        Life {
+            client: MessageServiceClient::new(client),
+            stop,
+            serving,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.serving.await.unwrap();
+    }
+}
+
+/// What a sender sees of the restarts: the life to send to (its number and a client),
+/// how many lives were told to stop, and the count of acks the restarts are paced by.
+#[derive(Clone)]
+struct Restarts {
+    lives: watch::Receiver<(usize, MessageServiceClient)>,
+    stopped: Arc<AtomicUsize>,
+    acked: Arc<watch::Sender<usize>>,
+}
+
+/// Sends `ids` from `from` to `to` in turn; a send that fails because its life stopped is
+/// resent, with the same client_msg_id, to the next. Returns the acks by client_msg_id and
+/// how many sends failed.
+async fn send_through_restarts(
+    mut restarts: Restarts,
+    from: u64,
+    to: u64,
+    ids: Vec<String>,
+) -> (Vec<(String, SendAck)>, usize) {
+    let mut acks = Vec::new();
+    let mut failed = 0;
+    for id in ids {
+        loop {
+            let (life, client) = restarts.lives.borrow_and_update().clone();
+            match client
+                .send_with(&send(to, &id, "kept"), &as_user(from))
+                .await
+            {
+                Ok(ack) => {
+                    acks.push((id, ack));
+                    restarts.acked.send_modify(|n| *n += 1);
+                    break;
+                }
+                Err(err) => {
+                    assert!(
+                        restarts.stopped.load(Ordering::SeqCst) > life,
+                        "{id} failed while its service was up: {err}"
+                    );
+                    failed += 1;
+                    // Told to stop, so a next life is coming.
+                    restarts.lives.changed().await.unwrap();
+                }
+            }
+        }
+    }
+    (acks, failed)
+}
+
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took over a minute"))
+}
+
 async fn a_restart_loses_nothing_acknowledged(sql: Sql) {
     let (a, b) = pair(&sql).await;
+    let c = add_user(&sql, "carol").await;
+    befriend(&sql, a, c).await;
     let bus = Bus::in_process();
-    let mut acked = Vec::new();
-    for round in 0..3 {
-        let (server, client) = service(&sql, &bus, settings());
-        let mut sends = Vec::new();
-        for n in 0..20 {
-            let client = client.clone();
-            sends.push(tokio::spawn(async move {
-                client
-                    .send_with(&send(b, &format!("r{round}-{n}"), "kept"), &as_user(a))
-                    .await
-            }));
-        }
-        for send in sends {
-            acked.push(send.await.unwrap().unwrap());
-        }
-        drop((server, client)); // the service goes away; a new one takes over
+    let mut life = Life::start(&sql, &bus).await;
+    let (next_life, lives) = watch::channel((0, life.client.clone()));
+    let (acked, mut acks_so_far) = watch::channel(0);
+    let restarts = Restarts {
+        lives,
+        stopped: Arc::default(),
+        acked: Arc::new(acked),
+    };
+    let mut senders = Vec::new();
+    for sender in 0..SENDERS {
+        // Both ways in a–b and one way in a–c: two conversations, several writers each.
+        let (from, to) = [(a, b), (b, a), (a, c)][sender % 3];
+        let ids = (0..SENDS).map(|n| format!("s{sender}-{n}")).collect();
+        let sending = send_through_restarts(restarts.clone(), from, to, ids);
+        senders.push(tokio::spawn(sending));
     }
-    let (_server, client) = service(&sql, &bus, settings());
-    let stored = client
-        .sync_with(&sync(&acked[0].conversation_id, 0, 500), &as_user(b))
-        .await
-        .unwrap()
-        .messages;
-    let stored: BTreeSet<u64> = stored.iter().map(|m| m.msg_id).collect();
-    assert!(acked.iter().all(|ack| stored.contains(&ack.msg_id)));
-    assert_eq!(stored.len(), 60);
+    for restart in 1..=RESTARTS {
+        // Part way through, with every sender still sending.
+        let share = restart * SENDERS * SENDS / (RESTARTS + 1);
+        within("acks", acks_so_far.wait_for(|n| *n >= share))
+            .await
+            .unwrap();
+        // Counted before the stop, so every failure it causes sees it.
+        restarts.stopped.fetch_add(1, Ordering::SeqCst);
+        life.stop().await;
+        life = Life::start(&sql, &bus).await;
+        next_life.send_replace((restart, life.client.clone()));
+    }
+    let mut acks = Vec::new();
+    let mut failed = 0;
+    for sender in senders {
+        let (theirs, their_failures) = within("a sender", sender).await.unwrap();
+        acks.extend(theirs);
+        failed += their_failures;
+    }
+    assert!(failed > 0, "no send was in flight at a restart");
+    assert_eq!(acks.len(), SENDERS * SENDS);
+    assert_stored_once(&life.client, a, &acks).await;
 }
 on_both!(restart, a_restart_loses_nothing_acknowledged);
+
+/// Every acknowledged send is stored once, as acknowledged, and nothing else is: each
+/// conversation holds seqs 1..n for its n acks.
+async fn assert_stored_once(
+    client: &MessageServiceClient,
+    reader: u64,
+    acks: &[(String, SendAck)],
+) {
+    let mut by_conversation: BTreeMap<&str, Vec<(&str, &SendAck)>> = BTreeMap::new();
+    for (id, ack) in acks {
+        by_conversation
+            .entry(&ack.conversation_id)
+            .or_default()
+            .push((id, ack));
+    }
+    assert_eq!(by_conversation.len(), 2);
+    for (conv, acks) in by_conversation {
+        let page = client
+            .sync_with(&sync(conv, 0, 500), &as_user(reader))
+            .await
+            .unwrap();
+        assert!(!page.has_more);
+        let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=acks.len() as u64).collect::<Vec<_>>(),
+            "{conv}: seqs 1..n for n acks"
+        );
+        let stored: BTreeMap<&str, &ChatMessage> = page
+            .messages
+            .iter()
+            .map(|m| (m.client_msg_id.as_str(), m))
+            .collect();
+        assert_eq!(
+            stored.len(),
+            page.messages.len(),
+            "{conv}: a send stored twice"
+        );
+        for (id, ack) in acks {
+            let message = stored
+                .get(id)
+                .unwrap_or_else(|| panic!("{conv}: acknowledged {id} lost"));
+            assert_eq!((message.msg_id, message.seq), (ack.msg_id, ack.seq), "{id}");
+        }
+    }
+}
 
 async fn a_flushed_redis_loses_no_seq(sql: Sql) {
     let (a, b) = pair(&sql).await;
