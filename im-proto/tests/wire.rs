@@ -139,3 +139,23 @@ fn json_is_the_protobuf_mapping() {
     );
     assert!(serde_json::from_str::<Request>(r#"{"id":1,"ping":{},"bogus":1}"#).is_err());
 }
+
+#[test]
+fn json_errors_say_expected_once() {
+    let err = serde_json::from_str::<Request>(r#"{"id":"1","login":{"deviceKind":9}}"#)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "invalid value: integer `9`, expected one of: [\"DEVICE_KIND_UNSPECIFIED\", \
+         \"DESKTOP\", \"MOBILE\", \"WEB\", \"TERMINAL\"] at line 1 column 33"
+    );
+    let err = serde_json::from_str::<Request>(r#"{"id":"1","login":{"deviceKind":true}}"#)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "invalid type: boolean `true`, expected one of: [\"DEVICE_KIND_UNSPECIFIED\", \
+         \"DESKTOP\", \"MOBILE\", \"WEB\", \"TERMINAL\"] at line 1 column 36"
+    );
+}
