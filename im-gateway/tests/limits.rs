@@ -1,19 +1,16 @@
-//! Timeouts, presence pushes and the memory an idle connection costs.
+//! Timeouts, presence pushes and the connection limit. The memory an idle connection costs
+//! is measured in `idle_memory.rs`, a process of its own.
 
 mod support;
 
 use std::time::Duration;
 
-use bytes::BytesMut;
 use im_common::bus::Bus;
 use im_gateway::Settings;
 use im_proto::client::request::Command;
 use im_proto::client::server_message::Body;
-use im_proto::client::{Code, Login, Ping, Request, ServerMessage};
-use prost::Message as _;
+use im_proto::client::{Code, Ping, Request};
 use support::*;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn an_idle_connection_is_closed_and_a_pinging_one_is_not() {
@@ -123,76 +120,4 @@ async fn connections_beyond_the_limit_wait_or_are_refused() {
     assert!(matches!(pong.body, Some(Body::Pong(_))), "{pong:?}");
     gateway.stopped().await;
     cluster.close().await;
-}
-
-/// Connections this test holds open, logged in and idle.
-const IDLE: usize = 2000;
-
-/// Resident memory of this process, in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-async fn call(stream: &mut TcpStream, command: Command) -> ServerMessage {
-    let request = Request {
-        id: 1,
-        command: Some(command),
-    };
-    stream
-        .write_all(&im_proto::codec::frame(&request))
-        .await
-        .unwrap();
-    let mut buf = BytesMut::new();
-    loop {
-        if let Some(frame) = im_proto::codec::read_frame(&mut buf, usize::MAX).unwrap() {
-            return ServerMessage::decode(frame).unwrap();
-        }
-        assert!(stream.read_buf(&mut buf).await.unwrap() > 0, "closed");
-    }
-}
-
-/// The gateway's side of an idle, authenticated TCP connection stays within 8 KiB (this
-/// measures the test's clients too, whose sockets are small next to it). One user logs in
-/// on every connection with a token, which skips a password hash per connection and costs
-/// the gateway the same per connection.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_connections_are_small() {
-    let cluster = Cluster::start(Bus::in_process(), false).await;
-    let gateway = cluster.gateway("gw-idle-memory", settings()).await;
-    let mut first = Client::tcp(gateway.tcp).await;
-    let token = first.register_login(&name("idle"), "d").await.token;
-    let warm = connect(&gateway, &token, 100).await;
-    let before = rss_kib();
-    let idle = connect(&gateway, &token, IDLE).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = rss_kib();
-    let per_connection = (after.saturating_sub(before)) * 1024 / (idle.len() as u64);
-    eprintln!("{per_connection} bytes per idle connection ({before} KiB → {after} KiB)");
-    assert!(
-        per_connection <= 8 * 1024,
-        "{per_connection} bytes per idle connection"
-    );
-    drop((warm, idle));
-    gateway.stopped().await;
-    cluster.close().await;
-}
-
-async fn connect(gateway: &Running, token: &str, n: usize) -> Vec<TcpStream> {
-    let mut streams = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut stream = TcpStream::connect(gateway.tcp).await.unwrap();
-        let reply = call(
-            &mut stream,
-            Command::Login(Login {
-                token: token.to_owned(),
-                ..Login::default()
-            }),
-        )
-        .await;
-        assert!(matches!(reply.body, Some(Body::Session(_))), "{reply:?}");
-        streams.push(stream);
-    }
-    streams
 }
