@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::client::Endpoint;
+use crate::endpoint::Endpoint;
 
 /// What a picker knows about one attempt.
 #[derive(Debug, Clone, Copy, Default)]

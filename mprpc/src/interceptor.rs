@@ -29,8 +29,8 @@
 //! # drop(server);
 //! ```
 
-use crate::client::Method;
 use crate::frame::Text;
+use crate::method::Method;
 use crate::service::Context;
 use crate::status::Status;
 

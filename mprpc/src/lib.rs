@@ -94,27 +94,36 @@
 //! - [`status`]: the closed set of wire [`Code`]s and [`Status`];
 //! - [`service`]: the [`Service`] trait generated routers implement, and the call
 //!   [`Context`] (metadata, deadline, peer, values attached by interceptors);
+//! - `method`: [`Method`], the name of one rpc, shared by the client, its interceptors and
+//!   both transports;
 //! - [`interceptor`]: [`Interceptor`] (server, before each handler) and
 //!   [`ClientInterceptor`] (client, before each call);
 //! - [`server`]: accept loop, limits, eviction at the connection limit, graceful shutdown;
 //!   `server::connection` serves one connection, `server::call` starts one call for any
 //!   transport (routing, interceptors, deadline, panics, metrics);
-//! - `client`: [`Client`], [`ClientBuilder`], [`CallOptions`]; inside it `endpoint`
-//!   (one instance's transport, load and health), `pool` (connections per endpoint),
-//!   `connection` (one multiplexed connection), `local` (the in-process transport) and
+//! - `client`: [`Client`] and the call pipeline (interceptors, picking, retries); inside it
+//!   `builder` ([`ClientBuilder`], [`ClientConfig`]), `options` ([`CallOptions`]) and
 //!   `retry` (what is resent, and the retry budget);
+//! - `endpoint`: [`Endpoint`], one instance as a client sees it (transport, load, health)
+//!   and one attempt on it; inside it `pool` (connections per endpoint), `connection` (one
+//!   multiplexed connection) and `local` (the in-process transport);
 //! - `transport`: the batching writer and the draining reader both ends share;
 //! - [`tls`]: certificates, the server's and the client's TLS configuration, and the
 //!   verified [`PeerIdentity`](tls::PeerIdentity) of a caller; `server::handshake`
 //!   bounds and counts the server's handshakes;
 //! - [`error`]: the client's [`Error`];
 //! - [`discovery`]: where instances are found ([`discovery::Static`],
-//!   [`discovery::InProcess`], [`zookeeper`]); [`balance`] picks one per call;
+//!   [`discovery::InProcess`], [`zookeeper`]); [`balance`] picks an [`Endpoint`] per
+//!   attempt;
 //! - [`health`]: the built-in `mprpc.health.Health` service;
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint;
 //! - [`memory`]: giving freed heap memory back after a wave of connections closes;
 //! - `backoff` and `random`: the one doubling delay and the one random source every part
 //!   uses.
+//!
+//! Dependencies run one way: `client` uses `balance`, `interceptor` and `endpoint`;
+//! `balance` uses `endpoint`; `interceptor` and `endpoint` use `method`; none of them uses
+//! `client`.
 //!
 //! The wire protocol follows, as specified in `docs/protocol.md`.
 //!
@@ -128,12 +137,14 @@ mod backoff;
 pub mod balance;
 mod client;
 pub mod discovery;
+mod endpoint;
 pub mod error;
 pub mod frame;
 mod hash;
 pub mod health;
 pub mod interceptor;
 pub mod memory;
+mod method;
 pub mod metrics;
 mod random;
 pub mod server;
@@ -143,10 +154,12 @@ pub mod tls;
 mod transport;
 pub mod zookeeper;
 
-pub use client::{CallOptions, Client, ClientBuilder, Config as ClientConfig, Endpoint, Method};
+pub use client::{CallOptions, Client, ClientBuilder, Config as ClientConfig};
+pub use endpoint::Endpoint;
 pub use error::Error;
 pub use frame::{Codec, Header, Text};
 pub use interceptor::{ClientInterceptor, Interceptor};
+pub use method::Method;
 pub use server::{ServeError, Server, ServerBuilder};
 pub use service::{BoxFuture, Context, Service, TRACE_ID};
 pub use status::{Code, Status};

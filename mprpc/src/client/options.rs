@@ -1,4 +1,4 @@
-//! Per-call settings ([`CallOptions`]) and the name of a method ([`Method`]).
+//! Per-call settings: [`CallOptions`].
 
 use std::time::Duration;
 
@@ -102,28 +102,6 @@ impl From<&Context> for CallOptions {
             options.metadata.push((key.clone(), value.clone()));
         }
         options
-    }
-}
-
-/// Names one rpc; generated clients hold one per method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Method {
-    /// Fully qualified service name, e.g. `"example.Echo"`.
-    pub service: &'static str,
-    /// Method name as in the `.proto`, e.g. `"Echo"`.
-    pub name: &'static str,
-    /// Whether running it twice is harmless (`option idempotency_level = IDEMPOTENT`).
-    pub idempotent: bool,
-}
-
-impl Method {
-    /// A method that is not idempotent.
-    pub const fn new(service: &'static str, name: &'static str) -> Method {
-        Method {
-            service,
-            name,
-            idempotent: false,
-        }
     }
 }
 

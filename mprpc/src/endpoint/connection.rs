@@ -12,10 +12,10 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Duration;
 use tracing::debug;
 
-use crate::client::Method;
 use crate::error::Error;
 use crate::frame::{Deferred, Frame, FrameError, Header, Kind, Text};
 use crate::hash::FastMap;
+use crate::method::Method;
 use crate::transport::{self, FrameReader, Outbound, Readable};
 
 const WRITE_QUEUE: usize = 1024;

@@ -6,9 +6,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use tokio::time::Instant;
 
-use super::Method;
 use crate::error::Error;
 use crate::frame::Text;
+use crate::method::Method;
 use crate::server::{Incoming, Server};
 
 /// The peer address handlers see for in-process calls.

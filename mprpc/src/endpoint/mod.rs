@@ -1,5 +1,17 @@
 //! One instance as a client sees it: how calls reach it (a connection pool, or a server in
 //! this process), its load (calls in flight) and its health (outlier ejection).
+//!
+//! The client's balancer picks an [`Endpoint`]; the endpoint carries the attempt.
+//!
+//! # Layout
+//! - this module: [`Endpoint`], its [`Transport`] and health record, and one attempt on it;
+//! - `pool`: N lazily dialled connections per endpoint, redialled with backoff;
+//! - `connection`: one multiplexed connection and its keepalive;
+//! - `local`: the in-process transport.
+
+mod connection;
+mod local;
+pub(crate) mod pool;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -7,12 +19,14 @@ use std::sync::{Arc, OnceLock};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::pool::{self, Pool};
 use crate::backoff::Backoff;
 use crate::discovery::Instance;
 use crate::error::Error;
+use crate::frame::Text;
+use crate::method::Method;
 use crate::server::Server;
-use crate::status::Code;
+use crate::status::{Code, Status};
+use pool::Pool;
 
 /// When an instance is taken out of picking: after `after` consecutive failures, for
 /// delays from `backoff` (doubling per ejection in a row).
@@ -170,14 +184,64 @@ impl Endpoint {
         until == 0 || now_ms() >= until
     }
 
-    pub(crate) fn transport(&self) -> &Transport {
-        &self.transport
-    }
-
+    /// Counts one attempt in the endpoint's load until the returned guard drops.
     pub(crate) fn start_call(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.attempts.fetch_add(1, Ordering::Relaxed);
         InFlight(&self.in_flight)
+    }
+
+    /// One attempt of a call on this endpoint, counted in its load while it runs.
+    ///
+    /// # Errors
+    /// As [`Client::unary`](crate::Client::unary); the caller records the outcome.
+    pub(crate) async fn call<Req, Resp>(
+        &self,
+        method: &Method,
+        request: &Req,
+        metadata: &[(Text, Text)],
+        deadline: Option<Instant>,
+    ) -> Result<Resp, Error>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
+        let _in_flight = self.start_call();
+        let pool = match &self.transport {
+            Transport::Tcp(pool) => pool,
+            Transport::Local(server) => {
+                return local::call(server, method, request, metadata.to_vec(), deadline).await;
+            }
+        };
+        let conn = pool.get().await?;
+        let timeout_us = deadline.map_or(0, |d| {
+            d.saturating_duration_since(Instant::now())
+                .as_micros()
+                .clamp(1, u64::MAX as u128) as u64
+        });
+        let frame = conn
+            .call(method, timeout_us, metadata.to_vec(), request)
+            .await?;
+        if frame.header.status != Code::Ok {
+            let status = Status::new(frame.header.status, frame.header.message.as_str());
+            return Err(Error::Status(status));
+        }
+        Resp::decode(frame.body).map_err(Error::Decode)
+    }
+
+    /// Sends a PING over one of the endpoint's connections and waits for the PONG; a
+    /// server in this process is always there.
+    ///
+    /// # Errors
+    /// As [`Client::ping`](crate::Client::ping); the caller records the outcome.
+    pub(crate) async fn ping(&self) -> Result<(), Error> {
+        match &self.transport {
+            Transport::Tcp(pool) => match pool.get().await {
+                Ok(conn) => conn.ping().await,
+                Err(err) => Err(err),
+            },
+            Transport::Local(_) => Ok(()),
+        }
     }
 
     /// Updates the health record with one call's outcome.
