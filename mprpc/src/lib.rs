@@ -99,7 +99,8 @@
 //! - [`interceptor`]: [`Interceptor`] (server, before each handler) and
 //!   [`ClientInterceptor`] (client, before each call);
 //! - [`server`]: accept loop, limits, eviction at the connection limit, graceful shutdown;
-//!   `server::connection` serves one connection, `server::call` starts one call for any
+//!   `server::connection` serves one connection (its timer in `server::clock`, its
+//!   unwritten response bytes in `server::queued`), `server::call` starts one call for any
 //!   transport (routing, interceptors, deadline, panics, metrics);
 //! - `client`: [`Client`] and the call pipeline (interceptors, picking, retries); inside it
 //!   `builder` ([`ClientBuilder`], [`ClientConfig`]), `options` ([`CallOptions`]) and

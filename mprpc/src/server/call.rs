@@ -15,7 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tracing::{Level, Span, error, info_span};
 
-use super::Shared;
+use super::{Route, Shared};
 use crate::frame::Text;
 use crate::metrics::MethodMetrics;
 use crate::service::{BoxFuture, CallResult, Context, Extensions};
@@ -43,6 +43,24 @@ pub(crate) struct Incoming {
     pub(crate) received: Instant,
 }
 
+impl Incoming {
+    /// The handler's view of the request, and its body.
+    fn into_context(self) -> (Context, Bytes) {
+        let ctx = Context {
+            request_id: self.request_id,
+            service: self.service,
+            method: self.method,
+            deadline: self.deadline,
+            peer: self.peer,
+            metadata: self.metadata,
+            extensions: Extensions::default(),
+            peer_identity: self.peer_identity,
+            local: self.local,
+        };
+        (ctx, self.body)
+    }
+}
+
 impl Shared {
     /// Starts a call, or answers why it was refused without running: unknown service or
     /// method, draining, deadline already spent, overload, or an interceptor's refusal.
@@ -52,100 +70,40 @@ impl Shared {
         incoming: Incoming,
         draining: bool,
     ) -> Result<Running, Status> {
-        let Incoming {
-            request_id,
-            service,
-            method,
-            deadline,
-            metadata,
-            peer,
-            peer_identity,
-            local,
-            body,
-            received,
-        } = incoming;
+        let received = incoming.received;
         // `as_str` checks UTF-8 each time: once per name and call.
-        let (service_name, method_name) = (service.as_str(), method.as_str());
-        let Some(route) = self.routes.get(service_name) else {
-            let status = Status::unimplemented(format!("unknown service {service}"));
+        let Some(route) = self.routes.get(incoming.service.as_str()) else {
+            let status = Status::unimplemented(format!("unknown service {}", incoming.service));
             self.unrouted.record(status.code(), received.elapsed());
             return Err(status);
         };
-        let (declared, metrics) = route.lookup(method_name);
-        let refuse = |status: Status| {
-            metrics.record(status.code(), received.elapsed());
-            Err(status)
-        };
+        let (declared, metrics) = route.lookup(incoming.method.as_str());
+        self.admit(route, declared, metrics, incoming, draining)
+            .inspect_err(|status| metrics.record(status.code(), received.elapsed()))
+    }
+
+    /// The steps of [`Shared::start`] once the call is routed, in order; the first that
+    /// refuses the call ends it.
+    fn admit(
+        &self,
+        route: &Route,
+        declared: Option<&'static str>,
+        metrics: &Arc<MethodMetrics>,
+        incoming: Incoming,
+        draining: bool,
+    ) -> Result<Running, Status> {
         let health = route.health;
-        if draining && !health {
-            return refuse(Status::unavailable("server is shutting down"));
-        }
-        if self.queued.load(Ordering::Relaxed) > self.config.max_queued_bytes {
-            return refuse(Status::resource_exhausted(
-                "server overloaded: responses queued",
-            ));
-        }
-        let mut ctx = Context {
-            request_id,
-            service,
-            method,
-            deadline,
-            peer,
-            metadata,
-            extensions: Extensions::default(),
-            peer_identity,
-            local,
-        };
-        // Built only when someone listens: a disabled span still costs a few hundred
-        // instructions per call, a tenth of a call's whole cost.
-        // `level_enabled!` is one atomic load; `enabled!` asks the subscriber.
-        let span = if tracing::level_enabled!(Level::INFO) && tracing::enabled!(Level::INFO) {
-            let span = info_span!(
-                "rpc",
-                service = %ctx.service,
-                method = %ctx.method,
-                %peer,
-                id = request_id,
-                trace_id = tracing::field::Empty,
-            );
-            if let Some(trace) = ctx.trace_id() {
-                span.record("trace_id", trace);
-            }
-            span
-        } else {
-            Span::none()
-        };
+        self.accepting(draining, health)?;
+        let (deadline, received) = (incoming.deadline, incoming.received);
+        let (mut ctx, body) = incoming.into_context();
+        let span = span(&ctx);
         if !health {
-            for interceptor in self.interceptors.iter() {
-                if let Err(status) = interceptor.intercept(&mut ctx) {
-                    return refuse(status);
-                }
-            }
+            self.intercept(&mut ctx)?;
         }
-        // Checked after the interceptors, the last moment before the handler would start
-        // (without interceptors that is when the request was read: no clock read needed).
-        let now = if self.interceptors.is_empty() || health {
-            received
-        } else {
-            Instant::now()
-        };
-        if deadline.is_some_and(|d| d <= now) {
-            return refuse(Status::deadline_exceeded(
-                "deadline passed before the call started",
-            ));
-        }
-        // The declared name is `'static` and checked already; only a method the service
-        // does not list needs its name copied out of the context.
-        let undeclared = declared.is_none().then(|| ctx.method.clone());
-        let name = declared.unwrap_or_else(|| undeclared.as_ref().map_or("", |m| m.as_str()));
-        let Some(handler) = route.service.call(name, ctx, body) else {
-            return refuse(Status::unimplemented(format!(
-                "unknown method {name} on service {}",
-                route.service.name()
-            )));
-        };
+        self.in_time(deadline, received, health)?;
+        let handler = dispatch(route, declared, ctx, body)?;
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            return refuse(Status::resource_exhausted(
+            return Err(Status::resource_exhausted(
                 "server overloaded: calls in flight",
             ));
         };
@@ -159,6 +117,90 @@ impl Shared {
             permit: Some(permit),
         })
     }
+
+    /// Refuses new calls while the server drains (health checks excepted) and while too
+    /// many response bytes wait to be written.
+    fn accepting(&self, draining: bool, health: bool) -> Result<(), Status> {
+        if draining && !health {
+            return Err(Status::unavailable("server is shutting down"));
+        }
+        if self.queued.load(Ordering::Relaxed) > self.config.max_queued_bytes {
+            return Err(Status::resource_exhausted(
+                "server overloaded: responses queued",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs the interceptors in the order added; the first refusal refuses the call.
+    fn intercept(&self, ctx: &mut Context) -> Result<(), Status> {
+        for interceptor in self.interceptors.iter() {
+            interceptor.intercept(ctx)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a call whose deadline passed before its handler could start.
+    fn in_time(
+        &self,
+        deadline: Option<Instant>,
+        received: Instant,
+        health: bool,
+    ) -> Result<(), Status> {
+        // Checked after the interceptors, the last moment before the handler would start
+        // (without interceptors that is when the request was read: no clock read needed).
+        let now = if self.interceptors.is_empty() || health {
+            received
+        } else {
+            Instant::now()
+        };
+        if deadline.is_some_and(|d| d <= now) {
+            return Err(Status::deadline_exceeded(
+                "deadline passed before the call started",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The call's tracing span, built only when someone listens: a disabled span still costs a
+/// few hundred instructions per call, a tenth of a call's whole cost.
+fn span(ctx: &Context) -> Span {
+    // `level_enabled!` is one atomic load; `enabled!` asks the subscriber.
+    if !(tracing::level_enabled!(Level::INFO) && tracing::enabled!(Level::INFO)) {
+        return Span::none();
+    }
+    let span = info_span!(
+        "rpc",
+        service = %ctx.service,
+        method = %ctx.method,
+        peer = %ctx.peer,
+        id = ctx.request_id,
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(trace) = ctx.trace_id() {
+        span.record("trace_id", trace);
+    }
+    span
+}
+
+/// The handler future of the method the call names, or `UNIMPLEMENTED`.
+fn dispatch(
+    route: &Route,
+    declared: Option<&'static str>,
+    ctx: Context,
+    body: Bytes,
+) -> Result<BoxFuture<CallResult>, Status> {
+    // The declared name is `'static` and checked already; only a method the service
+    // does not list needs its name copied out of the context.
+    let undeclared = declared.is_none().then(|| ctx.method.clone());
+    let name = declared.unwrap_or_else(|| undeclared.as_ref().map_or("", |m| m.as_str()));
+    route.service.call(name, ctx, body).ok_or_else(|| {
+        Status::unimplemented(format!(
+            "unknown method {name} on service {}",
+            route.service.name()
+        ))
+    })
 }
 
 /// A started call. Resolves to what the caller is sent: the handler's result, `INTERNAL`

@@ -2,20 +2,23 @@
 //! enforces the protocol and the connection's limits, and drains on shutdown.
 
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 use metrics::Gauge;
 use tokio::io::AsyncWrite;
-use tokio::sync::{Notify, mpsc};
-use tokio::task::{AbortHandle, JoinSet};
-use tokio::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinError, JoinHandle, JoinSet};
+use tokio::time::{Duration, Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::call::{Incoming, Running};
+use super::clock::{Clock, Tick};
+use super::queued::{Queued, queue, released};
 use super::{Shared, Slot};
 use crate::frame::{Frame, FrameError, Kind};
 use crate::hash::FastMap;
@@ -25,10 +28,6 @@ use crate::transport::{self, FrameReader, Outbound, Readable};
 
 /// Frames queued for the writer before senders wait.
 const WRITE_QUEUE: usize = 1024;
-
-/// How long a connection stays open after a graceful `GOAWAY` once its calls are done, so
-/// that requests already on the wire are answered `UNAVAILABLE` instead of lost.
-pub(super) const LINGER: Duration = Duration::from_secs(1);
 
 /// Counts a spawned call in `mprpc_server_in_flight` until it ends, however it ends.
 struct InFlightGauge(Gauge);
@@ -46,92 +45,7 @@ impl Drop for InFlightGauge {
     }
 }
 
-/// Response bytes a connection has queued and not yet written; past its cap the connection
-/// stops reading until the writer catches up.
-struct Queued {
-    bytes: AtomicUsize,
-    cap: usize,
-    drained: Notify,
-}
-
-impl Queued {
-    fn is_full(&self) -> bool {
-        self.bytes.load(Ordering::Relaxed) > self.cap
-    }
-}
-
-/// The connection's one timer: the handshake timeout until a first frame, then an idle
-/// check once per idle period (rather than a timer re-armed per frame), and after a
-/// graceful `GOAWAY` the linger.
-#[derive(Debug)]
-struct Clock {
-    opened: Instant,
-    handshake: Option<Duration>,
-    idle: Option<Duration>,
-    /// A complete frame arrived since the connection opened.
-    greeted: bool,
-    /// A frame arrived since the last idle check.
-    active: bool,
-    lingering: bool,
-}
-
-/// What the timer going off means.
-#[derive(Debug, PartialEq, Eq)]
-enum Tick {
-    /// No frame within the handshake timeout: close at once.
-    Handshake,
-    /// No frame and no call for an idle period: go away gracefully.
-    Idle,
-    /// The linger after a goaway is over: close.
-    Lingered,
-    /// Look again at this instant.
-    Again(Instant),
-}
-
-impl Clock {
-    fn first(&self) -> Option<Instant> {
-        let first = match (self.handshake, self.idle) {
-            (Some(h), Some(i)) => h.min(i),
-            (h, i) => h.or(i)?,
-        };
-        self.opened.checked_add(first)
-    }
-
-    fn frame(&mut self) {
-        self.greeted = true;
-        self.active = true;
-    }
-
-    fn linger(&mut self, now: Instant) -> Instant {
-        self.lingering = true;
-        now + LINGER
-    }
-
-    fn tick(&mut self, now: Instant, calls: usize) -> Tick {
-        if self.lingering {
-            return if calls == 0 {
-                Tick::Lingered
-            } else {
-                Tick::Again(now + LINGER)
-            };
-        }
-        let handshake_end = self.handshake.and_then(|h| self.opened.checked_add(h));
-        if !self.greeted && handshake_end.is_some_and(|end| now >= end) {
-            return Tick::Handshake;
-        }
-        if self.idle.is_some() && !self.active && calls == 0 {
-            return Tick::Idle;
-        }
-        self.active = false;
-        let next_idle = self.idle.and_then(|i| now.checked_add(i));
-        let next = match (next_idle, handshake_end.filter(|_| !self.greeted)) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b).unwrap_or(now + Duration::from_secs(3600)),
-        };
-        Tick::Again(next)
-    }
-}
-
+/// One connection's state, owned by its read loop.
 struct Connection {
     shared: Arc<Shared>,
     peer: SocketAddr,
@@ -180,141 +94,186 @@ pub(super) async fn serve<R, W>(
     R: Readable + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let Peer {
-        addr: peer,
-        identity,
-        opened,
-    } = accepted;
-    let config = &shared.config;
-    let max_frame = config.max_frame;
-    let limit = config.max_in_flight_per_connection;
-    let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-    let queued = Arc::new(Queued {
-        bytes: AtomicUsize::new(0),
-        cap: config.max_queued_bytes_per_connection,
-        drained: Notify::new(),
-    });
-    let released = {
-        let (queued, shared) = (queued.clone(), shared.clone());
-        move |bytes: usize| {
-            if bytes == 0 {
-                return;
-            }
-            let before = uncount(&queued, &shared, bytes);
-            if before > queued.cap && before - bytes <= queued.cap {
-                queued.drained.notify_one();
-            }
-        }
-    };
-    // Responses are queued by this connection's read loop, which runs through everything
-    // it read before the writer gets a turn: batching comes without a yield.
-    let writer = tokio::spawn(transport::write_loop(
-        write,
-        rx,
-        max_frame,
-        |_| false,
-        released,
-    ));
+    let mut clock = Clock::new(accepted.opened, &shared.config);
+    let max_frame = shared.config.max_frame;
+    let (mut conn, writer) = Connection::open(write, accepted, shared, slot);
     let mut reader = FrameReader::new(read, max_frame);
-    let mut conn = Connection {
-        shared: shared.clone(),
-        peer,
-        tx,
-        queued,
-        slot,
-        identity,
-        calls: JoinSet::new(),
-        in_flight: FastMap::default(),
-        last_request_id: 0,
-        draining: false,
-    };
-    debug!(%peer, "connection open");
-    let mut clock = Clock {
-        opened,
-        handshake: config.handshake_timeout,
-        idle: config.idle_timeout,
-        greeted: false,
-        active: false,
-        lingering: false,
-    };
-    let first = clock.first();
-    let timer = tokio::time::sleep_until(first.unwrap_or_else(Instant::now));
-    tokio::pin!(timer);
-    let timed = first.is_some();
-    // Made once: a cancellation future registers its waiter on first poll and keeps it,
-    // where one made per loop turn would take the token's lock twice per frame.
-    let stopping = shutdown.cancelled();
-    let evict = conn.slot.evict.clone();
-    let evicted = evict.cancelled();
-    tokio::pin!(stopping, evicted);
-    let close = loop {
-        let paused = conn.calls.len() >= limit || conn.queued.is_full();
-        tokio::select! {
-            biased;
-            Some(done) = conn.calls.join_next(), if !conn.calls.is_empty() => {
-                if let Ok(request_id) = done {
-                    conn.in_flight.remove(&request_id);
-                }
-                conn.slot.calls.store(conn.calls.len(), Ordering::Relaxed);
-            }
-            () = &mut stopping, if !conn.draining => {
-                conn.go_away(Code::Ok, "server shutting down").await;
-                timer.as_mut().reset(clock.linger(Instant::now()));
-            }
-            () = &mut evicted => {
-                debug!(%peer, "evicted at the connection limit");
-                conn.go_away(Code::Ok, "idle connection closed at the connection limit").await;
-                break Close::Done;
-            }
-            () = &mut timer, if timed || clock.lingering => match clock.tick(Instant::now(), conn.calls.len()) {
-                Tick::Handshake => {
-                    debug!(%peer, "no frame within the handshake timeout; closing");
-                    conn.go_away(Code::DeadlineExceeded, "no frame within the handshake timeout").await;
-                    break Close::Done;
-                }
-                Tick::Idle => {
-                    debug!(%peer, "idle; closing the connection");
-                    conn.go_away(Code::Ok, "idle timeout").await;
-                    timer.as_mut().reset(clock.linger(Instant::now()));
-                }
-                Tick::Lingered => break Close::Done,
-                Tick::Again(at) => timer.as_mut().reset(at),
-            },
-            _ = conn.queued.drained.notified(), if conn.queued.is_full() => {}
-            frame = reader.next(), if !paused => match frame {
-                Some(Ok(frame)) => {
-                    clock.frame();
-                    if let Err(reason) = conn.handle(frame).await {
-                        conn.violation(reason).await;
-                        break Close::Abandoned;
-                    }
-                }
-                Some(Err(err)) => {
-                    if matches!(err, FrameError::BadMagic) && reader.starts_like_tls() {
-                        warn!(%peer, "a TLS handshake on a plaintext server; closing");
-                        break Close::Abandoned;
-                    }
-                    conn.reject(err).await;
-                    break Close::Abandoned;
-                }
-                None => break Close::Abandoned,
-            },
-        }
-    };
-    // Calls still running here belong to a peer that left or broke the protocol.
-    if matches!(close, Close::Abandoned) && !conn.calls.is_empty() {
-        debug!(%peer, calls = conn.calls.len(), "closing with calls in flight abandoned");
-    }
-    conn.calls.abort_all();
-    let _ = conn.tx.send(Outbound::Close).await;
-    drop(conn);
-    if let Ok(Err(err)) = writer.await {
-        debug!(%peer, cause = %err, "write side closed with an error");
-    }
-    debug!(%peer, "connection closed");
+    debug!(peer = %conn.peer, "connection open");
+    let close = conn.read_loop(&mut reader, &mut clock, &shutdown).await;
+    conn.close(close, writer).await;
 }
 
 impl Connection {
+    /// The state of a connection with `accepted`, its writer task started on `write`.
+    fn open<W>(
+        write: W,
+        accepted: Peer,
+        shared: Arc<Shared>,
+        slot: Arc<Slot>,
+    ) -> (Connection, JoinHandle<std::io::Result<()>>)
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let queued = Arc::new(Queued::new(shared.config.max_queued_bytes_per_connection));
+        let released = released(queued.clone(), shared.clone());
+        // Responses are queued by this connection's read loop, which runs through everything
+        // it read before the writer gets a turn: batching comes without a yield.
+        let max_frame = shared.config.max_frame;
+        let writer = tokio::spawn(transport::write_loop(
+            write,
+            rx,
+            max_frame,
+            |_| false,
+            released,
+        ));
+        let conn = Connection {
+            shared,
+            peer: accepted.addr,
+            tx,
+            queued,
+            slot,
+            identity: accepted.identity,
+            calls: JoinSet::new(),
+            in_flight: FastMap::default(),
+            last_request_id: 0,
+            draining: false,
+        };
+        (conn, writer)
+    }
+
+    /// Reads frames and answers them until the connection closes; says how it closed.
+    async fn read_loop<R: Readable>(
+        &mut self,
+        reader: &mut FrameReader<R>,
+        clock: &mut Clock,
+        shutdown: &CancellationToken,
+    ) -> Close {
+        let limit = self.shared.config.max_in_flight_per_connection;
+        let first = clock.first();
+        let timer = tokio::time::sleep_until(first.unwrap_or_else(Instant::now));
+        tokio::pin!(timer);
+        let timed = first.is_some();
+        // Made once: a cancellation future registers its waiter on first poll and keeps it,
+        // where one made per loop turn would take the token's lock twice per frame.
+        let stopping = shutdown.cancelled();
+        let evict = self.slot.evict.clone();
+        let evicted = evict.cancelled();
+        tokio::pin!(stopping, evicted);
+        loop {
+            let paused = self.calls.len() >= limit || self.queued.is_full();
+            let turn = tokio::select! {
+                biased;
+                Some(done) = self.calls.join_next(), if !self.calls.is_empty() => {
+                    self.finished(done);
+                    ControlFlow::Continue(())
+                }
+                () = &mut stopping, if !self.draining => {
+                    self.go_away(Code::Ok, "server shutting down").await;
+                    timer.as_mut().reset(clock.linger(Instant::now()));
+                    ControlFlow::Continue(())
+                }
+                () = &mut evicted => {
+                    debug!(peer = %self.peer, "evicted at the connection limit");
+                    self.go_away(Code::Ok, "idle connection closed at the connection limit").await;
+                    ControlFlow::Break(Close::Done)
+                }
+                () = &mut timer, if timed || clock.is_lingering() => {
+                    self.on_tick(clock, timer.as_mut()).await
+                }
+                _ = self.queued.drained.notified(), if self.queued.is_full() => {
+                    ControlFlow::Continue(())
+                }
+                frame = reader.next(), if !paused => self.on_frame(frame, reader, clock).await,
+            };
+            if let ControlFlow::Break(close) = turn {
+                return close;
+            }
+        }
+    }
+
+    /// Forgets a call that ran on its own task, now that it ended.
+    fn finished(&mut self, done: Result<u64, JoinError>) {
+        if let Ok(request_id) = done {
+            self.in_flight.remove(&request_id);
+        }
+        self.slot.calls.store(self.calls.len(), Ordering::Relaxed);
+    }
+
+    /// Acts on the connection's timer: closes a connection that never spoke, sends an idle
+    /// one away, ends the linger, or sets the timer again.
+    async fn on_tick(
+        &mut self,
+        clock: &mut Clock,
+        mut timer: Pin<&mut Sleep>,
+    ) -> ControlFlow<Close> {
+        match clock.tick(Instant::now(), self.calls.len()) {
+            Tick::Handshake => {
+                debug!(peer = %self.peer, "no frame within the handshake timeout; closing");
+                self.go_away(
+                    Code::DeadlineExceeded,
+                    "no frame within the handshake timeout",
+                )
+                .await;
+                return ControlFlow::Break(Close::Done);
+            }
+            Tick::Idle => {
+                debug!(peer = %self.peer, "idle; closing the connection");
+                self.go_away(Code::Ok, "idle timeout").await;
+                timer.as_mut().reset(clock.linger(Instant::now()));
+            }
+            Tick::Lingered => return ControlFlow::Break(Close::Done),
+            Tick::Again(at) => timer.as_mut().reset(at),
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Acts on what the reader produced: a frame is handled; a frame that breaks the
+    /// protocol, bytes that are not mprpc, or the end of the stream close the connection.
+    async fn on_frame<R: Readable>(
+        &mut self,
+        frame: Option<Result<Frame, FrameError>>,
+        reader: &FrameReader<R>,
+        clock: &mut Clock,
+    ) -> ControlFlow<Close> {
+        match frame {
+            Some(Ok(frame)) => {
+                clock.frame();
+                if let Err(reason) = self.handle(frame).await {
+                    self.violation(reason).await;
+                    return ControlFlow::Break(Close::Abandoned);
+                }
+                ControlFlow::Continue(())
+            }
+            Some(Err(err)) => {
+                if matches!(err, FrameError::BadMagic) && reader.starts_like_tls() {
+                    warn!(peer = %self.peer, "a TLS handshake on a plaintext server; closing");
+                    return ControlFlow::Break(Close::Abandoned);
+                }
+                self.reject(err).await;
+                ControlFlow::Break(Close::Abandoned)
+            }
+            None => ControlFlow::Break(Close::Abandoned),
+        }
+    }
+
+    /// Ends the connection: calls still running are aborted, and the writer flushes what is
+    /// queued and stops.
+    async fn close(mut self, close: Close, writer: JoinHandle<std::io::Result<()>>) {
+        let peer = self.peer;
+        // Calls still running here belong to a peer that left or broke the protocol.
+        if matches!(close, Close::Abandoned) && !self.calls.is_empty() {
+            debug!(%peer, calls = self.calls.len(), "closing with calls in flight abandoned");
+        }
+        self.calls.abort_all();
+        let _ = self.tx.send(Outbound::Close).await;
+        drop(self);
+        if let Ok(Err(err)) = writer.await {
+            debug!(%peer, cause = %err, "write side closed with an error");
+        }
+        debug!(%peer, "connection closed");
+    }
+
     async fn send(&self, out: Outbound) {
         // Fails only when the writer died; the read loop notices the broken socket itself.
         let _ = self.tx.send(out).await;
@@ -431,41 +390,6 @@ impl Connection {
     }
 }
 
-/// The server-wide count of queued bytes moves in steps of this many bytes, when a
-/// connection's own count crosses a multiple of it: small responses then touch only their
-/// connection's counter, and the server-wide one is off by less than a step per connection.
-const GRAIN: usize = 4 * 1024;
-
-/// Counts `bytes` more queued on `queued` and, by whole steps, on the server.
-fn count(queued: &Queued, shared: &Shared, bytes: usize) {
-    let before = queued.bytes.fetch_add(bytes, Ordering::Relaxed);
-    let grains = (before + bytes) / GRAIN - before / GRAIN;
-    if grains > 0 {
-        shared.queued.fetch_add(grains * GRAIN, Ordering::Relaxed);
-    }
-}
-
-async fn queue(tx: &mpsc::Sender<Outbound>, queued: &Queued, shared: &Shared, out: Outbound) {
-    let weight = out.weight();
-    count(queued, shared, weight);
-    if let Err(mpsc::error::SendError(out)) = tx.send(out).await {
-        // The writer is gone and will never release these; drop them as it would have.
-        drop(out);
-        uncount(queued, shared, weight);
-    }
-}
-
-/// Counts `bytes` fewer queued, the reverse of [`count`]; returns the connection's count
-/// before.
-fn uncount(queued: &Queued, shared: &Shared, bytes: usize) -> usize {
-    let before = queued.bytes.fetch_sub(bytes, Ordering::Relaxed);
-    let grains = before / GRAIN - (before - bytes) / GRAIN;
-    if grains > 0 {
-        shared.queued.fetch_sub(grains * GRAIN, Ordering::Relaxed);
-    }
-    before
-}
-
 /// Runs a call that did not finish on its first poll and queues its result.
 async fn finish(
     call: Running,
@@ -483,59 +407,4 @@ async fn finish(
     };
     queue(&tx, &queued, &shared, out).await;
     id
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn clock(handshake: Option<Duration>, idle: Option<Duration>) -> Clock {
-        Clock {
-            opened: Instant::now(),
-            handshake,
-            idle,
-            greeted: false,
-            active: false,
-            lingering: false,
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_silent_connection_meets_the_handshake_timeout_first() {
-        let secs = Duration::from_secs;
-        let mut c = clock(Some(secs(10)), Some(secs(300)));
-        let first = c.first().expect("timed");
-        assert_eq!(first - c.opened, secs(10));
-        assert_eq!(c.tick(first, 0), Tick::Handshake);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_greeted_connection_goes_idle_only_after_a_silent_period() {
-        let secs = Duration::from_secs;
-        let mut c = clock(Some(secs(10)), Some(secs(300)));
-        c.frame();
-        let at = c.opened + secs(10);
-        let Tick::Again(next) = c.tick(at, 0) else {
-            panic!("a frame came within the period")
-        };
-        assert_eq!(next, at + secs(300));
-        assert_eq!(
-            c.tick(next, 1),
-            Tick::Again(next + secs(300)),
-            "a call in flight"
-        );
-        assert_eq!(c.tick(next + secs(300), 0), Tick::Idle);
-        let end = c.linger(next);
-        assert_eq!(c.tick(end, 1), Tick::Again(end + LINGER));
-        assert_eq!(c.tick(end + LINGER, 0), Tick::Lingered);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn periods_too_long_for_the_clock_never_fire() {
-        let mut c = clock(Some(Duration::MAX), Some(Duration::MAX));
-        assert_eq!(c.first(), None);
-        c.frame();
-        assert!(matches!(c.tick(Instant::now(), 0), Tick::Again(_)));
-        assert_eq!(clock(None, None).first(), None);
-    }
 }

@@ -26,8 +26,10 @@
 //! aborts what is left.
 
 mod call;
+mod clock;
 mod connection;
 mod handshake;
+mod queued;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -552,6 +554,14 @@ impl Server {
             });
         }
         drop(listener);
+        self.drain(connections, token).await;
+        Ok(())
+    }
+
+    /// Shuts down what [`Server::serve`] accepted: new calls are refused, every connection
+    /// is told to go away, and their calls get the grace period to finish; what is left
+    /// then is aborted.
+    async fn drain(&self, mut connections: JoinSet<()>, token: CancellationToken) {
         self.shared.draining.store(true, Ordering::Relaxed);
         info!(connections = connections.len(), "shutting down: draining");
         token.cancel();
@@ -568,7 +578,6 @@ impl Server {
             connections.shutdown().await;
         }
         debug!("server stopped");
-        Ok(())
     }
 
     /// Registers every service this server hosts as `instance` in `registry`, serves until
