@@ -18,8 +18,8 @@ use mprpc::{Context, Status};
 use tracing::{debug, info};
 
 use crate::auth::{Claims, TokenError};
-use crate::handler::Users;
 use crate::notify;
+use crate::state::Users;
 use crate::throttle::{Attempt, client_addr};
 
 /// The device of a login that names none.
@@ -58,36 +58,61 @@ pub(crate) async fn register(users: &Users, req: RegisterRequest) -> Result<User
 }
 
 pub(crate) async fn login(users: &Users, req: LoginRequest) -> Result<LoginReply, Status> {
-    let device_id = if req.device_id.is_empty() {
-        DEFAULT_DEVICE.to_owned()
-    } else {
-        validate::client_id("device_id", &req.device_id)?;
-        req.device_id
-    };
+    let device_id = device(req.device_id)?;
     let attempt = Attempt {
         name: &req.name,
         addr: client_addr(&req.client_addr),
     };
+    let profile = authenticate(users, &attempt, &req.password).await?;
+    open_session(users, profile, device_id).await
+}
+
+/// The device a login names, or [`DEFAULT_DEVICE`] when it names none.
+fn device(device_id: String) -> Result<String, Status> {
+    if device_id.is_empty() {
+        return Ok(DEFAULT_DEVICE.to_owned());
+    }
+    validate::client_id("device_id", &device_id)?;
+    Ok(device_id)
+}
+
+/// The profile of the account `attempt` names, when `password` is its password and the
+/// guessing limits allow the attempt; every refusal is the same [`wrong_credentials`], and
+/// the attempt is counted against the limits.
+async fn authenticate(
+    users: &Users,
+    attempt: &Attempt<'_>,
+    password: &str,
+) -> Result<UserProfile, Status> {
     // Past a guessing limit: refused like a wrong password, before any password is checked.
-    if !users.throttle.allows(&attempt).await {
+    if !users.throttle.allows(attempt).await {
         metrics::counter!("mpim_user_logins_total", "outcome" => "throttled").increment(1);
         return Err(wrong_credentials());
     }
     // No stored password (nor name) is this long: refused without spending a hash on it.
-    let profile = if req.password.len() > 128 || req.name.len() > 256 {
+    let profile = if password.len() > 128 || attempt.name.len() > 256 {
         None
     } else {
-        let credentials = users.sql.credentials(&req.name).await?;
+        let credentials = users.sql.credentials(attempt.name).await?;
         let hash = credentials.as_ref().map(|c| c.password_hash.clone());
-        let matches = users.passwords.verify(req.password.clone(), hash).await?;
+        let matches = users.passwords.verify(password.to_owned(), hash).await?;
         credentials.filter(|_| matches).map(|c| c.profile)
     };
     let Some(profile) = profile else {
         metrics::counter!("mpim_user_logins_total", "outcome" => "refused").increment(1);
-        users.throttle.failed(&attempt).await;
+        users.throttle.failed(attempt).await;
         return Err(wrong_credentials());
     };
-    users.throttle.succeeded(&attempt).await;
+    users.throttle.succeeded(attempt).await;
+    Ok(profile)
+}
+
+/// A new session of `profile` on `device_id`: its row, and the token naming it.
+async fn open_session(
+    users: &Users,
+    profile: UserProfile,
+    device_id: String,
+) -> Result<LoginReply, Status> {
     let now = now_ms();
     let iat = now.div_euclid(1000);
     // Rounded up, so that a token lives at least the configured lifetime.

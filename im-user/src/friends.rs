@@ -23,9 +23,9 @@ use im_common::validate::{self, MAX_NAME_BYTES};
 use mprpc::{Context, Status};
 
 use crate::cache::{Cached, List};
-use crate::handler::Users;
 use crate::notify;
 use crate::profiles;
+use crate::state::Users;
 
 /// Most requests ListFriendRequests returns (the newest).
 const MAX_LISTED_REQUESTS: u32 = 200;

@@ -38,7 +38,10 @@
 //!   stale, and a flushed or failing cache only costs database reads.
 //!
 //! # Layout
-//! - [`Users`] (`handler`): the `UserService` rpcs, delegating to
+//! - `state`: [`Users`], what every part shares (database, bus, cache, password hashing,
+//!   tokens, login throttle), and how it is built;
+//! - `handler`: the `UserService` rpcs on [`Users`], each routed to the module of its
+//!   concept:
 //!   - `account`: Register, Login, VerifyToken, Logout;
 //!   - `profiles`: GetProfile(s), SearchUser, UpdateProfile, StatusVisible;
 //!   - `friends`: friend requests, friends, blocks;
@@ -49,6 +52,9 @@
 //!   requests);
 //! - `cache`: the typed, never-failing view of the bus cache, [`CacheSettings`];
 //! - [`Config`], [`run`], [`server`]: the process.
+//!
+//! Dependencies run one way: `handler` uses the concept modules, they use `state` (and
+//! `notify`, `cache`, `throttle`, `auth`), and nothing uses `handler`.
 
 #![warn(missing_docs)]
 
@@ -60,6 +66,7 @@ mod handler;
 mod notify;
 mod profiles;
 mod sessions;
+mod state;
 mod throttle;
 
 use im_common::bus::Bus;
@@ -73,9 +80,9 @@ use serde::Deserialize;
 
 pub use auth::{AuthSettings, SettingsError};
 pub use cache::CacheSettings;
-pub use handler::Users;
 pub use profiles::{MAX_BATCH, MAX_STATUS_IDS};
 pub use sessions::MAX_CHECK;
+pub use state::Users;
 
 /// The process's configuration (`im-user.toml`).
 #[derive(Debug, Clone, Deserialize)]

@@ -13,7 +13,7 @@ use im_common::proto::{Event, FriendNotice, FriendRequest, FriendRequestState, e
 use prost::Message as _;
 use tracing::warn;
 
-use crate::handler::Users;
+use crate::state::Users;
 
 /// Publishes the event `make` builds for each gateway holding some of `to`, with the users
 /// that gateway holds.

@@ -19,7 +19,7 @@ use im_common::store::users::{ProfileUpdate, Scope, UserStore};
 use im_common::validate::{self, MAX_AVATAR_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES};
 use mprpc::{Context, Status};
 
-use crate::handler::Users;
+use crate::state::Users;
 
 /// Most ids one GetProfiles call may ask for.
 pub const MAX_BATCH: usize = 500;

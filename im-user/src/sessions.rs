@@ -12,7 +12,7 @@ use im_common::proto::{CheckSessionsReply, CheckSessionsRequest};
 use im_common::store::users::UserStore;
 use mprpc::Status;
 
-use crate::handler::Users;
+use crate::state::Users;
 
 /// Most session ids one CheckSessions call may ask about.
 pub const MAX_CHECK: usize = 1000;
