@@ -40,6 +40,13 @@ impl StoreError {
         matches!(self, StoreError::Database(_) | StoreError::Redis(_))
     }
 
+    /// Whether the database answered and refused the statement for what it held (a value
+    /// too long, a packet over `max_allowed_packet`, a constraint), as opposed to being
+    /// unreachable: the same statement would fail again, and a part of it may not.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Database(_)))
+    }
+
     /// Whether the database refused a write because a unique key already holds the value.
     pub fn is_unique_violation(&self) -> bool {
         match self {

@@ -14,6 +14,77 @@ use im_common::store::messages::{MessageStore, NewMessage};
 on_both!(the_listing_carries_the_peer_cursor);
 on_both!(a_recall_empties_the_message_and_its_edits);
 on_both!(an_edit_committed_after_the_recall_keeps_no_text);
+on_both!(a_batch_larger_than_one_statement_may_carry_is_stored_whole);
+
+/// Two commits that raise the same conversations by different counts, many times at once:
+/// they must take the rows' locks in one order, or they deadlock (and run again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossing_commits_never_deadlock() {
+    use im_common::store::testing::{Engine, with_db};
+    fn next_id() -> u64 {
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    }
+    with_db(Engine::MySql, async |sql: Sql| {
+        let convs: Vec<ConversationId> = (0..8).map(|i| ConversationId::Group(100 + i)).collect();
+        // The conversations exist (only the raises are measured), among many others, as in
+        // a real table: a table of a few rows is scanned whole, which hides the lock order.
+        let others: Vec<NewMessage> = (0..2000)
+            .map(|i| ConversationId::Group(10_000 + i))
+            .chain(convs.iter().copied())
+            .map(|conversation| NewMessage {
+                conversation,
+                sender: 1,
+                client_msg_id: format!("x-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+                kind: MessageKind::Text,
+                body: "first".to_owned(),
+                ref_msg_id: 0,
+            })
+            .collect();
+        for chunk in others.chunks(500) {
+            sql.commit(chunk, &next_id).await.unwrap();
+        }
+        let batch = |sender: u64, heavy_first: bool| {
+            let mut batch = Vec::new();
+            for (k, conv) in convs.iter().enumerate() {
+                // One side puts two messages where the other puts one, and the other way
+                // round: grouped by count, their raises would run in opposite orders.
+                let count = if (k % 2 == 0) == heavy_first { 2 } else { 1 };
+                for _ in 0..count {
+                    batch.push(NewMessage {
+                        conversation: *conv,
+                        sender,
+                        client_msg_id: format!("x-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+                        kind: MessageKind::Text,
+                        body: "crossing".to_owned(),
+                        ref_msg_id: 0,
+                    });
+                }
+            }
+            batch
+        };
+        for _ in 0..150 {
+            let (a, b) = (batch(1, true), batch(2, false));
+            let (one, two) = (sql.clone(), sql.clone());
+            let left = tokio::spawn(async move { one.commit(&a, &next_id).await });
+            let right = tokio::spawn(async move { two.commit(&b, &next_id).await });
+            left.await.unwrap().unwrap();
+            right.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            sql.commit_conflicts(),
+            0,
+            "commits deadlocked and ran again"
+        );
+        // Every conversation's seqs are 1..n, with no gap or repeat.
+        for conv in &convs {
+            let (messages, _, last) = sql.sync(*conv, 0, 1000).await.unwrap();
+            let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
+            assert_eq!(seqs, (1..=last).collect::<Vec<_>>());
+            assert_eq!(last, 1 + 150 * 3);
+        }
+    })
+    .await;
+}
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -194,4 +265,72 @@ async fn an_edit_committed_after_the_recall_keeps_no_text(sql: Sql) {
         bodies.iter().all(|b| !b.starts_with("secret")),
         "no text of a recalled message is stored: {bodies:?}"
     );
+}
+
+/// 256 bodies of 64 KiB: one INSERT of them all would be over MariaDB's default
+/// `max_allowed_packet` (16 MiB).
+async fn a_batch_larger_than_one_statement_may_carry_is_stored_whole(sql: Sql) {
+    let conv = ConversationId::direct(7, 8);
+    let body = "b".repeat(64 * 1024);
+    let batch: Vec<NewMessage> = (0..256)
+        .map(|_| NewMessage {
+            conversation: conv,
+            sender: 7,
+            client_msg_id: format!("big-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+            kind: MessageKind::Text,
+            body: body.clone(),
+            ref_msg_id: 0,
+        })
+        .collect();
+    let next_id = || NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let outcomes = sql.commit(&batch, &next_id).await.unwrap();
+    assert_eq!(outcomes.len(), 256);
+    let (messages, _, last) = sql.sync(conv, 0, 1000).await.unwrap();
+    assert_eq!((messages.len(), last), (256, 256));
+    assert!(messages.iter().all(|m| m.body.len() == 64 * 1024));
+}
+
+/// A message the database refuses (here: one over `max_allowed_packet`) fails alone; the
+/// others of its batch are stored, with gapless seqs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_message_fails_alone_and_its_batch_is_stored() {
+    use im_common::store::testing::{Engine, with_db};
+    with_db(Engine::MySql, async |sql: Sql| {
+        let conv = ConversationId::direct(3, 4);
+        let message = |body: String| NewMessage {
+            conversation: conv,
+            sender: 3,
+            client_msg_id: format!("p-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+            kind: MessageKind::Text,
+            body,
+            ref_msg_id: 0,
+        };
+        let mut batch: Vec<NewMessage> = (0..7).map(|i| message(format!("fine {i}"))).collect();
+        batch.insert(4, message("x".repeat(17 << 20)));
+        let next_id = || NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let parts = sql.commit_in_parts(&batch, &next_id).await;
+        let mut stored = Vec::new();
+        for (range, result) in parts {
+            match result {
+                Ok(outcomes) => {
+                    assert_eq!(outcomes.len(), range.len());
+                    stored.extend(range);
+                }
+                Err(err) => {
+                    assert_eq!(range, 4..5, "{err}");
+                    assert!(err.is_refused(), "{err}");
+                }
+            }
+        }
+        assert_eq!(stored, [0, 1, 2, 3, 5, 6, 7]);
+        let (messages, _, last) = sql.sync(conv, 0, 100).await.unwrap();
+        let bodies: Vec<&str> = messages.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(
+            bodies,
+            (0..7).map(|i| format!("fine {i}")).collect::<Vec<_>>()
+        );
+        let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
+        assert_eq!((seqs, last), ((1..=7).collect(), 7));
+    })
+    .await;
 }

@@ -13,7 +13,7 @@ use futures::future::AbortHandle;
 use im_common::ids::MsgIds;
 use im_common::store::Dialect;
 use im_common::store::Sql;
-use im_common::store::messages::{MessageStore, NewMessage, Outcome};
+use im_common::store::messages::{NewMessage, Outcome};
 use mprpc::Status;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
@@ -28,7 +28,8 @@ const QUEUE: usize = 4096;
 struct Job {
     message: NewMessage,
     device: String,
-    reply: oneshot::Sender<Result<Outcome, Status>>,
+    /// Taken when answered.
+    reply: Option<oneshot::Sender<Result<Outcome, Status>>>,
 }
 
 /// The committer tasks and the queues into them.
@@ -130,7 +131,7 @@ impl Committer {
             .send(Job {
                 message,
                 device,
-                reply,
+                reply: Some(reply),
             })
             .await
             .map_err(|_| Status::unavailable("message service is stopping"))?;
@@ -178,29 +179,46 @@ async fn run(
         let batch: Vec<NewMessage> = jobs.iter().map(|job| job.message.clone()).collect();
         metrics::histogram!("mpim_message_commit_batch_size").record(batch.len() as f64);
         let next_id = || ids.next();
-        match sql.commit(&batch, &next_id).await {
-            Ok(outcomes) => {
-                for (job, outcome) in jobs.drain(..).zip(outcomes) {
-                    if let Outcome::Stored(message) = &outcome {
-                        metrics::counter!("mpim_messages_stored_total").increment(1);
-                        pusher.push(Push {
-                            message: message.clone(),
-                            sender_device: job.device.clone(),
-                        });
+        // A message the database refuses fails alone; the rest of its batch is stored.
+        for (range, result) in sql.commit_in_parts(&batch, &next_id).await {
+            let jobs = &mut jobs[range];
+            match result {
+                Ok(outcomes) => answer(jobs, outcomes, &pusher),
+                Err(err) => {
+                    warn!(cause = %err, messages = jobs.len(), "commit failed; nothing stored");
+                    metrics::counter!("mpim_message_commit_failures_total").increment(1);
+                    let status = if err.is_refused() && jobs.len() == 1 {
+                        // Refused alone: sending it again would be refused again.
+                        Status::internal("this message cannot be stored")
                     } else {
-                        metrics::counter!("mpim_message_resends_total").increment(1);
+                        Status::from(err)
+                    };
+                    for job in jobs {
+                        if let Some(reply) = job.reply.take() {
+                            let _ = reply.send(Err(status.clone()));
+                        }
                     }
-                    let _ = job.reply.send(Ok(outcome));
                 }
             }
-            Err(err) => {
-                warn!(cause = %err, messages = batch.len(), "commit failed; nothing stored");
-                metrics::counter!("mpim_message_commit_failures_total").increment(1);
-                let status = Status::from(err);
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(status.clone()));
-                }
-            }
+        }
+        jobs.clear();
+    }
+}
+
+/// Answers the jobs of a committed part and hands what was stored to the pusher.
+fn answer(jobs: &mut [Job], outcomes: Vec<Outcome>, pusher: &Pusher) {
+    for (job, outcome) in jobs.iter_mut().zip(outcomes) {
+        if let Outcome::Stored(message) = &outcome {
+            metrics::counter!("mpim_messages_stored_total").increment(1);
+            pusher.push(Push {
+                message: message.clone(),
+                sender_device: job.device.clone(),
+            });
+        } else {
+            metrics::counter!("mpim_message_resends_total").increment(1);
+        }
+        if let Some(reply) = job.reply.take() {
+            let _ = reply.send(Ok(outcome));
         }
     }
 }

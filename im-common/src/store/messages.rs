@@ -175,6 +175,24 @@ fn padded<T>(items: &[T]) -> impl Iterator<Item = &T> {
     (0..len.next_power_of_two()).map(move |k| &items[k.min(len - 1)])
 }
 
+/// `rows` cut into runs of at most `max` bytes of text each (a longer message is a run of
+/// its own).
+fn by_size(rows: &[ChatMessage], max: usize) -> Vec<&[ChatMessage]> {
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, row) in rows.iter().enumerate() {
+        if i > start && bytes + row.body.len() > max {
+            runs.push(&rows[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += row.body.len();
+    }
+    if start < rows.len() {
+        runs.push(&rows[start..]);
+    }
+    runs
+}
+
 /// `items` cut into chunks whose sizes are powers of two, largest first.
 fn pow2_chunks<T>(items: &[T]) -> Vec<&[T]> {
     let mut chunks = Vec::new();
@@ -282,33 +300,34 @@ impl Sql {
 
     /// Raises each conversation's last seq by its count, creating the conversations that
     /// have no row yet (and a new direct conversation's two members); returns the new last
-    /// seqs. Usually every conversation of a batch gets one message or a few: one `UPDATE`
-    /// per distinct count (a primary-key `IN` list), one `SELECT`, and `INSERT`s only for
-    /// new conversations.
+    /// seqs. One `UPDATE` (a primary-key `IN` list, each row raised by its own count), one
+    /// `SELECT`, and `INSERT`s only for new conversations.
     async fn allocate(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         counts: &[(&str, ConversationId, u64)],
         now: i64,
     ) -> Result<HashMap<String, u64>, StoreError> {
-        let mut by_count: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
-        for (conv, _, count) in counts {
-            by_count.entry(*count).or_default().push(conv);
-        }
-        for (count, convs) in &by_count {
-            for chunk in convs.chunks(MAX_LIST) {
-                let list = vec!["?"; chunk.len().next_power_of_two()].join(", ");
-                let update = format!(
-                    "UPDATE conversations SET last_seq = last_seq + ?, updated_at = ? WHERE conv_id IN ({list})"
-                );
-                let mut query = sqlx::query(AssertSqlSafe(update))
-                    .bind(i64_of(*count))
-                    .bind(now);
-                for conv in padded(chunk) {
-                    query = query.bind(conv.to_string());
-                }
-                query.execute(&mut **tx).await?;
+        // One statement per chunk, the conversations in id order: every commit locks the
+        // rows it raises in the same order, so two commits (of two instances) can wait on
+        // each other but never in a cycle. `counts` comes sorted by id.
+        debug_assert!(counts.windows(2).all(|w| w[0].0 < w[1].0));
+        for chunk in counts.chunks(MAX_LIST) {
+            let size = chunk.len().next_power_of_two();
+            let update = format!(
+                "UPDATE conversations SET last_seq = last_seq + CASE conv_id {} END, updated_at = ? WHERE conv_id IN ({})",
+                vec!["WHEN ? THEN ?"; size].join(" "),
+                vec!["?"; size].join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(update));
+            for (conv, _, count) in padded(chunk) {
+                query = query.bind(conv.to_string()).bind(i64_of(*count));
             }
+            query = query.bind(now);
+            for (conv, _, _) in padded(chunk) {
+                query = query.bind(conv.to_string());
+            }
+            query.execute(&mut **tx).await?;
         }
         let mut last = HashMap::with_capacity(counts.len());
         for chunk in counts.chunks(MAX_LIST) {
@@ -405,19 +424,27 @@ async fn find_existing(
     Ok(found)
 }
 
+/// Most bytes of message text in one `INSERT`: well under MySQL/MariaDB's default
+/// `max_allowed_packet` (16 MiB; 4 MiB on older servers), whatever the batch holds.
+const MAX_STATEMENT_BYTES: usize = 2 << 20;
+
 /// Inserts `rows`: on MySQL/MariaDB in power-of-two chunks (few statement shapes for the
 /// server's cache); on SQLite in one statement per [`MAX_LIST`] rows, since preparing a
 /// statement there is an in-process parse while every statement is a round trip to the
-/// connection's own thread.
+/// connection's own thread. Either way no statement carries more than
+/// [`MAX_STATEMENT_BYTES`] of text, unless one message alone does.
 async fn insert_rows(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     rows: &[ChatMessage],
     dialect: Dialect,
 ) -> Result<(), StoreError> {
-    let chunks = match dialect {
-        Dialect::Sqlite => rows.chunks(MAX_LIST).collect(),
-        Dialect::MySql => pow2_chunks(rows),
-    };
+    let mut chunks = Vec::new();
+    for run in by_size(rows, MAX_STATEMENT_BYTES) {
+        match dialect {
+            Dialect::Sqlite => chunks.extend(run.chunks(MAX_LIST)),
+            Dialect::MySql => chunks.extend(pow2_chunks(run)),
+        }
+    }
     for chunk in chunks {
         let insert = format!(
             "INSERT INTO messages (conv_id, seq, msg_id, sender_id, client_msg_id, kind, body, ref_msg_id, created_at) VALUES {}",
@@ -545,6 +572,39 @@ fn retryable(err: &StoreError) -> bool {
     }
 }
 
+/// One part of a batch given to [`Sql::commit_in_parts`]: where it is in the batch, and
+/// what became of it.
+pub type Part = (std::ops::Range<usize>, Result<Vec<Outcome>, StoreError>);
+
+impl Sql {
+    /// As [`MessageStore::commit`], except that a batch the database refuses for what it
+    /// holds ([`StoreError::is_refused`]: not for being unreachable) is cut in halves, down
+    /// to the message at fault, so that one bad message fails alone and the others are
+    /// stored. Returns the parts in batch order; a batch that commits whole is one part.
+    /// A database that cannot be reached fails the batch at once, as one part.
+    pub async fn commit_in_parts(
+        &self,
+        batch: &[NewMessage],
+        next_id: &(dyn Fn() -> u64 + Sync),
+    ) -> Vec<Part> {
+        let mut parts = Vec::new();
+        let mut todo = Vec::with_capacity(8);
+        todo.push(0..batch.len());
+        while let Some(range) = todo.pop() {
+            match self.commit(&batch[range.clone()], next_id).await {
+                Err(err) if range.len() > 1 && err.is_refused() => {
+                    tracing::debug!(cause = %err, messages = range.len(), "batch refused; committing its halves");
+                    let middle = range.start + range.len() / 2;
+                    todo.push(middle..range.end);
+                    todo.push(range.start..middle);
+                }
+                result => parts.push((range, result)),
+            }
+        }
+        parts
+    }
+}
+
 impl MessageStore for Sql {
     async fn commit(
         &self,
@@ -557,6 +617,9 @@ impl MessageStore for Sql {
             match self.commit_once(batch, next_id, look_for_resends).await {
                 Err(err) if attempt < 5 && retryable(&err) => {
                     attempt += 1;
+                    self.conflicts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    metrics::counter!("mpim_store_commit_conflicts_total").increment(1);
                     look_for_resends |= err.is_unique_violation();
                     tracing::debug!(cause = %err, attempt, "commit conflicted; retrying");
                 }

@@ -81,6 +81,8 @@ pub struct Sql {
     pool: AnyPool,
     replica: Option<Arc<Replica>>,
     dialect: Dialect,
+    /// Message commits that ran again after a conflict, since connecting.
+    conflicts: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Sql {
@@ -106,6 +108,7 @@ impl Sql {
             pool,
             replica,
             dialect,
+            conflicts: Arc::default(),
         };
         sql.migrate().await?;
         if let Some(replica) = &sql.replica
@@ -153,6 +156,13 @@ impl Sql {
             Dialect::MySql => self.pool.begin().await?,
             Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
         })
+    }
+
+    /// Message commits (of this pool and its clones) that conflicted with a concurrent one
+    /// (a deadlock, a lock wait that timed out, a client message id taken meanwhile) and ran
+    /// again, since connecting. Also counted in `mpim_store_commit_conflicts_total`.
+    pub fn commit_conflicts(&self) -> u64 {
+        self.conflicts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The engine.
