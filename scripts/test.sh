@@ -4,6 +4,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# A test whose prerequisite (a Redis Cluster, tmux) is missing fails instead of skipping.
+export TEST_STRICT=1
 
 # What the tests talk to: ZooKeeper (discovery), MariaDB (the SQL stores) and Redis
 # (the bus), one server and a cluster. Each test makes its own database or key prefix,

@@ -1,5 +1,6 @@
 //! Two people chat with im-cli in tmux through a real `mpim`: each types into their own
-//! window, and the test reads the screens. Skipped (with a message) where tmux is missing.
+//! window, and the test reads the screens. Where tmux is missing it fails under
+//! `TEST_STRICT` (as `scripts/test.sh` runs it) and is otherwise skipped with a note.
 
 mod support;
 
@@ -11,6 +12,23 @@ use support::mpim::Mpim;
 
 /// How long anything may take to show on a screen.
 const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Gives back `found`, something the test needs from outside. When it is None, `missing`
+/// says what is missing and how to provide it: with `TEST_STRICT` set to anything but
+/// empty (`scripts/test.sh` sets it) the test fails with that message; otherwise it notes
+/// "skipped: `missing`" and gets None, to return and pass. The rule of
+/// `im_common::bus::testing::prerequisite`, which this crate does not depend on.
+fn prerequisite<T>(found: Option<T>, missing: &str) -> Option<T> {
+    if found.is_none() {
+        let strict = std::env::var_os("TEST_STRICT").is_some_and(|value| !value.is_empty());
+        assert!(
+            !strict,
+            "{missing} (TEST_STRICT is set: nothing is skipped)"
+        );
+        eprintln!("skipped: {missing}");
+    }
+    found
+}
 
 /// A tmux server of this test's own (its own socket, no user configuration).
 struct Tmux {
@@ -122,8 +140,9 @@ impl Drop for Tmux {
 
 #[test]
 fn two_people_chat_in_tmux() {
-    let Some(tmux) = Tmux::start() else {
-        eprintln!("skipping two_people_chat_in_tmux: tmux is not installed");
+    let missing =
+        "tmux is not installed: install it (`apt-get install tmux`; scripts/test.sh does)";
+    let Some(tmux) = prerequisite(Tmux::start(), missing) else {
         return;
     };
     let mpim = Mpim::start();

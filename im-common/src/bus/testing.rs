@@ -1,6 +1,7 @@
 //! For tests: a Redis bus of their own on the test server, or on the test cluster, a cache
-//! that holds fills back ([`FillGate`]) to force a race's interleaving, and a cache that is
-//! down ([`DownCache`]).
+//! that holds fills back ([`FillGate`]) to force a race's interleaving, a cache that is
+//! down ([`DownCache`]), and what a test does when something it needs is missing
+//! ([`prerequisite`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,18 +22,45 @@ pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
-/// The Redis Cluster tests use, if any: the comma-separated node URLs in
-/// `TEST_REDIS_CLUSTER` (`scripts/redis-cluster.sh up` starts one on 127.0.0.1:7001-7003,
-/// and `scripts/test.sh` sets the variable). None when it is unset or empty.
+/// Gives back `found`, something a test needs from outside (a server, a program). When it
+/// is None, `missing` says what is missing and how to provide it: with `TEST_STRICT` set
+/// to anything but empty (`scripts/test.sh` sets it) the test fails with that message;
+/// otherwise it notes "skipped: `missing`" and gets None, to return and pass.
+///
+/// # Panics
+/// When `found` is None and `TEST_STRICT` is set.
+pub fn prerequisite<T>(found: Option<T>, missing: &str) -> Option<T> {
+    if found.is_none() {
+        let strict = std::env::var_os("TEST_STRICT").is_some_and(|value| !value.is_empty());
+        assert!(
+            !strict,
+            "{missing} (TEST_STRICT is set: nothing is skipped)"
+        );
+        eprintln!("skipped: {missing}");
+    }
+    found
+}
+
+/// The Redis Cluster tests use: the comma-separated node URLs in `TEST_REDIS_CLUSTER`
+/// (`scripts/redis-cluster.sh up` starts one on 127.0.0.1:7001-7003, and `scripts/test.sh`
+/// sets the variable). Without one (unset or empty) a missing [`prerequisite`]: None, or a
+/// failure under `TEST_STRICT`.
+///
+/// # Panics
+/// When `TEST_STRICT` is set and `TEST_REDIS_CLUSTER` is not.
 pub fn redis_cluster_nodes() -> Option<Vec<String>> {
     let nodes: Vec<String> = std::env::var("TEST_REDIS_CLUSTER")
-        .ok()?
+        .unwrap_or_default()
         .split(',')
         .map(str::trim)
         .filter(|node| !node.is_empty())
         .map(str::to_owned)
         .collect();
-    (!nodes.is_empty()).then_some(nodes)
+    prerequisite(
+        (!nodes.is_empty()).then_some(nodes),
+        "TEST_REDIS_CLUSTER is not set: set it to the node URLs of a Redis Cluster, \
+         e.g. `scripts/redis-cluster.sh up` then `export TEST_REDIS_CLUSTER=$(scripts/redis-cluster.sh urls)`",
+    )
 }
 
 /// A key prefix no other test shares.
@@ -61,6 +89,9 @@ pub async fn redis() -> BusResult<Arc<Redis>> {
 ///
 /// # Errors
 /// When the test cluster cannot be reached.
+///
+/// # Panics
+/// As [`redis_cluster_nodes`].
 pub async fn redis_cluster() -> Option<BusResult<Arc<Redis>>> {
     let nodes = redis_cluster_nodes()?;
     let redis = Redis::connect_cluster(&nodes, &unique_prefix()).await;
@@ -81,18 +112,17 @@ where
     redis.clear().await.expect("clear the test prefix");
 }
 
-/// As [`with_redis`], on the test cluster; without one (`TEST_REDIS_CLUSTER` unset) it
-/// says so and passes.
+/// As [`with_redis`], on the test cluster; without one, a missing [`prerequisite`]
+/// ([`redis_cluster_nodes`]).
 ///
 /// # Panics
-/// When the test cluster cannot be reached or cleared.
+/// When the test cluster cannot be reached or cleared, or is missing under `TEST_STRICT`.
 pub async fn with_redis_cluster<F, Fut>(scenario: F)
 where
     F: FnOnce(Bus) -> Fut,
     Fut: Future<Output = ()>,
 {
     let Some(redis) = redis_cluster().await else {
-        eprintln!("skipped: TEST_REDIS_CLUSTER is not set (scripts/redis-cluster.sh up)");
         return;
     };
     let redis = redis.expect("the redis cluster at TEST_REDIS_CLUSTER");
