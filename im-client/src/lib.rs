@@ -52,8 +52,10 @@
 //!   friend and group commands are in `friends` and `groups`;
 //! - [`options`]: [`Options`] (address, CA file, device, timeouts, reconnect backoff);
 //! - [`address`]: [`Address`], the server address as written;
-//! - `connection`: the task that owns the connection: request ids, replies matched to
-//!   requests, resume and resend after a reconnect;
+//! - `connection`: the task that owns the connection: request ids, reconnects, and one
+//!   connection served as its steps (`open`: resume and the call that dialled it; `turn`:
+//!   the next message, call or keepalive; `watch`: the silence deadline); inside it
+//!   `connection::inbound` matches replies to requests and puts pushes through the order;
 //! - [`order`]: per-conversation seq order, duplicates and gaps (pure);
 //! - `outbox`: sends waiting for their ack;
 //! - [`transport`]: TCP and WebSocket behind one type;

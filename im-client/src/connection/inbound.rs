@@ -3,8 +3,9 @@
 
 use im_proto::client::request::Command;
 use im_proto::client::server_message::Body;
-use im_proto::client::{Code, ServerMessage};
+use im_proto::client::{Code, ServerMessage, Session};
 use im_proto::{ChatMessage, Empty, MessageKind, SendAck, SyncRequest};
+use tokio::sync::oneshot;
 
 use super::{Driver, End, Pending, lost};
 use crate::Reply;
@@ -41,6 +42,7 @@ impl Driver {
         }
     }
 
+    /// Hands a reply to what its request was for.
     async fn on_reply(
         &mut self,
         transport: &mut Transport,
@@ -52,54 +54,95 @@ impl Driver {
                 let _ = tx.send(reply);
             }
             Pending::Outbox(key) => self.on_ack(transport, key, reply).await?,
-            Pending::Login(tx) => match reply {
-                Ok(Body::Session(session)) => {
-                    self.order.clear();
-                    self.early = Some(Vec::new());
-                    let pending = Pending::Baseline(tx, session.clone());
-                    let list = Command::ListConversations(Empty {});
-                    self.set_session(Some(session));
-                    self.request(transport, list, pending).await.map_err(lost)?;
-                }
-                other => {
-                    let _ = tx.send(other);
-                }
-            },
+            Pending::Login(tx) => self.on_login(transport, tx, reply).await?,
             Pending::Baseline(tx, session) => {
-                if let Ok(Body::Conversations(list)) = &reply {
-                    for c in &list.conversations {
-                        self.order.baseline(&c.conversation_id, c.last_seq);
-                    }
-                }
-                let _ = tx.send(Ok(Body::Session(session)));
-                for entry in self.early.take().unwrap_or_default() {
-                    self.feed(transport, entry).await?;
-                }
+                self.on_baseline(transport, tx, session, reply).await?
             }
-            Pending::Logout(tx) => {
-                if reply.is_ok() {
-                    let err = Error::Server {
-                        code: Code::Unauthenticated,
-                        message: "logged out".into(),
-                        retryable: false,
-                    };
-                    self.end_session(&err);
-                }
-                let _ = tx.send(reply);
-            }
+            Pending::Logout(tx) => self.on_logout(tx, reply),
             Pending::Resume => self.on_resumed(transport, reply).await?,
-            Pending::Sync(id) => match reply {
-                Ok(Body::Synced(page)) => {
-                    let step = self
-                        .order
-                        .synced(&id, page.messages, page.has_more, page.last_seq);
-                    self.step(transport, step).await?;
-                }
-                _ => self.order.sync_failed(&id),
-            },
+            Pending::Sync(id) => self.on_synced(transport, &id, reply).await?,
             Pending::Ping => {}
         }
         Ok(())
+    }
+
+    /// A login's reply: a session is followed by reading the conversations' last seqs
+    /// (the baseline) before the caller is answered; a refusal goes to the caller.
+    async fn on_login(
+        &mut self,
+        transport: &mut Transport,
+        tx: oneshot::Sender<Reply>,
+        reply: Reply,
+    ) -> Result<(), End> {
+        match reply {
+            Ok(Body::Session(session)) => {
+                self.order.clear();
+                self.early = Some(Vec::new());
+                let pending = Pending::Baseline(tx, session.clone());
+                let list = Command::ListConversations(Empty {});
+                self.set_session(Some(session));
+                self.request(transport, list, pending).await.map_err(lost)?;
+            }
+            other => {
+                let _ = tx.send(other);
+            }
+        }
+        Ok(())
+    }
+
+    /// The baseline after a login: each conversation is followed from its last seq, the
+    /// caller gets its session, and the pushes that came meanwhile go through the order.
+    async fn on_baseline(
+        &mut self,
+        transport: &mut Transport,
+        tx: oneshot::Sender<Reply>,
+        session: Session,
+        reply: Reply,
+    ) -> Result<(), End> {
+        if let Ok(Body::Conversations(list)) = &reply {
+            for c in &list.conversations {
+                self.order.baseline(&c.conversation_id, c.last_seq);
+            }
+        }
+        let _ = tx.send(Ok(Body::Session(session)));
+        for entry in self.early.take().unwrap_or_default() {
+            self.feed(transport, entry).await?;
+        }
+        Ok(())
+    }
+
+    /// A logout's reply: once it succeeded the session is over.
+    fn on_logout(&mut self, tx: oneshot::Sender<Reply>, reply: Reply) {
+        if reply.is_ok() {
+            let err = Error::Server {
+                code: Code::Unauthenticated,
+                message: "logged out".into(),
+                retryable: false,
+            };
+            self.end_session(&err);
+        }
+        let _ = tx.send(reply);
+    }
+
+    /// A page of a conversation's sync goes through the order, which may ask for the next.
+    async fn on_synced(
+        &mut self,
+        transport: &mut Transport,
+        id: &str,
+        reply: Reply,
+    ) -> Result<(), End> {
+        match reply {
+            Ok(Body::Synced(page)) => {
+                let step = self
+                    .order
+                    .synced(id, page.messages, page.has_more, page.last_seq);
+                self.step(transport, step).await
+            }
+            _ => {
+                self.order.sync_failed(id);
+                Ok(())
+            }
+        }
     }
 
     /// A send's reply: the ack is the entry's seq, so it goes into the order like a push.

@@ -3,8 +3,15 @@
 //!
 //! One task owns all of that state, so nothing here takes a lock: the client's handles talk
 //! to it over a bounded channel and get their replies on oneshots.
+//!
+//! [`Driver::run`] serves a connection, then reconnects (`connect_on_demand` while logged
+//! out, `reconnect` with backoff while logged in). `serve` is one connection: `open` it
+//! (resume, the call that dialled it), then one `turn` after another (a message from the
+//! gateway, a call, the keepalive, or the gateway's silence), each followed by `watch`,
+//! which moves the silence deadline. What the gateway sends is handled in `inbound`.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use im_proto::ChatMessage;
@@ -12,7 +19,7 @@ use im_proto::client::request::Command;
 use im_proto::client::server_message::Body;
 use im_proto::client::{Ping, Request, Resume, Session};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::{self, MissedTickBehavior};
+use tokio::time::{self, Interval, MissedTickBehavior, Sleep};
 
 use crate::error::Error;
 use crate::event::Event;
@@ -215,21 +222,8 @@ impl Driver {
 
     /// Serves one connection until it ends.
     async fn serve(&mut self, transport: &mut Transport) -> End {
-        if let Some(session) = &self.session {
-            let resume = Command::Resume(Resume {
-                token: session.token.clone(),
-                device_kind: self.options.device_kind.into(),
-                cursors: self.order.cursors(),
-            });
-            self.resuming = true;
-            if let Err(err) = self.request(transport, resume, Pending::Resume).await {
-                return End::Lost(err.to_string());
-            }
-        }
-        if let Some(call) = self.opener.take() {
-            if let Err(end) = self.on_call(transport, call).await {
-                return end;
-            }
+        if let Err(end) = self.open(transport).await {
+            return end;
         }
         let mut keepalive = time::interval(self.options.keepalive);
         keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -242,44 +236,81 @@ impl Driver {
         let silence = time::sleep(self.options.request_timeout);
         tokio::pin!(silence);
         loop {
-            let mut heard = false;
-            let result = tokio::select! {
-                message = transport.recv() => match message {
-                    Ok(Some(message)) => {
-                        heard = true;
-                        self.on_message(transport, message).await
-                    }
-                    Ok(None) => Err(End::Lost("the gateway closed the connection".into())),
-                    Err(err) => Err(End::Lost(err.to_string())),
-                },
-                call = self.calls.recv(), if !self.resuming => match call {
-                    Some(call) => self.on_call(transport, call).await,
-                    None => Err(End::Closed),
-                },
-                _ = keepalive.tick() => {
-                    let ping = Command::Ping(Ping {});
-                    self.request(transport, ping, Pending::Ping).await.map_err(lost)
-                }
-                () = &mut silence, if waiting_since.is_some() => Err(End::Lost(format!(
-                    "the gateway did not answer for {:?}",
-                    self.options.request_timeout
-                ))),
-            };
-            if let Err(end) = result {
-                return end;
+            let waiting = waiting_since.is_some();
+            match self
+                .turn(transport, &mut keepalive, silence.as_mut(), waiting)
+                .await
+            {
+                Ok(heard) => self.watch(&mut waiting_since, heard, silence.as_mut()),
+                Err(end) => return end,
             }
-            let since = match waiting_since {
-                _ if self.pending.is_empty() => None,
-                Some(since) if !heard => Some(since),
-                _ => Some(Instant::now()),
-            };
-            if since != waiting_since {
-                waiting_since = since;
-                if let Some(since) = since {
-                    silence
-                        .as_mut()
-                        .reset((since + self.options.request_timeout).into());
-                }
+        }
+    }
+
+    /// Starts a connection: resumes the session, when there is one, and makes the call
+    /// that opened the connection, when one did.
+    async fn open(&mut self, transport: &mut Transport) -> Result<(), End> {
+        if let Some(session) = &self.session {
+            let resume = Command::Resume(Resume {
+                token: session.token.clone(),
+                device_kind: self.options.device_kind.into(),
+                cursors: self.order.cursors(),
+            });
+            self.resuming = true;
+            self.request(transport, resume, Pending::Resume)
+                .await
+                .map_err(lost)?;
+        }
+        if let Some(call) = self.opener.take() {
+            self.on_call(transport, call).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the next thing to happen on the connection (a message, a call, the
+    /// keepalive, the gateway's silence) and handles it; says whether the gateway was heard.
+    async fn turn(
+        &mut self,
+        transport: &mut Transport,
+        keepalive: &mut Interval,
+        silence: Pin<&mut Sleep>,
+        waiting: bool,
+    ) -> Result<bool, End> {
+        tokio::select! {
+            message = transport.recv() => match message {
+                Ok(Some(message)) => self.on_message(transport, message).await.map(|()| true),
+                Ok(None) => Err(End::Lost("the gateway closed the connection".into())),
+                Err(err) => Err(End::Lost(err.to_string())),
+            },
+            call = self.calls.recv(), if !self.resuming => match call {
+                Some(call) => self.on_call(transport, call).await.map(|()| false),
+                None => Err(End::Closed),
+            },
+            _ = keepalive.tick() => {
+                let ping = Command::Ping(Ping {});
+                self.request(transport, ping, Pending::Ping).await.map_err(lost)?;
+                Ok(false)
+            }
+            () = silence, if waiting => Err(End::Lost(format!(
+                "the gateway did not answer for {:?}",
+                self.options.request_timeout
+            ))),
+        }
+    }
+
+    /// Moves the silence deadline after a turn: `request_timeout` after the first request
+    /// that waits, and again after every message heard while requests wait; none while
+    /// nothing waits.
+    fn watch(&self, waiting_since: &mut Option<Instant>, heard: bool, silence: Pin<&mut Sleep>) {
+        let since = match *waiting_since {
+            _ if self.pending.is_empty() => None,
+            Some(since) if !heard => Some(since),
+            _ => Some(Instant::now()),
+        };
+        if since != *waiting_since {
+            *waiting_since = since;
+            if let Some(since) = since {
+                silence.reset((since + self.options.request_timeout).into());
             }
         }
     }
