@@ -27,29 +27,69 @@ impl ConversationId {
         ConversationId::Direct(a.min(b), a.max(b))
     }
 
-    /// Parses `d:<low>:<high>` or `g:<group>`.
+    /// Parses a conversation id, which must be written exactly as [`Display`] writes it:
+    /// `d:<low>:<high>` (two user ids, the lower first) or `g:<group>`, each id in decimal,
+    /// 1 or more, without sign, leading zeros or white space. One conversation has one
+    /// spelling, so clients can compare ids as strings and use them as keys.
+    ///
+    /// [`Display`]: std::fmt::Display
     ///
     /// # Errors
-    /// `INVALID_ARGUMENT` naming the malformed id.
+    /// `INVALID_ARGUMENT`: for an id that names a conversation in another spelling
+    /// (`d:6:5`, `d:05:6`, `g:+7`, ` g:7`), one that gives its canonical form; for anything
+    /// else, one that gives the rule.
     pub fn parse(text: &str) -> Result<ConversationId, Status> {
-        let invalid =
-            || Status::invalid_argument("conversation_id must be d:<user>:<user> or g:<group>");
-        let parsed = match text.split_once(':') {
-            Some(("g", group)) => ConversationId::Group(group.parse().map_err(|_| invalid())?),
-            Some(("d", pair)) => {
-                let (a, b) = pair.split_once(':').ok_or_else(invalid)?;
-                let (a, b): (u64, u64) = (
-                    a.parse().map_err(|_| invalid())?,
-                    b.parse().map_err(|_| invalid())?,
-                );
-                if a >= b {
-                    return Err(invalid());
-                }
-                ConversationId::Direct(a, b)
-            }
-            _ => return Err(invalid()),
+        if let Some(parsed) = ConversationId::parse_exactly(text) {
+            return Ok(parsed);
+        }
+        Err(match ConversationId::parse_loosely(text) {
+            Some(meant) => Status::invalid_argument(format!(
+                "conversation_id is not in canonical form: write it {meant} (ids in decimal \
+                 without sign, leading zeros or spaces; the lower user id first)"
+            )),
+            None => Status::invalid_argument(
+                "conversation_id must be d:<lower user id>:<higher user id> or g:<group id>, \
+                 ids in decimal from 1, without sign, leading zeros or spaces",
+            ),
+        })
+    }
+
+    /// The conversation `text` names in its one canonical spelling (what `Display`
+    /// writes); None for anything else. Allocates nothing: messages are parsed on every push.
+    fn parse_exactly(text: &str) -> Option<ConversationId> {
+        let id = |part: &str| {
+            let canonical = part.bytes().all(|b| b.is_ascii_digit()) && !part.starts_with('0');
+            canonical.then(|| part.parse::<u64>().ok()).flatten()
         };
-        Ok(parsed)
+        match text.split_once(':')? {
+            ("g", group) => Some(ConversationId::Group(id(group)?)),
+            ("d", pair) => {
+                let (a, b) = pair.split_once(':')?;
+                let (a, b) = (id(a)?, id(b)?);
+                (a < b).then_some(ConversationId::Direct(a, b))
+            }
+            _ => None,
+        }
+    }
+
+    /// The conversation `text` names if signs, leading zeros, spaces around the parts and
+    /// the order of a direct conversation's users are forgiven: what the error of a
+    /// non-canonical id proposes. None when it names none (ids of 0 included).
+    fn parse_loosely(text: &str) -> Option<ConversationId> {
+        let id = |part: &str| part.trim().parse::<u64>().ok().filter(|&id| id > 0);
+        let parsed = match text.trim().split_once(':') {
+            Some((kind, group)) if kind.trim() == "g" => ConversationId::Group(id(group)?),
+            Some((kind, pair)) if kind.trim() == "d" => {
+                let (a, b) = pair.split_once(':')?;
+                let (a, b) = (id(a)?, id(b)?);
+                if a == b {
+                    return None;
+                }
+                ConversationId::direct(a, b)
+            }
+            _ => return None,
+        };
+        Some(parsed)
     }
 
     /// Whether `user` is one of the two users of a direct conversation.
@@ -144,10 +184,93 @@ mod tests {
             ConversationId::parse("g:42").unwrap(),
             ConversationId::Group(42)
         );
+        assert_eq!(
+            ConversationId::parse("d:18446744073709551614:18446744073709551615").unwrap(),
+            ConversationId::Direct(u64::MAX - 1, u64::MAX)
+        );
         assert_eq!(direct.peer_of(3), Some(9));
         assert_eq!(direct.peer_of(4), None);
-        for bad in ["", "d:9:3", "d:3:3", "g:", "g:x", "x:1", "d:1", "d:1:2:3"] {
-            assert!(ConversationId::parse(bad).is_err(), "{bad:?} accepted");
+    }
+
+    /// The message of the error `text` gets.
+    fn refusal(text: &str) -> String {
+        match ConversationId::parse(text) {
+            Ok(id) => panic!("{text:?} accepted as {id:?}"),
+            Err(status) => {
+                assert_eq!(status.code(), mprpc::Code::InvalidArgument, "{text:?}");
+                status.message().to_owned()
+            }
+        }
+    }
+
+    #[test]
+    fn another_spelling_of_a_conversation_is_refused_with_its_canonical_form() {
+        let cases = [
+            ("d:6:5", "d:5:6"),
+            ("d:05:6", "d:5:6"),
+            ("d:5:06", "d:5:6"),
+            ("d:005:6", "d:5:6"),
+            ("d:+5:6", "d:5:6"),
+            ("d:5:+6", "d:5:6"),
+            ("d: 5:6", "d:5:6"),
+            ("d:5:6 ", "d:5:6"),
+            (" d:5:6", "d:5:6"),
+            ("d :5:6", "d:5:6"),
+            ("d:5\t:6", "d:5:6"),
+            ("d:5:6\n", "d:5:6"),
+            ("d:+06:5", "d:5:6"),
+            ("g:07", "g:7"),
+            ("g:+7", "g:7"),
+            ("g: 7", "g:7"),
+            ("g:7 ", "g:7"),
+            ("\tg:7", "g:7"),
+        ];
+        for (text, canonical) in cases {
+            let message = refusal(text);
+            assert!(
+                message.starts_with(&format!(
+                    "conversation_id is not in canonical form: write it {canonical} "
+                )),
+                "{text:?}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_id_that_names_no_conversation_is_refused_with_the_rule() {
+        let rule = "conversation_id must be d:<lower user id>:<higher user id> or g:<group id>, \
+                    ids in decimal from 1, without sign, leading zeros or spaces";
+        for text in [
+            "",
+            " ",
+            "d",
+            "g",
+            "d:",
+            "g:",
+            "d:1",
+            "d:1:",
+            "d::1",
+            "d:1:2:3",
+            "g:1:2",
+            "g:x",
+            "x:1",
+            "D:1:2",
+            "G:7",
+            "d:3:3",
+            "d:03:3",
+            "d:0:5",
+            "g:0",
+            "g:00",
+            "g:-7",
+            "d:-1:2",
+            "g:1e3",
+            "g:0x10",
+            "g:7.0",
+            "g:18446744073709551616",
+            "g:\u{0667}",
+            "d:1 2:3",
+        ] {
+            assert_eq!(refusal(text), rule, "{text:?}");
         }
     }
 
