@@ -55,10 +55,14 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<(), Status> {
     }
 }
 
-/// Free text that must not be empty (after trimming white space).
+/// Free text of at most `max` bytes that must not be empty, nor white space alone (spaces,
+/// tabs, line breaks and the other characters Unicode calls white space, such as U+00A0
+/// and U+3000): such a message or name would show as nothing. Characters that are not
+/// white space but draw nothing (U+200B, U+FEFF) are accepted.
 ///
 /// # Errors
-/// `INVALID_ARGUMENT` naming the field.
+/// `INVALID_ARGUMENT` "`<field>` must not be empty" for empty text and white space alone
+/// alike; the limit's error of [`text`].
 pub fn non_empty_text(field: &str, value: &str, max: usize) -> Result<(), Status> {
     if value.trim().is_empty() {
         return Err(Status::invalid_argument(format!(
@@ -138,5 +142,25 @@ mod tests {
         assert!(non_empty_text("name", "  ", 10).is_err());
         assert_eq!(limit(0, 100, 500).unwrap(), 100);
         assert!(limit(501, 100, 500).is_err());
+    }
+
+    #[test]
+    fn text_of_white_space_alone_is_refused() {
+        for blank in [
+            "", " ", "   ", "\t", "\n", "\r\n", " \t\n ", "\u{a0}", "\u{3000}", "\u{2028}",
+            "\u{85}",
+        ] {
+            let err = non_empty_text("body", blank, 100).unwrap_err();
+            assert_eq!(err.code(), mprpc::Code::InvalidArgument, "{blank:?}");
+            assert_eq!(err.message(), "body must not be empty", "{blank:?}");
+        }
+        for shown in [".", " x ", "\u{200b}", "\u{feff}", "\0", "🙂"] {
+            assert!(
+                non_empty_text("body", shown, 100).is_ok(),
+                "{shown:?} refused"
+            );
+        }
+        // The size limit still applies to text that is not blank.
+        assert!(non_empty_text("body", "xxxx", 3).is_err());
     }
 }
