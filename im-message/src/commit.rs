@@ -205,17 +205,34 @@ async fn run(
     }
 }
 
-/// Answers the jobs of a committed part and hands what was stored to the pusher.
+/// Answers the jobs of a committed part and hands their messages to the pusher: what was
+/// stored now, and what a resend found stored by an earlier commit. The first commit's
+/// push may never have been made (the service stopped between commit and push), and
+/// nothing records that it was: so a resend pushes again, and clients drop a message they
+/// hold already by its msg_id. A repeat inside this part is not pushed twice.
 fn answer(jobs: &mut [Job], outcomes: Vec<Outcome>, pusher: &Pusher) {
+    let mut stored_now = std::collections::HashSet::new();
+    for outcome in &outcomes {
+        if let Outcome::Stored(message) = outcome {
+            stored_now.insert(message.msg_id);
+        }
+    }
     for (job, outcome) in jobs.iter_mut().zip(outcomes) {
-        if let Outcome::Stored(message) = &outcome {
-            metrics::counter!("mpim_messages_stored_total").increment(1);
+        let push = match &outcome {
+            Outcome::Stored(message) => {
+                metrics::counter!("mpim_messages_stored_total").increment(1);
+                Some(message)
+            }
+            Outcome::Duplicate(message) => {
+                metrics::counter!("mpim_message_resends_total").increment(1);
+                (!stored_now.contains(&message.msg_id)).then_some(message)
+            }
+        };
+        if let Some(message) = push {
             pusher.push(Push {
                 message: message.clone(),
                 sender_device: job.device.clone(),
             });
-        } else {
-            metrics::counter!("mpim_message_resends_total").increment(1);
         }
         if let Some(reply) = job.reply.take() {
             let _ = reply.send(Ok(outcome));

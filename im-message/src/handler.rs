@@ -83,19 +83,39 @@ impl Messages {
     }
 
     /// Stores `message`, or returns the original ack of a resend.
+    ///
+    /// # Errors
+    /// `ALREADY_EXISTS` when the sender used this client_msg_id for another message (to
+    /// another conversation, or another kind or target): the key names one send, never
+    /// another message.
     async fn store(&self, message: NewMessage, user: &User) -> Result<SendAck, Status> {
+        let key = Key::of(&message);
         let outcome = self
             .inner
             .committer
             .submit(message, user.device.clone())
             .await?;
+        if let Outcome::Duplicate(stored) = &outcome {
+            key.check(stored)?;
+        }
         Ok(ack(&outcome))
     }
 
     /// The ack of an earlier send with this client_msg_id, if there was one.
-    async fn earlier(&self, user: &User, client_msg_id: &str) -> Result<Option<SendAck>, Status> {
-        let found = self.inner.sql.by_client_id(user.id, client_msg_id).await?;
-        Ok(found.map(|message| ack(&Outcome::Duplicate(message))))
+    ///
+    /// # Errors
+    /// `ALREADY_EXISTS` when that earlier message does not match `key`.
+    async fn earlier(
+        &self,
+        user: &User,
+        client_msg_id: &str,
+        key: Key,
+    ) -> Result<Option<SendAck>, Status> {
+        let Some(stored) = self.inner.sql.by_client_id(user.id, client_msg_id).await? else {
+            return Ok(None);
+        };
+        key.check(&stored)?;
+        Ok(Some(ack(&Outcome::Duplicate(stored))))
     }
 
     /// A permission failure, unless the message was stored before (then its ack).
@@ -103,9 +123,10 @@ impl Messages {
         &self,
         user: &User,
         client_msg_id: &str,
+        key: Key,
         status: Status,
     ) -> Result<SendAck, Status> {
-        match self.earlier(user, client_msg_id).await? {
+        match self.earlier(user, client_msg_id, key).await? {
             Some(ack) => Ok(ack),
             None => Err(status),
         }
@@ -138,6 +159,49 @@ impl Messages {
     }
 }
 
+/// What a resend must share with the message stored under its client_msg_id.
+#[derive(Debug, Clone, Copy)]
+struct Key {
+    /// Unknown for a recall or edit until its target is read: the target names it.
+    conversation: Option<ConversationId>,
+    kind: MessageKind,
+    ref_msg_id: u64,
+}
+
+impl Key {
+    fn of(message: &NewMessage) -> Key {
+        Key {
+            conversation: Some(message.conversation),
+            kind: message.kind,
+            ref_msg_id: message.ref_msg_id,
+        }
+    }
+
+    /// A recall or edit of `msg_id`.
+    fn about(kind: MessageKind, msg_id: u64) -> Key {
+        Key {
+            conversation: None,
+            kind,
+            ref_msg_id: msg_id,
+        }
+    }
+
+    fn check(&self, stored: &ChatMessage) -> Result<(), Status> {
+        let same_conversation = self
+            .conversation
+            .is_none_or(|c| stored.conversation_id == c.to_string());
+        if same_conversation
+            && stored.kind == self.kind as i32
+            && stored.ref_msg_id == self.ref_msg_id
+        {
+            return Ok(());
+        }
+        Err(Status::already_exists(
+            "client_msg_id was used for another message; use a new one",
+        ))
+    }
+}
+
 fn ack(outcome: &Outcome) -> SendAck {
     let message = outcome.message();
     SendAck {
@@ -158,11 +222,19 @@ impl im_common::proto::MessageService for Messages {
         if to == user.id {
             return Err(Status::invalid_argument("to_user_id is the sender"));
         }
+        let conversation = ConversationId::direct(user.id, to);
         if let Err(status) = self.inner.access.check_direct(user.id, to).await {
-            return self.refused(&user, &request.client_msg_id, status).await;
+            let key = Key {
+                conversation: Some(conversation),
+                kind: MessageKind::Text,
+                ref_msg_id: 0,
+            };
+            return self
+                .refused(&user, &request.client_msg_id, key, status)
+                .await;
         }
         let message = NewMessage {
-            conversation: ConversationId::direct(user.id, to),
+            conversation,
             sender: user.id,
             client_msg_id: request.client_msg_id,
             kind: MessageKind::Text,
@@ -177,11 +249,19 @@ impl im_common::proto::MessageService for Messages {
         let group = validate::user_id("group_id", request.group_id)?;
         validate::client_id("client_msg_id", &request.client_msg_id)?;
         self.check_body(&request.body)?;
+        let conversation = ConversationId::Group(group);
         if let Err(status) = self.inner.access.check_group_post(group, user.id).await {
-            return self.refused(&user, &request.client_msg_id, status).await;
+            let key = Key {
+                conversation: Some(conversation),
+                kind: MessageKind::Text,
+                ref_msg_id: 0,
+            };
+            return self
+                .refused(&user, &request.client_msg_id, key, status)
+                .await;
         }
         let message = NewMessage {
-            conversation: ConversationId::Group(group),
+            conversation,
             sender: user.id,
             client_msg_id: request.client_msg_id,
             kind: MessageKind::Text,
@@ -241,7 +321,8 @@ impl im_common::proto::MessageService for Messages {
             given => given.to_owned(),
         };
         validate::client_id("client_msg_id", &client_msg_id)?;
-        if let Some(ack) = self.earlier(&user, &client_msg_id).await? {
+        let key = Key::about(MessageKind::Recall, request.msg_id);
+        if let Some(ack) = self.earlier(&user, &client_msg_id, key).await? {
             return Ok(ack);
         }
         let (message, conversation) = self.target(&user, request.msg_id).await?;
@@ -286,7 +367,8 @@ impl im_common::proto::MessageService for Messages {
         let user = identity::user(&ctx)?;
         validate::client_id("client_msg_id", &request.client_msg_id)?;
         self.check_body(&request.body)?;
-        if let Some(ack) = self.earlier(&user, &request.client_msg_id).await? {
+        let key = Key::about(MessageKind::Edit, request.msg_id);
+        if let Some(ack) = self.earlier(&user, &request.client_msg_id, key).await? {
             return Ok(ack);
         }
         let (message, conversation) = self.target(&user, request.msg_id).await?;
