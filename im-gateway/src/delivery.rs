@@ -4,6 +4,9 @@
 //! A reader takes entries (first those an earlier run read and did not acknowledge, then
 //! new ones), queues their pushes with a [`Token`] per batch, and hands the batch to an
 //! acknowledger, which waits for the batch's tokens to be dropped and acknowledges it.
+//! An earlier run's entries are read before any client can have connected to this one, so
+//! they find no connection and are acknowledged at once: the clients they were for sync
+//! what they missed when they reconnect.
 //! Reads are never cancelled midway (an entry read and not seen would wait for the next
 //! restart): the reader stops only between reads.
 

@@ -17,9 +17,12 @@
 //! - one dispatcher answers every command, whatever the transport; replies take the form of
 //!   their request;
 //! - a chat message in this gateway's delivery stream is acknowledged only after it was
-//!   written to the socket of every target device here (or that connection is gone), so a
-//!   gateway that restarts pushes again what it had not written; the sending device gets
-//!   the ack, not a push; the sender's other devices get the push;
+//!   written to the socket of every target device here (or that connection is gone); the
+//!   sending device gets the ack, not a push; the sender's other devices get the push. A
+//!   push is not what makes delivery sure: a client that reconnects (to this gateway after
+//!   a restart, or to another) resumes from its cursors and syncs what it missed. So the
+//!   entries a crashed run read and did not acknowledge are acknowledged by the next run
+//!   without a push: their connections died with that run;
 //! - limits per connection (frame size, request rate, requests in flight, queued pushes,
 //!   idle time) and in total (connections); a client that does not read its pushes is
 //!   disconnected when its queue fills, and syncs when it reconnects;

@@ -141,8 +141,9 @@ async fn group_fan_out(bus: Bus) {
 }
 
 /// Entries an earlier run of a gateway read and did not acknowledge (it died) are taken
-/// again by the next run with the same id, and acknowledged once handled.
-async fn a_restarted_gateway_finishes_what_it_had_read(bus: Bus) {
+/// again by the next run with the same id and acknowledged (their connections died with
+/// that run; its clients sync on reconnect), not left pending in the stream for ever.
+async fn a_restarted_gateway_acknowledges_what_its_last_run_left(bus: Bus) {
     let cluster = Cluster::start(bus, false).await;
     let id = name("gw-restart-");
     let stream = im_common::bus::delivery_stream(&id);
@@ -197,7 +198,7 @@ async fn a_restarted_gateway_finishes_what_it_had_read(bus: Bus) {
 im_common::on_every_bus!(
     one_to_one,
     group_fan_out,
-    a_restarted_gateway_finishes_what_it_had_read
+    a_restarted_gateway_acknowledges_what_its_last_run_left
 );
 
 #[tokio::test]
