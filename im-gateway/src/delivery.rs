@@ -32,6 +32,8 @@ use crate::wire::Encoded;
 const BLOCK: Duration = Duration::from_millis(500);
 /// Pause after a failed bus call.
 const RETRY: Duration = Duration::from_millis(500);
+/// Pause before acknowledging again entries whose acknowledgement failed three times.
+const ACK_RETRY: Duration = Duration::from_secs(2);
 
 /// A batch read and pushed, waiting to be written everywhere.
 struct Batch {
@@ -97,7 +99,8 @@ async fn read(
             // Pending entries are returned until acknowledged: finish these before
             // asking again.
             let _ = batch.written.await;
-            shared.ack(batch.ids).await;
+            // Not acknowledged: the next read returns them again, and they are retried.
+            let _ = shared.ack(batch.ids).await;
         } else if batches.send(batch).await.is_err() {
             return;
         }
@@ -107,10 +110,14 @@ async fn read(
 /// Acknowledges each batch once its pushes are written, in whatever order that happens (a
 /// slow reader's batch holds up no other). Beyond `max_pending_deliveries` entries waiting,
 /// it takes no more batches, which stops the reader; a blocked socket gives up its
-/// tokens within the write timeout at most.
+/// tokens within the write timeout at most. Entries whose acknowledgement failed (the bus
+/// was down) are kept, still counted as waiting, and acknowledged again every
+/// [`ACK_RETRY`] until the bus takes them: left pending, they would be read and pushed
+/// again at the next restart.
 async fn acknowledge(shared: Arc<Shared>, mut incoming: mpsc::Receiver<Batch>) {
     let limit = shared.settings.max_pending_deliveries;
     let mut waiting = FuturesUnordered::new();
+    let mut failed: Vec<String> = Vec::new();
     let mut entries = 0;
     let mut open = true;
     loop {
@@ -128,8 +135,16 @@ async fn acknowledge(shared: Arc<Shared>, mut incoming: mpsc::Receiver<Batch>) {
                 None => open = false,
             },
             Some(ids) = waiting.next(), if !waiting.is_empty() => {
-                entries -= ids.len();
-                shared.ack(ids).await;
+                match shared.ack(ids).await {
+                    Ok(done) => entries -= done,
+                    Err(ids) => failed.extend(ids),
+                }
+            }
+            () = tokio::time::sleep(ACK_RETRY), if !failed.is_empty() => {
+                match shared.ack(std::mem::take(&mut failed)).await {
+                    Ok(done) => entries -= done,
+                    Err(ids) => failed = ids,
+                }
             }
             else => return,
         }
@@ -180,17 +195,19 @@ impl Shared {
         }
     }
 
-    async fn ack(&self, ids: Vec<String>) {
+    /// Acknowledges `ids`, trying three times; how many on success, the ids back on
+    /// failure.
+    async fn ack(&self, ids: Vec<String>) -> Result<usize, Vec<String>> {
         let stream = delivery_stream(&self.id);
         for attempt in 0..3 {
             match self.bus.streams.ack(stream.clone(), ids.clone()).await {
-                Ok(()) => return,
+                Ok(()) => return Ok(ids.len()),
                 Err(err) if attempt == 2 => {
-                    // Read again after a restart: clients drop the duplicate by msg_id.
-                    warn!(cause = %err, "delivery entries not acknowledged");
+                    warn!(cause = %err, entries = ids.len(), "delivery entries not acknowledged; trying again later");
                 }
                 Err(_) => tokio::time::sleep(RETRY).await,
             }
         }
+        Err(ids)
     }
 }

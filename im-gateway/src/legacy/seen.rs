@@ -67,6 +67,10 @@ impl Seen {
                 }
             }
         }
+        // A message pushed twice (a resend pushes again) is shown once.
+        if self.shown.contains(&message.msg_id) {
+            return Verdict::Old;
+        }
         if self.shown.len() < MAX_SHOWN {
             self.shown.insert(message.msg_id);
         }
@@ -136,6 +140,7 @@ mod tests {
         // Seq 4 never came here.
         assert_eq!(seen.pushed(&chat("a", 5, 12)), Verdict::Show);
         assert!(seen.is_behind("a") && seen.shown(12));
+        assert_eq!(seen.pushed(&chat("a", 5, 12)), Verdict::Old);
         assert_eq!(seen.pushed(&chat("a", 6, 13)), Verdict::Show);
         seen.pulled("a", 6, true);
         assert!(!seen.is_behind("a") && !seen.shown(12));
