@@ -36,8 +36,9 @@
 //! Decisions worth knowing:
 //! - one task per connection, which also polls that connection's requests in flight
 //!   (no task per request), and no buffer while a connection is idle;
-//! - routes are bound and unbound through a few ordered lanes (by user), so that the late
-//!   unbind of a device's old connection never removes the route of its new one;
+//! - routes are bound and unbound in order per device, so that the late unbind of a
+//!   device's old connection never removes the route of its new one, and concurrently
+//!   across devices, so that one slow presence call holds up no other login;
 //! - a user's friend list (for presence pushes) is loaded when the user's first connection
 //!   here logs in and kept until the last one closes; a friendship accepted or removed
 //!   through this gateway updates it for both users if they are here, one made through

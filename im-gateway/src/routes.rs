@@ -1,13 +1,17 @@
 //! This gateway's routes in presence: bound at login, unbound when a connection closes,
 //! and all of them kept alive by one Heartbeat per gateway.
 //!
-//! Binds and unbinds of a user go through one of a few lanes, in order, so that the unbind
-//! of a device's old connection never overtakes the bind of its new one; before unbinding,
-//! a lane checks that no connection of that device is left here.
+//! Binds and unbinds of one device run in order, so that the unbind of a device's old
+//! connection never overtakes the bind of its new one; before unbinding, the lanes check
+//! that no connection of that device is left here. Different devices' calls run at once
+//! (up to [`MAX_CALLS`]), so one slow presence call holds up only its own device.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use im_common::identity;
 use im_proto::{DeviceKind, HeartbeatRequest, Route, UnbindRouteRequest};
 use mprpc::CallOptions;
@@ -18,31 +22,39 @@ use tracing::warn;
 
 use crate::Shared;
 
-const LANES: usize = 8;
-const LANE_QUEUE: usize = 1024;
+/// Operations queued before callers wait for room.
+const QUEUE: usize = 8192;
+/// Presence calls at once.
+const MAX_CALLS: usize = 256;
 
 enum Op {
     Bind(Route, oneshot::Sender<Result<(), mprpc::Error>>),
     Unbind { user: u64, device: String },
 }
 
-/// The lanes' senders (cheap to share) and, until the gateway serves, their receivers.
+impl Op {
+    /// What the operation must stay in order with: its user's device.
+    fn key(&self) -> (u64, String) {
+        match self {
+            Op::Bind(route, _) => (route.user_id, route.device_id.clone()),
+            Op::Unbind { user, device } => (*user, device.clone()),
+        }
+    }
+}
+
+/// The queue into the lanes (cheap to share) and, until the gateway serves, its receiver.
 pub(crate) struct Lanes {
-    senders: Vec<mpsc::Sender<Op>>,
-    receivers: Mutex<Vec<mpsc::Receiver<Op>>>,
+    sender: mpsc::Sender<Op>,
+    receiver: Mutex<Option<mpsc::Receiver<Op>>>,
 }
 
 impl Lanes {
     pub(crate) fn new() -> Lanes {
-        let (senders, receivers) = (0..LANES).map(|_| mpsc::channel(LANE_QUEUE)).unzip();
+        let (sender, receiver) = mpsc::channel(QUEUE);
         Lanes {
-            senders,
-            receivers: Mutex::new(receivers),
+            sender,
+            receiver: Mutex::new(Some(receiver)),
         }
-    }
-
-    fn lane(&self, user: u64) -> &mpsc::Sender<Op> {
-        &self.senders[(user % LANES as u64) as usize]
     }
 
     /// Binds `user`'s `device` to this gateway.
@@ -63,7 +75,7 @@ impl Lanes {
             gateway_id: gateway.to_owned(),
         };
         let (tx, rx) = oneshot::channel();
-        if self.lane(user).send(Op::Bind(route, tx)).await.is_err() {
+        if self.sender.send(Op::Bind(route, tx)).await.is_err() {
             return Err(mprpc::Error::Unavailable("gateway is stopping"));
         }
         rx.await
@@ -72,32 +84,57 @@ impl Lanes {
 
     /// Unbinds `user`'s `device` unless another connection of it is still here.
     pub(crate) async fn unbind(&self, user: u64, device: String) {
-        let _ = self.lane(user).send(Op::Unbind { user, device }).await;
+        let _ = self.sender.send(Op::Unbind { user, device }).await;
     }
 }
 
 /// Runs the lanes until `stop` and then until every queued operation is done.
 pub(crate) async fn run_lanes(shared: Arc<Shared>, stop: CancellationToken) {
-    let receivers = std::mem::take(&mut *shared.lanes.receivers.lock());
-    let lanes = receivers
-        .into_iter()
-        .map(|rx| run_lane(shared.clone(), rx, stop.clone()));
-    futures::future::join_all(lanes).await;
-}
-
-async fn run_lane(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>, stop: CancellationToken) {
+    let Some(mut rx) = shared.lanes.receiver.lock().take() else {
+        return;
+    };
+    // Per device with a call running: the operations that wait for it, in order.
+    let mut waiting: HashMap<(u64, String), VecDeque<Op>> = HashMap::new();
+    let mut running = FuturesUnordered::new();
+    let (mut open, mut closing) = (true, false);
     loop {
-        let op = tokio::select! {
-            op = rx.recv() => op,
-            () = stop.cancelled() => {
+        tokio::select! {
+            op = rx.recv(), if open && running.len() < MAX_CALLS => match op {
+                Some(op) => {
+                    let key = op.key();
+                    match waiting.get_mut(&key) {
+                        Some(queue) => queue.push_back(op),
+                        None => {
+                            waiting.insert(key.clone(), VecDeque::new());
+                            running.push(run(&shared, key, op));
+                        }
+                    }
+                }
+                None => open = false,
+            },
+            Some(key) = running.next(), if !running.is_empty() => {
+                let next = waiting.get_mut(&key).and_then(VecDeque::pop_front);
+                match next {
+                    Some(op) => running.push(run(&shared, key, op)),
+                    None => {
+                        waiting.remove(&key);
+                    }
+                }
+            }
+            () = stop.cancelled(), if !closing => {
                 // Connections have closed by now: what is queued is all there will be.
                 rx.close();
-                rx.recv().await
+                closing = true;
             }
-        };
-        let Some(op) = op else { return };
-        apply(&shared, op).await;
+            else => return,
+        }
     }
+}
+
+/// Applies `op`; returns its key, for the next operation of that device.
+async fn run(shared: &Shared, key: (u64, String), op: Op) -> (u64, String) {
+    apply(shared, op).await;
+    key
 }
 
 async fn apply(shared: &Shared, op: Op) {

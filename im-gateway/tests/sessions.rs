@@ -266,3 +266,61 @@ async fn a_login_whose_route_cannot_be_bound_fails() {
     gateway.stopped().await;
     cluster.close().await;
 }
+
+/// One user's route bind that hangs in presence holds up nobody else's login, not even
+/// users whose logins used to share its lane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slow_route_bind_holds_up_no_other_login() {
+    let faults = Faults::default();
+    let cluster = Cluster::start_with(
+        Bus::in_process(),
+        false,
+        TokenTtl::default(),
+        faults.clone(),
+    )
+    .await;
+    // Far longer than the test waits: a lane stuck behind the held call stays stuck.
+    let settings = Settings {
+        call_timeout_ms: 120_000,
+        ..settings()
+    };
+    let gateway = cluster.gateway(&name("gw-slow-bind-"), settings).await;
+    let ada_name = name("ada");
+    let mut ada = Client::tcp(gateway.tcp).await;
+    let Body::Profile(profile) = ada
+        .ok(Command::Register(im_proto::RegisterRequest {
+            name: ada_name.clone(),
+            password: PASSWORD.to_owned(),
+            nickname: String::new(),
+        }))
+        .await
+    else {
+        panic!("a profile")
+    };
+    faults
+        .hold_binds_of
+        .store(profile.user_id, Ordering::SeqCst);
+    let held = tokio::spawn(async move {
+        ada.login(&ada_name, "phone").await;
+        ada
+    });
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while faults.holding.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bind never came"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Sixteen users after Ada: every user id modulo any small lane count, hers included.
+    for _ in 0..16 {
+        let mut other = Client::tcp(gateway.tcp).await;
+        other.register_login(&name("other"), "phone").await;
+    }
+    assert!(!held.is_finished(), "Ada's bind was not held");
+    faults.release_binds();
+    let ada = tokio::time::timeout(WAIT, held).await.unwrap().unwrap();
+    assert_eq!(ada.user_id(), profile.user_id);
+    cluster.close().await;
+}

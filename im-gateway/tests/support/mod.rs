@@ -167,7 +167,7 @@ impl Default for TokenTtl {
 
 /// Service methods that fail with `UNAVAILABLE` while their switch is on, as if the
 /// service could not be reached (shared: flip them while the cluster runs).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Faults {
     /// `UserService.CheckSessions`.
     pub check_sessions: Arc<AtomicBool>,
@@ -175,6 +175,26 @@ pub struct Faults {
     pub bind_route: Arc<AtomicBool>,
     /// How many calls were failed so far.
     pub failed: Arc<std::sync::atomic::AtomicUsize>,
+    /// `PresenceService.BindRoute` for this user (0: none) waits until
+    /// [`Faults::release_binds`].
+    pub hold_binds_of: Arc<std::sync::atomic::AtomicU64>,
+    /// Binds held now.
+    pub holding: Arc<std::sync::atomic::AtomicUsize>,
+    /// What held binds wait for.
+    released: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Faults {
+    fn default() -> Faults {
+        Faults {
+            check_sessions: Arc::default(),
+            bind_route: Arc::default(),
+            failed: Arc::default(),
+            hold_binds_of: Arc::default(),
+            holding: Arc::default(),
+            released: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
 }
 
 impl Faults {
@@ -187,8 +207,57 @@ impl Faults {
         mprpc::Server::builder()
             .intercept(im_common::identity::Authorize::new(policy))
             .intercept(self.clone())
-            .add_service(service)
+            .add_service(Holding {
+                inner: service,
+                faults: self.clone(),
+            })
             .build()
+    }
+
+    /// Lets held binds go on.
+    pub fn release_binds(&self) {
+        self.hold_binds_of.store(0, Ordering::SeqCst);
+        self.released
+            .add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    }
+}
+
+/// A service whose BindRoute calls for one user wait for [`Faults::release_binds`].
+struct Holding<S> {
+    inner: S,
+    faults: Faults,
+}
+
+impl<S: mprpc::Service> mprpc::Service for Holding<S> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn methods(&self) -> &'static [&'static str] {
+        self.inner.methods()
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        ctx: mprpc::Context,
+        request: bytes::Bytes,
+    ) -> Option<mprpc::BoxFuture<Result<bytes::Bytes, mprpc::Status>>> {
+        let held = self.faults.hold_binds_of.load(Ordering::SeqCst);
+        let hold = method == "BindRoute"
+            && held != 0
+            && im_proto::Route::decode(request.clone()).is_ok_and(|r| r.user_id == held);
+        let call = self.inner.call(method, ctx, request)?;
+        if !hold {
+            return Some(call);
+        }
+        let (released, holding) = (self.faults.released.clone(), self.faults.holding.clone());
+        holding.fetch_add(1, Ordering::SeqCst);
+        Some(Box::pin(async move {
+            let _ = released.acquire().await;
+            holding.fetch_sub(1, Ordering::SeqCst);
+            call.await
+        }))
     }
 }
 
