@@ -508,8 +508,9 @@ async fn add_friend_never_accepts_for_the_target() {
     cluster.close().await;
 }
 
-#[tokio::test]
-async fn lines_are_rate_limited() {
+/// A terminal on a gateway that allows 1 line per second, 2 at once, and closes after the
+/// second refusal in a row.
+async fn rate_limited() -> (Cluster, Running, Term) {
     let cluster = Cluster::start(Bus::in_process(), true).await;
     let settings = Settings {
         rate_per_sec: 1,
@@ -520,7 +521,13 @@ async fn lines_are_rate_limited() {
     let gateway = cluster
         .gateway_with_legacy(&name("gw-"), settings, 1024)
         .await;
-    let mut term = Term::connect(gateway.legacy.unwrap()).await;
+    let term = Term::connect(gateway.legacy.unwrap()).await;
+    (cluster, gateway, term)
+}
+
+#[tokio::test]
+async fn lines_are_rate_limited() {
+    let (cluster, _gateway, mut term) = rate_limited().await;
     term.send("PING\nPING\nPING\nPING").await;
     assert_eq!(
         term.closed().await,
@@ -805,17 +812,7 @@ async fn a_connection_that_never_logs_in_is_closed() {
 
 #[tokio::test]
 async fn empty_lines_count_against_the_rate_limit() {
-    let cluster = Cluster::start(Bus::in_process(), true).await;
-    let settings = Settings {
-        rate_per_sec: 1,
-        rate_burst: 2,
-        max_rate_limited: 1,
-        ..settings()
-    };
-    let gateway = cluster
-        .gateway_with_legacy(&name("gw-"), settings, 1024)
-        .await;
-    let mut term = Term::connect(gateway.legacy.unwrap()).await;
+    let (cluster, _gateway, mut term) = rate_limited().await;
     term.send_raw(b"\n  \n\r\n\n\n").await;
     assert_eq!(
         term.closed().await,

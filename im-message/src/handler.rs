@@ -118,6 +118,35 @@ impl Messages {
         Ok(Some(ack(&Outcome::Duplicate(stored))))
     }
 
+    /// Stores a text message to `conversation` if `allowed`; refused, the send is still
+    /// answered with its ack when it was stored before (its first ack was lost, and the
+    /// permission changed since).
+    async fn send_text(
+        &self,
+        user: &User,
+        conversation: ConversationId,
+        client_msg_id: String,
+        body: String,
+        allowed: Result<(), Status>,
+    ) -> Result<SendAck, Status> {
+        let message = NewMessage {
+            conversation,
+            sender: user.id,
+            client_msg_id,
+            kind: MessageKind::Text,
+            body,
+            ref_msg_id: 0,
+        };
+        match allowed {
+            Ok(()) => self.store(message, user).await,
+            Err(status) => {
+                let key = Key::of(&message);
+                self.refused(user, &message.client_msg_id, key, status)
+                    .await
+            }
+        }
+    }
+
     /// A permission failure, unless the message was stored before (then its ack).
     async fn refused(
         &self,
@@ -222,26 +251,16 @@ impl im_common::proto::MessageService for Messages {
         if to == user.id {
             return Err(Status::invalid_argument("to_user_id is the sender"));
         }
+        let allowed = self.inner.access.check_direct(user.id, to).await;
         let conversation = ConversationId::direct(user.id, to);
-        if let Err(status) = self.inner.access.check_direct(user.id, to).await {
-            let key = Key {
-                conversation: Some(conversation),
-                kind: MessageKind::Text,
-                ref_msg_id: 0,
-            };
-            return self
-                .refused(&user, &request.client_msg_id, key, status)
-                .await;
-        }
-        let message = NewMessage {
+        self.send_text(
+            &user,
             conversation,
-            sender: user.id,
-            client_msg_id: request.client_msg_id,
-            kind: MessageKind::Text,
-            body: request.body,
-            ref_msg_id: 0,
-        };
-        self.store(message, &user).await
+            request.client_msg_id,
+            request.body,
+            allowed,
+        )
+        .await
     }
 
     async fn send_group(&self, ctx: Context, request: SendGroupRequest) -> Result<SendAck, Status> {
@@ -249,26 +268,16 @@ impl im_common::proto::MessageService for Messages {
         let group = validate::user_id("group_id", request.group_id)?;
         validate::client_id("client_msg_id", &request.client_msg_id)?;
         self.check_body(&request.body)?;
+        let allowed = self.inner.access.check_group_post(group, user.id).await;
         let conversation = ConversationId::Group(group);
-        if let Err(status) = self.inner.access.check_group_post(group, user.id).await {
-            let key = Key {
-                conversation: Some(conversation),
-                kind: MessageKind::Text,
-                ref_msg_id: 0,
-            };
-            return self
-                .refused(&user, &request.client_msg_id, key, status)
-                .await;
-        }
-        let message = NewMessage {
+        self.send_text(
+            &user,
             conversation,
-            sender: user.id,
-            client_msg_id: request.client_msg_id,
-            kind: MessageKind::Text,
-            body: request.body,
-            ref_msg_id: 0,
-        };
-        self.store(message, &user).await
+            request.client_msg_id,
+            request.body,
+            allowed,
+        )
+        .await
     }
 
     async fn sync(&self, ctx: Context, request: SyncRequest) -> Result<SyncReply, Status> {
