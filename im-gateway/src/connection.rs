@@ -62,7 +62,7 @@ enum End {
 }
 
 /// How long a write may block before the client is given up on.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one connection until it ends, then unregisters it.
 pub(crate) async fn serve<T: Transport>(

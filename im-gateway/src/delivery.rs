@@ -94,13 +94,13 @@ async fn read(
             }
             continue;
         }
-        let batch = shared.deliver(&entries);
+        let batch = deliver(shared, &entries);
         if from == ReadFrom::Pending {
             // Pending entries are returned until acknowledged: finish these before
             // asking again.
             let _ = batch.written.await;
             // Not acknowledged: the next read returns them again, and they are retried.
-            let _ = shared.ack(batch.ids).await;
+            let _ = ack(shared, batch.ids).await;
         } else if batches.send(batch).await.is_err() {
             return;
         }
@@ -135,13 +135,13 @@ async fn acknowledge(shared: Arc<Shared>, mut incoming: mpsc::Receiver<Batch>) {
                 None => open = false,
             },
             Some(ids) = waiting.next(), if !waiting.is_empty() => {
-                match shared.ack(ids).await {
+                match ack(&shared, ids).await {
                     Ok(done) => entries -= done,
                     Err(ids) => failed.extend(ids),
                 }
             }
             () = tokio::time::sleep(ACK_RETRY), if !failed.is_empty() => {
-                match shared.ack(std::mem::take(&mut failed)).await {
+                match ack(&shared, std::mem::take(&mut failed)).await {
                     Ok(done) => entries -= done,
                     Err(ids) => failed = ids,
                 }
@@ -151,63 +151,65 @@ async fn acknowledge(shared: Arc<Shared>, mut incoming: mpsc::Receiver<Batch>) {
     }
 }
 
-impl Shared {
-    /// Queues the pushes of `entries` on the connections of their users here.
-    fn deliver(&self, entries: &[StreamEntry]) -> Batch {
-        let (token, written) = Token::new();
-        for entry in entries {
-            let delivery = match Delivery::decode(entry.payload.clone()) {
-                Ok(delivery) => delivery,
-                Err(err) => {
-                    warn!(cause = %err, id = entry.id, "undecodable delivery skipped");
-                    continue;
-                }
-            };
-            let Some(message) = delivery.message else {
+/// Queues the pushes of `entries` on the connections of their users here.
+fn deliver(shared: &Shared, entries: &[StreamEntry]) -> Batch {
+    let (token, written) = Token::new();
+    for entry in entries {
+        let delivery = match Delivery::decode(entry.payload.clone()) {
+            Ok(delivery) => delivery,
+            Err(err) => {
+                warn!(cause = %err, id = entry.id, "undecodable delivery skipped");
                 continue;
-            };
-            let body = match MessageKind::try_from(message.kind) {
-                Ok(MessageKind::Recall) => Body::Recalled(Recalled {
-                    event: Some(message),
-                }),
-                Ok(MessageKind::Edit) => Body::Edited(Edited {
-                    event: Some(message),
-                }),
-                _ => Body::Message(message),
-            };
-            let push = Encoded::push(body);
-            for &user in &delivery.user_ids {
-                self.registry.each(user, |conn| {
-                    let Some(session) = conn.session() else {
-                        return;
-                    };
-                    // The sending device has the ack; its user's other devices get the push.
-                    if user == delivery.sender_id && session.device == delivery.sender_device_id {
-                        return;
-                    }
-                    conn.push(push.clone(), Some(token.clone()), self.settings.max_queued);
-                });
             }
-        }
-        Batch {
-            ids: entries.iter().map(|e| e.id.clone()).collect(),
-            written,
-        }
-    }
-
-    /// Acknowledges `ids`, trying three times; how many on success, the ids back on
-    /// failure.
-    async fn ack(&self, ids: Vec<String>) -> Result<usize, Vec<String>> {
-        let stream = delivery_stream(&self.id);
-        for attempt in 0..3 {
-            match self.bus.streams.ack(stream.clone(), ids.clone()).await {
-                Ok(()) => return Ok(ids.len()),
-                Err(err) if attempt == 2 => {
-                    warn!(cause = %err, entries = ids.len(), "delivery entries not acknowledged; trying again later");
+        };
+        let Some(message) = delivery.message else {
+            continue;
+        };
+        let body = match MessageKind::try_from(message.kind) {
+            Ok(MessageKind::Recall) => Body::Recalled(Recalled {
+                event: Some(message),
+            }),
+            Ok(MessageKind::Edit) => Body::Edited(Edited {
+                event: Some(message),
+            }),
+            _ => Body::Message(message),
+        };
+        let push = Encoded::push(body);
+        for &user in &delivery.user_ids {
+            shared.registry.each(user, |conn| {
+                let Some(session) = conn.session() else {
+                    return;
+                };
+                // The sending device has the ack; its user's other devices get the push.
+                if user == delivery.sender_id && session.device == delivery.sender_device_id {
+                    return;
                 }
-                Err(_) => tokio::time::sleep(RETRY).await,
-            }
+                conn.push(
+                    push.clone(),
+                    Some(token.clone()),
+                    shared.settings.max_queued,
+                );
+            });
         }
-        Err(ids)
     }
+    Batch {
+        ids: entries.iter().map(|e| e.id.clone()).collect(),
+        written,
+    }
+}
+
+/// Acknowledges `ids`, trying three times; how many on success, the ids back on
+/// failure.
+async fn ack(shared: &Shared, ids: Vec<String>) -> Result<usize, Vec<String>> {
+    let stream = delivery_stream(&shared.id);
+    for attempt in 0..3 {
+        match shared.bus.streams.ack(stream.clone(), ids.clone()).await {
+            Ok(()) => return Ok(ids.len()),
+            Err(err) if attempt == 2 => {
+                warn!(cause = %err, entries = ids.len(), "delivery entries not acknowledged; trying again later");
+            }
+            Err(_) => tokio::time::sleep(RETRY).await,
+        }
+    }
+    Err(ids)
 }

@@ -51,6 +51,7 @@
 //! # Layout
 //! - [`config`]: [`Config`], [`WsConfig`], [`Settings`];
 //! - [`services`]: [`Services`], the clients of the four services;
+//! - `state`: what connections and background tasks share, and which module owns each part;
 //! - `dispatch`: the one dispatcher, command → service call, status → client error;
 //! - `session`: Login, Resume, Logout;
 //! - `signals`: Typing and read receipts;
@@ -86,6 +87,7 @@ mod routes;
 pub mod services;
 mod session;
 mod signals;
+mod state;
 mod stats;
 mod tcp;
 mod web;
@@ -93,7 +95,7 @@ mod wire;
 mod ws;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -107,30 +109,7 @@ use tracing::{info, warn};
 
 pub use config::{Config, LegacyConfig, Settings, WsConfig};
 pub use services::Services;
-
-/// What every connection and background task of a gateway shares.
-pub(crate) struct Shared {
-    pub(crate) id: String,
-    pub(crate) services: Services,
-    pub(crate) bus: Bus,
-    pub(crate) settings: Settings,
-    pub(crate) registry: registry::Registry,
-    pub(crate) lanes: routes::Lanes,
-    pub(crate) members: signals::Members,
-    pub(crate) expiry: expiry::Expiry,
-    /// Cancelled when the gateway shuts down: connections send GoAway and drain.
-    pub(crate) stop: CancellationToken,
-    /// The connection tasks.
-    pub(crate) tasks: TaskTracker,
-    pub(crate) connections: Arc<Semaphore>,
-    next_conn: AtomicU64,
-}
-
-impl Shared {
-    pub(crate) fn next_conn_id(&self) -> u64 {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
-    }
-}
+pub(crate) use state::Shared;
 
 /// A gateway: build it with [`Gateway::new`], run it with [`Gateway::serve`].
 pub struct Gateway {

@@ -38,8 +38,6 @@ use seen::{Seen, Verdict};
 
 /// The `transport` label of the connection metrics.
 const NAME: &str = "legacy";
-/// How long a write may block before the client is given up on.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts legacy clients until the gateway stops, within the gateway's connection limit.
 pub(crate) async fn accept(shared: Arc<Shared>, listener: TcpListener, config: LegacyConfig) {
@@ -331,7 +329,12 @@ impl Legacy<'_> {
 
     /// Writes `bytes` (`lines` lines, for the metrics), giving up after the write timeout.
     async fn write(&mut self, bytes: &[u8], lines: u64) -> Result<(), Gone> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(bytes)).await {
+        match tokio::time::timeout(
+            crate::connection::WRITE_TIMEOUT,
+            self.stream.write_all(bytes),
+        )
+        .await
+        {
             Ok(Ok(())) => {
                 stats::frames_out(lines);
                 Ok(())
