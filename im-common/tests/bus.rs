@@ -35,6 +35,8 @@ im_common::on_every_bus!(
     streams_keep_entries_until_acked,
     read_blocks_until_a_push,
     streams_are_independent,
+    a_removed_stream_starts_again_empty,
+    streams_of_long_dead_gateways_go,
     subscribers_get_what_follows,
     cache_set_get_expire_delete,
     cache_set_if_absent_keeps_what_is_there,
@@ -408,6 +410,118 @@ async fn streams_are_independent(bus: Bus) {
     assert!(read(&bus, &a, ReadFrom::Pending, 10).await.is_empty());
     let pending_b = read(&bus, &b, ReadFrom::Pending, 10).await;
     assert_eq!(payloads(&pending_b), [b"b1"], "acks on a do not touch b");
+}
+
+async fn a_removed_stream_starts_again_empty(bus: Bus) {
+    let stream = delivery_stream("gw-removed");
+    for payload in ["m1", "m2"] {
+        bus.streams
+            .push(stream.clone(), payload.into())
+            .await
+            .unwrap();
+    }
+    assert_eq!(read(&bus, &stream, ReadFrom::New, 1).await.len(), 1);
+    assert!(bus.streams.remove(stream.clone()).await.unwrap());
+    assert!(!bus.streams.remove(stream.clone()).await.unwrap(), "gone");
+    assert!(
+        read(&bus, &stream, ReadFrom::Pending, 10).await.is_empty(),
+        "pending entries go with the stream"
+    );
+    assert!(read(&bus, &stream, ReadFrom::New, 10).await.is_empty());
+    bus.streams.push(stream.clone(), "m3".into()).await.unwrap();
+    let fresh = read(&bus, &stream, ReadFrom::New, 10).await;
+    assert_eq!(payloads(&fresh), [b"m3"]);
+}
+
+/// How long [`streams_of_long_dead_gateways_go`] wants a gateway silent: far above the
+/// time its checks take, so that a gateway that lapsed just before is surely not dead yet.
+const DEAD_AFTER: Duration = Duration::from_secs(2);
+
+/// The gateways dead for `older_than`, sorted.
+async fn dead(bus: &Bus, older_than: Duration) -> Vec<String> {
+    let mut dead = bus.routes.dead_since(older_than).await.unwrap();
+    dead.sort();
+    dead
+}
+
+async fn streams_of_long_dead_gateways_go(bus: Bus) {
+    let (routes, streams) = (&bus.routes, &bus.streams);
+    // gw-gone binds, beats and stays silent; gw-back beats, lapses and beats again; gw-bound
+    // only ever binds; gw-recent beats last, once, briefly.
+    let gone = route(1, "phone", DeviceKind::Mobile, "gw-gone");
+    let bound = route(2, "phone", DeviceKind::Mobile, "gw-bound");
+    routes.bind(bound, SHORT_TTL).await.unwrap();
+    routes.bind(gone, SHORT_TTL).await.unwrap();
+    for gateway in ["gw-gone", "gw-back"] {
+        routes.heartbeat(gateway.into(), SHORT_TTL).await.unwrap();
+    }
+    for gateway in ["gw-gone", "gw-back", "gw-bound", "gw-recent"] {
+        let stream = delivery_stream(gateway);
+        streams.push(stream, gateway.into()).await.unwrap();
+    }
+    until("gw-gone and gw-back lapse", || async {
+        dead(&bus, Duration::ZERO).await == ["gw-back", "gw-gone"]
+    })
+    .await;
+    // The sweep takes routes, not last beats; a gateway that only bound counts as seen now.
+    assert_eq!(routes.sweep().await.unwrap(), 2);
+    assert_eq!(
+        dead(&bus, Duration::ZERO).await,
+        ["gw-back", "gw-bound", "gw-gone"]
+    );
+    // gw-back is back, and beats as a live gateway does.
+    until("gw-gone and gw-bound are dead for DEAD_AFTER", || async {
+        routes.heartbeat("gw-back".into(), LONG_TTL).await.unwrap();
+        dead(&bus, DEAD_AFTER).await == ["gw-bound", "gw-gone"]
+    })
+    .await;
+    routes
+        .heartbeat("gw-recent".into(), Duration::from_millis(1))
+        .await
+        .unwrap();
+    until("gw-recent lapses", || async {
+        dead(&bus, Duration::ZERO)
+            .await
+            .contains(&"gw-recent".to_owned())
+    })
+    .await;
+    assert_eq!(
+        dead(&bus, DEAD_AFTER).await,
+        ["gw-bound", "gw-gone"],
+        "neither a gateway that came back nor one that lapsed lately"
+    );
+
+    // What the presence sweeper does with them.
+    for gateway in ["gw-bound", "gw-gone"] {
+        assert!(streams.remove(delivery_stream(gateway)).await.unwrap());
+        assert!(
+            routes
+                .forget_dead(gateway.into(), DEAD_AFTER)
+                .await
+                .unwrap()
+        );
+    }
+    assert_eq!(dead(&bus, Duration::ZERO).await, ["gw-recent"], "forgotten");
+    for gateway in ["gw-back", "gw-recent"] {
+        let forgot = routes
+            .forget_dead(gateway.into(), DEAD_AFTER)
+            .await
+            .unwrap();
+        assert!(!forgot, "{gateway} beat within DEAD_AFTER");
+        let pending = read(&bus, &delivery_stream(gateway), ReadFrom::New, 10).await;
+        assert_eq!(
+            payloads(&pending),
+            [gateway.as_bytes()],
+            "{gateway} keeps its stream"
+        );
+    }
+    for gateway in ["gw-bound", "gw-gone"] {
+        let stream = delivery_stream(gateway);
+        assert!(read(&bus, &stream, ReadFrom::New, 10).await.is_empty());
+    }
+    // One that comes back after all is alive, and not dead again until it lapses.
+    routes.heartbeat("gw-gone".into(), LONG_TTL).await.unwrap();
+    assert_eq!(dead(&bus, Duration::ZERO).await, ["gw-recent"]);
 }
 
 async fn recv(rx: &mut mpsc::Receiver<Bytes>) -> Bytes {

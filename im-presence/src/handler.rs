@@ -30,6 +30,13 @@ pub struct PresenceSettings {
     /// How often this instance removes the routes of lapsed gateways, in ms; 0 turns the
     /// sweeper off (the Sweep rpc still works). Default 10000.
     pub sweep_interval_ms: u64,
+    /// How long a gateway may go without a heartbeat before the sweeper deletes its delivery
+    /// stream, with whatever is pending in it, in ms; 0 keeps streams for ever. A gateway
+    /// back within it reads what is pending; one back later starts on an empty stream, and
+    /// its clients sync on reconnect. Needs the sweeper (`sweep_interval_ms` above 0).
+    /// Default 86400000 (24 h: past any restart or outage that is fixed, short of a gateway
+    /// that is gone for good).
+    pub dead_stream_after_ms: u64,
 }
 
 impl Default for PresenceSettings {
@@ -37,6 +44,7 @@ impl Default for PresenceSettings {
         PresenceSettings {
             route_ttl_ms: 30_000,
             sweep_interval_ms: 10_000,
+            dead_stream_after_ms: 86_400_000,
         }
     }
 }
@@ -70,6 +78,11 @@ impl PresenceSettings {
     /// How often to sweep, if at all.
     pub fn sweep_interval(&self) -> Option<Duration> {
         (self.sweep_interval_ms > 0).then(|| Duration::from_millis(self.sweep_interval_ms))
+    }
+
+    /// How long a gateway is silent before its delivery stream goes, if it ever does.
+    pub fn dead_stream_after(&self) -> Option<Duration> {
+        (self.dead_stream_after_ms > 0).then(|| Duration::from_millis(self.dead_stream_after_ms))
     }
 }
 

@@ -17,6 +17,10 @@
 //!   after the ttl: queries no longer return them, and the sweeper (every
 //!   `[presence] sweep_interval_ms`, or the Sweep rpc) deletes them and records when their
 //!   users were last seen;
+//! - a gateway's delivery stream outlives its routes, for the gateway's restart; once the
+//!   gateway has been silent for `[presence] dead_stream_after_ms` (default 24 h) the
+//!   sweeper deletes the stream, pending entries included (counted in
+//!   `presence_removed_streams_total`), and forgets the gateway;
 //! - QueryRoutes (the message service, to push) and QueryStatus (online and last seen)
 //!   take up to 10 000 users in one call and one bus round trip or two;
 //! - a user's first route and the removal of its last publish a `PresenceChanged` event on
@@ -29,7 +33,7 @@
 //!
 //! # Layout
 //! - [`Presence`] (`handler`): the `PresenceService` rpcs, [`PresenceSettings`];
-//! - [`Sweeper`] (`sweeper`): the periodic sweep;
+//! - [`Sweeper`] (`sweeper`): the periodic sweep of routes and dead gateways' streams;
 //! - [`Config`], [`run`], [`server`]: the process.
 
 #![warn(missing_docs)]
@@ -117,10 +121,7 @@ pub async fn run(
     let bus = Bus::connect(&config.redis).await?;
     let presence = Presence::new(bus.clone(), config.presence.clone())?;
     let discovery = Discovery::connect(&config.discovery, &config.tls).await?;
-    let sweeper = config
-        .presence
-        .sweep_interval()
-        .map(|every| Sweeper::start(bus.routes.clone(), every));
+    let sweeper = Sweeper::start_configured(&bus, &config.presence);
     let served = discovery
         .serve(builder(presence), &config.server, shutdown)
         .await;

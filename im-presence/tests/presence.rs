@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use im_common::bus::{Bus, channels};
+use im_common::bus::{Bus, ReadFrom, channels, delivery_stream};
 use im_common::identity::{self, ServiceIdentity, User};
 use im_common::proto::{
     DeviceKind, Empty, Event, HeartbeatRequest, PresenceChanged, PresenceServiceClient, Route,
@@ -24,12 +24,14 @@ im_common::on_every_bus!(
     silent_gateway_routes_expire,
     internal_callers_only,
     bad_input_is_invalid_argument,
+    the_sweeper_removes_the_streams_of_dead_gateways,
 );
 
 fn settings(route_ttl_ms: u64) -> PresenceSettings {
     PresenceSettings {
         route_ttl_ms,
         sweep_interval_ms: 0,
+        ..PresenceSettings::default()
     }
 }
 
@@ -311,6 +313,62 @@ async fn bad_input_is_invalid_argument(bus: Bus) {
     );
 }
 
+/// What `gateway`'s stream holds read and not acknowledged by the consumer `gw`.
+async fn pending(bus: &Bus, gateway: &str) -> Vec<bytes::Bytes> {
+    let stream = delivery_stream(gateway);
+    let entries = bus
+        .streams
+        .read(stream, "gw".into(), ReadFrom::Pending, 10, Duration::ZERO)
+        .await
+        .unwrap();
+    entries.into_iter().map(|entry| entry.payload).collect()
+}
+
+async fn the_sweeper_removes_the_streams_of_dead_gateways(bus: Bus) {
+    let settings = PresenceSettings {
+        route_ttl_ms: 100,
+        sweep_interval_ms: 20,
+        dead_stream_after_ms: 500,
+    };
+    let client = client(&bus, settings.clone());
+    let sweeper = Sweeper::start_configured(&bus, &settings).expect("sweeping is on");
+    let beat = |gateway: &str| HeartbeatRequest {
+        gateway_id: gateway.into(),
+    };
+    let start = Instant::now();
+    for gateway in ["gw-gone", "gw-live"] {
+        client.heartbeat(&beat(gateway)).await.unwrap();
+        let stream = delivery_stream(gateway);
+        let payload = bytes::Bytes::copy_from_slice(gateway.as_bytes());
+        bus.streams.push(stream.clone(), payload).await.unwrap();
+        // Read and not acknowledged, as by a gateway that died before writing it out.
+        let read = bus
+            .streams
+            .read(stream, "gw".into(), ReadFrom::New, 10, Duration::ZERO);
+        assert_eq!(read.await.unwrap().len(), 1);
+    }
+    // gw-live beats on; gw-gone's stream goes once gw-gone has been silent long enough.
+    while !pending(&bus, "gw-gone").await.is_empty() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "gw-gone's stream was never removed"
+        );
+        client.heartbeat(&beat("gw-live")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Less one: the Redis bus counts whole milliseconds.
+    let silent = Duration::from_millis(settings.dead_stream_after_ms - 1);
+    assert!(
+        start.elapsed() >= silent,
+        "removed after {:?} of silence",
+        start.elapsed()
+    );
+    assert_eq!(pending(&bus, "gw-live").await, ["gw-live"], "kept");
+    tokio::time::timeout(DEADLINE, sweeper.stop())
+        .await
+        .expect("the sweeper stops");
+}
+
 #[tokio::test]
 async fn the_sweeper_sweeps_until_stopped() {
     let bus = Bus::in_process();
@@ -339,6 +397,12 @@ fn settings_are_checked() {
         (30_000, 10_000)
     );
     assert_eq!(settings(5).sweep_interval(), None);
+    assert_eq!(defaults.dead_stream_after_ms, 86_400_000, "24 h");
+    let keep = PresenceSettings {
+        dead_stream_after_ms: 0,
+        ..defaults
+    };
+    assert_eq!(keep.dead_stream_after(), None, "0 keeps streams");
 }
 
 #[test]

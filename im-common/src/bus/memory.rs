@@ -45,11 +45,21 @@ struct RouteTable {
     beats: HashMap<String, Instant>,
     /// user → when last seen online (ms), recorded as routes go away.
     last_seen: HashMap<u64, i64>,
+    /// gateway → its last heartbeat (or the sweep that found it lapsed without one), kept
+    /// past the sweep until `forget_dead`.
+    seen: HashMap<String, Instant>,
 }
 
 impl RouteTable {
     fn live(&self, gateway: &str, now: Instant) -> bool {
         self.gateways.get(gateway).is_some_and(|&until| until > now)
+    }
+
+    /// Whether `gateway` last beat at least `older_than` before `now`.
+    fn silent_for(&self, gateway: &str, older_than: Duration, now: Instant) -> bool {
+        self.seen
+            .get(gateway)
+            .is_some_and(|&at| now.saturating_duration_since(at) >= older_than)
     }
 }
 
@@ -153,6 +163,7 @@ impl Routes for Memory {
         let now = Instant::now();
         let mut table = self.routes.lock();
         table.gateways.insert(gateway.clone(), now + ttl);
+        table.seen.insert(gateway.clone(), now);
         let known = table
             .beats
             .insert(gateway, now + ttl)
@@ -225,11 +236,42 @@ impl Routes for Memory {
             table.users.remove(&user);
             table.last_seen.insert(user, seen);
         }
-        for gateway in &dead {
-            table.gateways.remove(gateway);
+        for gateway in dead {
+            table.gateways.remove(&gateway);
+            table.seen.entry(gateway).or_insert(now);
         }
         drop(table);
         futures::future::ready(Ok(removed)).boxed()
+    }
+
+    fn dead_since(&self, older_than: Duration) -> BoxFuture<'_, BusResult<Vec<String>>> {
+        let now = Instant::now();
+        let table = self.routes.lock();
+        let dead = table
+            .seen
+            .keys()
+            .filter(|gateway| {
+                !table.live(gateway, now) && table.silent_for(gateway, older_than, now)
+            })
+            .cloned()
+            .collect();
+        drop(table);
+        futures::future::ready(Ok(dead)).boxed()
+    }
+
+    fn forget_dead(&self, gateway: String, older_than: Duration) -> BoxFuture<'_, BusResult<bool>> {
+        let now = Instant::now();
+        let mut table = self.routes.lock();
+        let forgot = table.silent_for(&gateway, older_than, now);
+        if forgot {
+            table.seen.remove(&gateway);
+            // Its last beat ran out long ago: forgetting it changes no heartbeat's answer.
+            if table.beats.get(&gateway).is_some_and(|&until| until <= now) {
+                table.beats.remove(&gateway);
+            }
+        }
+        drop(table);
+        futures::future::ready(Ok(forgot)).boxed()
     }
 }
 
@@ -257,19 +299,25 @@ impl Streams for Memory {
         block: Duration,
     ) -> BoxFuture<'_, BusResult<Vec<StreamEntry>>> {
         async move {
-            let (entries, notify) = self.take(&stream, &consumer, from, max);
+            let (entries, mut notify) = self.take(&stream, &consumer, from, max);
             if !entries.is_empty() || from == ReadFrom::Pending || block.is_zero() {
                 return Ok(entries);
             }
             let deadline = tokio::time::Instant::now() + block;
             loop {
                 // Registered before looking, so a push between the look and the wait wakes it.
-                let notified = notify.notified();
+                let waiting = notify.clone();
+                let notified = waiting.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let (entries, _) = self.take(&stream, &consumer, from, max);
+                let (entries, current) = self.take(&stream, &consumer, from, max);
                 if !entries.is_empty() {
                     return Ok(entries);
+                }
+                if !Arc::ptr_eq(&current, &notify) {
+                    // The stream was removed and started again: wait on the new one.
+                    notify = current;
+                    continue;
                 }
                 if tokio::time::timeout_at(deadline, notified).await.is_err() {
                     return Ok(Vec::new());
@@ -291,6 +339,15 @@ impl Streams for Memory {
         }
         drop(streams);
         futures::future::ready(Ok(())).boxed()
+    }
+
+    fn remove(&self, stream: String) -> BoxFuture<'_, BusResult<bool>> {
+        let removed = self.streams.lock().remove(&stream);
+        if let Some(state) = &removed {
+            // Blocked readers look again, and find the stream that starts in its place.
+            state.notify.notify_waiters();
+        }
+        futures::future::ready(Ok(removed.is_some())).boxed()
     }
 }
 
@@ -315,5 +372,48 @@ impl PubSub for Memory {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         self.channels.lock().entry(channel).or_default().push(tx);
         futures::future::ready(Ok(rx)).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader blocked on a stream that is removed waits on the stream that starts in its
+    /// place (the Redis bus fails such a read instead, and the reader reads again).
+    #[tokio::test]
+    async fn a_blocked_read_follows_a_removed_stream() {
+        let bus = Arc::new(Memory::new());
+        let stream = "mpim:delivery:gw".to_owned();
+        bus.push(stream.clone(), "old".into()).await.unwrap();
+        bus.read(
+            stream.clone(),
+            "c".into(),
+            ReadFrom::New,
+            10,
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+        let reader = tokio::spawn({
+            let (bus, stream) = (bus.clone(), stream.clone());
+            async move {
+                let block = Duration::from_secs(600);
+                bus.read(stream, "c".into(), ReadFrom::New, 10, block).await
+            }
+        });
+        // The test runtime has one thread: the reader runs until it blocks.
+        tokio::task::yield_now().await;
+        assert!(bus.remove(stream.clone()).await.unwrap());
+        // Woken by the removal, it looks again and finds nothing: it waits anew.
+        tokio::task::yield_now().await;
+        bus.push(stream, "new".into()).await.unwrap();
+        let entries = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("the reader woke")
+            .unwrap()
+            .unwrap();
+        let payloads: Vec<&[u8]> = entries.iter().map(|e| e.payload.as_ref()).collect();
+        assert_eq!(payloads, [b"new"]);
     }
 }

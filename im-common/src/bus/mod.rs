@@ -10,6 +10,8 @@
 //!
 //! Nothing on the bus is the source of truth: routes come back with the next heartbeat or
 //! bind, the cache refills from the database, and a lost push is found by the next sync.
+//! That is why the delivery stream of a gateway dead for long can be deleted, pending
+//! entries and all ([`Routes::dead_since`], [`Streams::remove`]).
 
 pub mod memory;
 pub mod redis;
@@ -52,6 +54,18 @@ pub trait Routes: Send + Sync + 'static {
     fn status(&self, users: Vec<u64>) -> BoxFuture<'_, BusResult<Vec<UserStatus>>>;
     /// Removes the routes of gateways whose liveness lapsed; returns how many.
     fn sweep(&self) -> BoxFuture<'_, BusResult<u64>>;
+    /// Gateways that are not alive and whose last heartbeat is at least `older_than` ago, in
+    /// no particular order: the ones whose delivery streams may go.
+    ///
+    /// Each heartbeat records when it came, and the record outlives the sweep of the
+    /// gateway's routes until [`Routes::forget_dead`]. A gateway that [`Routes::sweep`]
+    /// found lapsed without a recorded beat (it only bound routes) counts as last seen at
+    /// that sweep.
+    fn dead_since(&self, older_than: Duration) -> BoxFuture<'_, BusResult<Vec<String>>>;
+    /// Forgets when `gateway` last beat, if that is still at least `older_than` ago (one
+    /// that beat again since [`Routes::dead_since`] named it is kept); returns whether it
+    /// forgot. After this the gateway is no longer among the dead until it beats again.
+    fn forget_dead(&self, gateway: String, older_than: Duration) -> BoxFuture<'_, BusResult<bool>>;
 }
 
 /// One entry of a delivery stream.
@@ -88,6 +102,10 @@ pub trait Streams: Send + Sync + 'static {
     ) -> BoxFuture<'_, BusResult<Vec<StreamEntry>>>;
     /// Acknowledges entries: they are not returned again.
     fn ack(&self, stream: String, ids: Vec<String>) -> BoxFuture<'_, BusResult<()>>;
+    /// Deletes `stream` with all its entries, pending ones included, and its consumers'
+    /// state; returns whether it existed. A later push or read starts an empty stream.
+    /// (For the stream of a gateway that is gone: see [`Routes::dead_since`].)
+    fn remove(&self, stream: String) -> BoxFuture<'_, BusResult<bool>>;
 }
 
 /// Messages published to a channel reach the subscribers of that moment, and nobody else.

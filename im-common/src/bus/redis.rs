@@ -22,6 +22,7 @@
 //! | `mpim:gateway:{<gw>}` | string, PX ttl | the gateway's liveness: its routes live while it exists |
 //! | `mpim:gateway-routes:{<gw>}` | set | `"<user>:<device>"` bound through the gateway, for sweep |
 //! | `mpim:gateways` | set | gateways that may hold routes, for sweep |
+//! | `mpim:gateway-seen` | hash | gateway → ms of its last heartbeat, kept past the sweep until the gateway's stream is removed (`dead`) |
 //! | streams, cache keys, channels | | as named by the caller ([`super::delivery_stream`], [`super::keys`], [`super::channels`]) |
 //! | `{<cache key>}:gen` | string, PX [`GENERATION_TTL`](super::GENERATION_TTL) | the cache key's generation: a random number each invalidation sets |
 //!
@@ -47,6 +48,7 @@
 
 mod cache;
 mod conn;
+mod dead;
 mod routes;
 mod streams;
 mod subscriber;

@@ -4,7 +4,8 @@
 //! that the scripts below can tell which gateway holds a device without decoding anything.
 //! Whether a gateway is alive is one key with a PX ttl, which a heartbeat refreshes for all
 //! of the gateway's routes at once; [`Routes::query`] leaves out routes whose gateway's key
-//! is gone, and [`Routes::sweep`] deletes them.
+//! is gone, and [`Routes::sweep`] deletes them. Each heartbeat also records when it came,
+//! for [`Routes::dead_since`] (module `dead`).
 //!
 //! Unbinding and sweeping remove a route only if it still names the gateway in question,
 //! in a script on the user's keys, so that a device that moved to another gateway in the
@@ -120,7 +121,7 @@ impl Redis {
     }
 
     /// Whether each of `gateways` is alive.
-    async fn alive<S: AsRef<str>>(&self, gateways: &[S]) -> BusResult<Vec<bool>> {
+    pub(super) async fn alive<S: AsRef<str>>(&self, gateways: &[S]) -> BusResult<Vec<bool>> {
         let mut batch = Batch::new();
         for gateway in gateways {
             batch.cmd("EXISTS", &self.gateway_key(gateway.as_ref()));
@@ -258,6 +259,15 @@ impl Redis {
                 .arg(gateway)
                 .exec_async(&mut self.conn())
                 .await?;
+        } else {
+            // A gateway that only ever bound has no last beat: it counts as seen now, so
+            // that its stream is removed in the end too.
+            redis::cmd("HSETNX")
+                .arg(self.seen_key())
+                .arg(gateway)
+                .arg(now_ms())
+                .exec_async(&mut self.conn())
+                .await?;
         }
         Ok(())
     }
@@ -345,6 +355,10 @@ impl Routes for Redis {
                 .arg(ttl_ms(ttl));
             // Again each time: a sweep racing a bind may have forgotten the gateway.
             batch.cmd("SADD", &self.gateways_key()).arg(&gateway);
+            batch
+                .cmd("HSET", &self.seen_key())
+                .arg(&gateway)
+                .arg(now_ms());
             batch.exec(&self.conn).await?;
             // Only heartbeats set this key (binds set the liveness key too): its absence
             // says that the routes may be gone, even after a login re-created the other.
@@ -377,6 +391,14 @@ impl Routes for Redis {
 
     fn sweep(&self) -> BoxFuture<'_, BusResult<u64>> {
         self.sweep_routes().boxed()
+    }
+
+    fn dead_since(&self, older_than: Duration) -> BoxFuture<'_, BusResult<Vec<String>>> {
+        self.dead_gateways(older_than).boxed()
+    }
+
+    fn forget_dead(&self, gateway: String, older_than: Duration) -> BoxFuture<'_, BusResult<bool>> {
+        async move { self.forget_dead_gateway(&gateway, older_than).await }.boxed()
     }
 }
 
