@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
+use super::values::{i64_of, marks, row_marks, u64_of};
 use super::{Dialect, Sql};
 use crate::error::StoreError;
 use crate::ids::{ConversationId, now_ms};
@@ -129,11 +130,6 @@ pub trait MessageStore: Send + Sync {
 
 const COLUMNS: &str = "conv_id, seq, msg_id, sender_id, client_msg_id, kind, body, ref_msg_id, created_at, recalled, edited";
 
-fn u64_of(row: &AnyRow, column: &str) -> Result<u64, StoreError> {
-    let value: i64 = row.try_get(column)?;
-    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {column}")))
-}
-
 fn message_of(row: &AnyRow) -> Result<ChatMessage, StoreError> {
     let body: Vec<u8> = row.try_get("body")?;
     let kind: i64 = row.try_get("kind")?;
@@ -151,16 +147,6 @@ fn message_of(row: &AnyRow) -> Result<ChatMessage, StoreError> {
         recalled: row.try_get::<i64, _>("recalled")? != 0,
         edited: row.try_get::<i64, _>("edited")? != 0,
     })
-}
-
-fn i64_of(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-/// `(?, ?, …)` repeated `rows` times, comma separated.
-fn placeholders(rows: usize, columns: usize) -> String {
-    let row = format!("({})", vec!["?"; columns].join(", "));
-    vec![row; rows].join(", ")
 }
 
 /// Statement shapes are kept few, so that each connection's prepared-statement cache holds
@@ -317,7 +303,7 @@ impl Sql {
             let update = format!(
                 "UPDATE conversations SET last_seq = last_seq + CASE conv_id {} END, updated_at = ? WHERE conv_id IN ({})",
                 vec!["WHEN ? THEN ?"; size].join(" "),
-                vec!["?"; size].join(", ")
+                marks(size)
             );
             let mut query = sqlx::query(AssertSqlSafe(update));
             for (conv, _, count) in padded(chunk) {
@@ -331,7 +317,7 @@ impl Sql {
         }
         let mut last = HashMap::with_capacity(counts.len());
         for chunk in counts.chunks(MAX_LIST) {
-            let list = vec!["?"; chunk.len().next_power_of_two()].join(", ");
+            let list = marks(chunk.len().next_power_of_two());
             let select =
                 format!("SELECT conv_id, last_seq FROM conversations WHERE conv_id IN ({list})");
             let mut query = sqlx::query(AssertSqlSafe(select));
@@ -368,7 +354,7 @@ impl Sql {
         for chunk in pow2_chunks(new) {
             let insert = format!(
                 "INSERT INTO conversations (conv_id, last_seq, updated_at) VALUES {}",
-                placeholders(chunk.len(), 3)
+                row_marks(chunk.len(), 3)
             );
             let mut query = sqlx::query(AssertSqlSafe(insert));
             for (conv, _, count) in chunk {
@@ -388,7 +374,7 @@ impl Sql {
             let insert = format!(
                 "{} INTO conv_members (conv_id, user_id, read_seq) VALUES {}",
                 self.dialect().insert_ignore(),
-                placeholders(chunk.len().next_power_of_two(), 3)
+                row_marks(chunk.len().next_power_of_two(), 3)
             );
             let mut query = sqlx::query(AssertSqlSafe(insert));
             for (conv, user) in padded(chunk) {
@@ -448,7 +434,7 @@ async fn insert_rows(
     for chunk in chunks {
         let insert = format!(
             "INSERT INTO messages (conv_id, seq, msg_id, sender_id, client_msg_id, kind, body, ref_msg_id, created_at) VALUES {}",
-            placeholders(chunk.len(), 9)
+            row_marks(chunk.len(), 9)
         );
         let mut query = sqlx::query(AssertSqlSafe(insert));
         for row in chunk {

@@ -14,6 +14,7 @@ pub mod messages;
 pub mod replica;
 mod schema;
 pub mod users;
+mod values;
 
 use std::future::Future;
 use std::str::FromStr;

@@ -18,6 +18,7 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::Query;
 use sqlx::{Any, Row};
 
+use super::values::{i64_of, marks, u64_of};
 use super::{Dialect, Sql};
 use crate::error::StoreError;
 use crate::ids::now_ms;
@@ -249,15 +250,6 @@ const REQUEST_COLUMNS: &str = "request_id, from_user, to_user, message, state, c
 const SESSION_COLUMNS: &str = "session_id, user_id, device_id, created_at, expires_at, revoked_at";
 /// Most ids in one `IN (…)` list.
 const IN_CHUNK: usize = 500;
-
-fn i64_of(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn u64_of(row: &AnyRow, column: &str) -> Result<u64, StoreError> {
-    let value: i64 = row.try_get(column)?;
-    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {column}")))
-}
 
 fn profile_of(row: &AnyRow) -> Result<UserProfile, StoreError> {
     Ok(UserProfile {

@@ -6,6 +6,7 @@ use sqlx::{AnyPool, AssertSqlSafe, Row};
 use crate::error::StoreError;
 use crate::proto::{GroupInfo, GroupJoinRequest, GroupMember, GroupRole, JoinPolicy};
 use crate::store::Sql;
+pub(super) use crate::store::values::{i64_of, marks as list, u64_of};
 
 /// Columns of a [`GroupInfo`], from `chat_groups g`.
 const GROUP_COLUMNS: &str = "g.group_id, g.name, g.description, g.owner_id, g.join_policy, \
@@ -16,15 +17,6 @@ const MEMBER_COLUMNS: &str = "user_id, role, muted_until, joined_at";
 
 /// Rows per statement when a list of users is written or looked up.
 pub(super) const CHUNK: usize = 256;
-
-pub(super) fn i64_of(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn u64_of(row: &AnyRow, column: &str) -> Result<u64, StoreError> {
-    let value: i64 = row.try_get(column)?;
-    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {column}")))
-}
 
 fn enum_of<T: TryFrom<i32>>(row: &AnyRow, column: &str) -> Result<T, StoreError> {
     let value: i64 = row.try_get(column)?;
@@ -56,11 +48,6 @@ fn member_of(row: &AnyRow) -> Result<GroupMember, StoreError> {
         muted_until_ms: row.try_get("muted_until")?,
         joined_at_ms: row.try_get("joined_at")?,
     })
-}
-
-/// `?, ?, …` for `n` values.
-pub(super) fn list(n: usize) -> String {
-    vec!["?"; n].join(", ")
 }
 
 pub(super) async fn read_group(

@@ -61,7 +61,7 @@ impl UserStore for Sql {
     async fn users(&self, ids: &[u64]) -> Result<Vec<UserProfile>, StoreError> {
         let mut profiles = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(IN_CHUNK) {
-            let marks = vec!["?"; chunk.len()].join(", ");
+            let marks = super::marks(chunk.len());
             let statement = format!("SELECT {USER_COLUMNS} FROM users WHERE user_id IN ({marks})");
             let rows = self
                 .read(|pool| {
@@ -150,7 +150,7 @@ impl UserStore for Sql {
     async fn sessions(&self, ids: &[String]) -> Result<Vec<Session>, StoreError> {
         let mut sessions = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(IN_CHUNK) {
-            let marks = vec!["?"; chunk.len()].join(", ");
+            let marks = super::marks(chunk.len());
             let statement =
                 format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id IN ({marks})");
             let mut query = sqlx::query(AssertSqlSafe(statement));

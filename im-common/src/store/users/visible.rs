@@ -89,7 +89,7 @@ impl Sql {
     ) -> Result<Vec<u64>, StoreError> {
         let mut found = Vec::new();
         for chunk in others.chunks(IN_CHUNK) {
-            let marks = vec!["?"; chunk.len()].join(", ");
+            let marks = super::marks(chunk.len());
             let statement = statement.replace("{}", &marks);
             let mut query = sqlx::query_scalar(AssertSqlSafe(statement)).bind(i64_of(viewer));
             for &value in extra {
@@ -114,7 +114,7 @@ impl Sql {
             .collect();
         let mut existing = Vec::new();
         for chunk in conversations.chunks(IN_CHUNK) {
-            let marks = vec!["?"; chunk.len()].join(", ");
+            let marks = super::marks(chunk.len());
             let statement = format!(
                 "SELECT conv_id FROM conv_members WHERE user_id = ? AND conv_id IN ({marks})"
             );
