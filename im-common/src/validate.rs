@@ -100,6 +100,29 @@ pub fn limit(value: u32, default: u32, max: u32) -> Result<u32, Status> {
     }
 }
 
+/// Longest gateway id, in bytes.
+pub const MAX_GATEWAY_ID_BYTES: usize = 64;
+
+/// A gateway id: 1 to [`MAX_GATEWAY_ID_BYTES`] bytes, without braces. The id is the Redis
+/// Cluster hash tag of the gateway's keys (`{<gateway>}`): a brace would move the tag, and
+/// the gateway's keys could land in different slots.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` naming `field`.
+pub fn gateway_id(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() || value.len() > MAX_GATEWAY_ID_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "{field} must be 1 to {MAX_GATEWAY_ID_BYTES} bytes"
+        )));
+    }
+    if value.contains(['{', '}']) {
+        return Err(Status::invalid_argument(format!(
+            "{field} must not contain braces"
+        )));
+    }
+    Ok(())
+}
+
 /// A user id given as a target (not the caller): nonzero.
 ///
 /// # Errors

@@ -194,15 +194,9 @@ impl Settings {
              {MAX_SESSION_CHECK_MS}"
         );
         if let Some(id) = &self.id {
-            anyhow::ensure!(
-                !id.is_empty() && id.len() <= MAX_ID_BYTES,
-                "gateway.id must be 1 to {MAX_ID_BYTES} bytes"
-            );
-            // Presence refuses them: the id is a Redis Cluster hash tag.
-            anyhow::ensure!(
-                !id.contains(['{', '}']),
-                "gateway.id must not contain braces"
-            );
+            // Presence's rules: the id is a Redis Cluster hash tag.
+            im_common::validate::gateway_id("gateway.id", id)
+                .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
         }
         Ok(())
     }
@@ -229,10 +223,6 @@ impl Settings {
 const MIN_SESSION_CHECK_MS: u64 = 100;
 const MAX_SESSION_CHECK_MS: u64 = 3_600_000;
 
-/// Presence's limit on gateway ids (`im_presence::MAX_GATEWAY_BYTES`), repeated so that
-/// the gateway does not depend on the presence service's crate.
-const MAX_ID_BYTES: usize = 64;
-
 /// The default gateway id: this host's name and the TCP port, stable across restarts.
 pub(crate) fn default_id(tcp_port: u16) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -242,7 +232,10 @@ pub(crate) fn default_id(tcp_port: u16) -> String {
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "gateway".to_owned());
     // Room for "-65535"; a longer host name is cut (host names are ASCII).
-    let host: String = host.chars().take(MAX_ID_BYTES - 6).collect();
+    let host: String = host
+        .chars()
+        .take(im_common::validate::MAX_GATEWAY_ID_BYTES - 6)
+        .collect();
     format!("{host}-{tcp_port}")
 }
 

@@ -13,15 +13,13 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use im_common::bus::{Bus, keys, read_through};
+use im_common::bus::{Bus, keys, read_ids_through};
 use im_common::ids::{ConversationId, now_ms};
-use im_common::proto::{GroupRole, UserIds};
+use im_common::proto::GroupRole;
 use im_common::store::Sql;
 use im_common::store::messages::{GroupAccess, MessageStore};
 use im_common::store::users::UserStore;
 use mprpc::Status;
-use prost::Message as _;
 
 /// How long friend and block lists stay cached (writes invalidate them sooner).
 const LIST_TTL: Duration = Duration::from_secs(60);
@@ -128,28 +126,8 @@ impl Access {
                 List::Blocked => self.sql.list_blocked(user).await,
             }
         };
-        Ok(read_through(
-            self.bus.cache.as_ref(),
-            key,
-            LIST_TTL,
-            decode_ids,
-            |ids: &Vec<u64>| encode_ids(ids),
-            load,
-        )
-        .await?)
+        Ok(read_ids_through(self.bus.cache.as_ref(), key, LIST_TTL, load).await?)
     }
-}
-
-/// A cached id list (`UserIds`, as the user service writes it too).
-pub(crate) fn decode_ids(bytes: Bytes) -> Option<Vec<u64>> {
-    UserIds::decode(bytes).ok().map(|ids| ids.user_ids)
-}
-
-pub(crate) fn encode_ids(ids: &[u64]) -> Bytes {
-    let encoded = UserIds {
-        user_ids: ids.to_vec(),
-    };
-    Bytes::from(encoded.encode_to_vec())
 }
 
 #[derive(Clone, Copy)]

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 
 use crate::push::{Push, Pusher};
+use crate::shard::conversation_shard;
 
 /// Sends queued per shard before callers wait for room.
 const QUEUE: usize = 4096;
@@ -125,7 +126,7 @@ impl Committer {
         message: NewMessage,
         device: String,
     ) -> Result<Outcome, Status> {
-        let shard = shard_of(&message, self.shards.len());
+        let shard = conversation_shard(&message.conversation.to_string(), self.shards.len());
         let (reply, outcome) = oneshot::channel();
         self.shards[shard]
             .send(Job {
@@ -150,19 +151,6 @@ impl Drop for Committer {
             }
         }
     }
-}
-
-pub(crate) fn shard_of(message: &NewMessage, shards: usize) -> usize {
-    conversation_shard(&message.conversation.to_string(), shards)
-}
-
-/// Which of `shards` committer (and pusher) tasks owns conversation `conv`: FNV-1a of the
-/// id, stable, cheap, and spreads sequential ids.
-pub fn conversation_shard(conv: &str, shards: usize) -> usize {
-    let hash = conv.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (hash % shards.max(1) as u64) as usize
 }
 
 async fn run(

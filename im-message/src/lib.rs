@@ -26,6 +26,7 @@
 //! - [`Messages`] (`handler`): the `MessageService` rpcs;
 //! - `commit`: group commit, sharded by conversation;
 //! - `push`: fan-out into the gateways' delivery streams;
+//! - `shard`: which committer and pusher task owns a conversation;
 //! - `access`: who may post to, read and type in which conversation;
 //! - [`Config`], [`Settings`], [`run`], [`server`]: the process.
 
@@ -35,6 +36,7 @@ mod access;
 mod commit;
 mod handler;
 mod push;
+mod shard;
 
 use im_common::bus::Bus;
 use im_common::config::{
@@ -45,8 +47,8 @@ use im_common::serve::{Discovery, ports};
 use im_common::store::Sql;
 use serde::Deserialize;
 
-pub use commit::conversation_shard;
 pub use handler::Messages;
+pub use shard::conversation_shard;
 
 /// The process's configuration (`im-message.toml`).
 #[derive(Debug, Clone, Deserialize)]

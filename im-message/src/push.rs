@@ -6,11 +6,11 @@
 //! their next sync. A push never fails or delays a send. Pushes are spread over the tasks by
 //! conversation, so one conversation's pushes leave in seq order.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use im_common::bus::{Bus, delivery_stream, keys, read_through};
+use im_common::bus::{Bus, delivery_stream, fanout, keys, read_ids_through};
 use im_common::ids::ConversationId;
 use im_common::proto::{ChatMessage, Delivery};
 use im_common::store::Sql;
@@ -20,8 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use crate::access::{decode_ids, encode_ids};
-use crate::commit::conversation_shard;
+use crate::shard::conversation_shard;
 
 /// How long a group's member list stays cached (writes to the group invalidate it sooner).
 const MEMBERS_TTL: Duration = Duration::from_secs(60);
@@ -99,22 +98,11 @@ async fn deliver(sql: &Sql, bus: &Bus, pushes: &[Push]) -> anyhow::Result<()> {
         everyone.extend(recipients.iter().copied());
         recipients_of.push(recipients);
     }
-    let mut gateways_of: HashMap<u64, Vec<String>> = HashMap::new();
-    for route in bus.routes.query(everyone.into_iter().collect()).await? {
-        let gateways = gateways_of.entry(route.user_id).or_default();
-        if !gateways.contains(&route.gateway_id) {
-            gateways.push(route.gateway_id);
-        }
-    }
+    let gateways_of =
+        fanout::gateways_by_user(bus.routes.query(everyone.into_iter().collect()).await?);
     let mut appends = Vec::new();
     for (push, recipients) in pushes.iter().zip(recipients_of) {
-        let mut by_gateway: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-        for user in recipients {
-            for gateway in gateways_of.get(&user).into_iter().flatten() {
-                by_gateway.entry(gateway).or_default().push(user);
-            }
-        }
-        for (gateway, user_ids) in by_gateway {
+        for (gateway, user_ids) in fanout::by_gateway(recipients, &gateways_of) {
             let delivery = Delivery {
                 user_ids,
                 message: Some(push.message.clone()),
@@ -158,12 +146,10 @@ pub(crate) async fn group_members(
     bus: &Bus,
     group: u64,
 ) -> Result<Vec<u64>, im_common::StoreError> {
-    read_through(
+    read_ids_through(
         bus.cache.as_ref(),
         keys::members(group),
         MEMBERS_TTL,
-        decode_ids,
-        |ids: &Vec<u64>| encode_ids(ids),
         || sql.member_ids(group),
     )
     .await

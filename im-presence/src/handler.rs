@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 /// Most user ids one QueryRoutes or QueryStatus may name.
 pub const MAX_QUERY_USERS: usize = 10_000;
 /// Longest gateway id, in bytes.
-pub const MAX_GATEWAY_BYTES: usize = 64;
+pub const MAX_GATEWAY_BYTES: usize = validate::MAX_GATEWAY_ID_BYTES;
 
 /// The `[presence]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -140,19 +140,7 @@ fn internal(ctx: &Context) -> Result<(), Status> {
 }
 
 fn gateway_id(gateway: &str) -> Result<(), Status> {
-    if gateway.is_empty() || gateway.len() > MAX_GATEWAY_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "gateway_id must be 1 to {MAX_GATEWAY_BYTES} bytes"
-        )));
-    }
-    // The id is the Redis Cluster hash tag of the gateway's keys (`{<gateway>}`): a brace
-    // would move the tag, and the gateway's keys could land in different slots.
-    if gateway.contains(['{', '}']) {
-        return Err(Status::invalid_argument(
-            "gateway_id must not contain braces",
-        ));
-    }
-    Ok(())
+    validate::gateway_id("gateway_id", gateway)
 }
 
 fn route(route: &Route) -> Result<(), Status> {

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use im_common::StoreError;
-use im_common::bus::{Cache, keys, read_through};
-use im_common::proto::{UserIds, UserProfile};
+use im_common::bus::{Cache, keys, read_ids_through};
+use im_common::proto::UserProfile;
 use prost::Message;
 use serde::Deserialize;
 use tracing::warn;
@@ -97,22 +97,7 @@ impl Cached {
         Fut: Future<Output = Result<Vec<u64>, StoreError>>,
     {
         let ttl = Duration::from_secs(self.settings.list_ttl_secs);
-        let decode = |bytes: Bytes| UserIds::decode(bytes).ok().map(|ids| ids.user_ids);
-        let encode = |ids: &Vec<u64>| {
-            let encoded = UserIds {
-                user_ids: ids.clone(),
-            };
-            Bytes::from(encoded.encode_to_vec())
-        };
-        read_through(
-            self.cache.as_ref(),
-            list.key(user),
-            ttl,
-            decode,
-            encode,
-            load,
-        )
-        .await
+        read_ids_through(self.cache.as_ref(), list.key(user), ttl, load).await
     }
 
     /// Whether the cache says `session` is an active session of `user`. (The entry holds

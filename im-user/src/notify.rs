@@ -5,10 +5,8 @@
 //! Best effort: a user whose gateway misses an event (no route yet, Redis down) learns the
 //! same from the database (a revoked session at the next check, requests by listing them).
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
-use im_common::bus::channels;
+use im_common::bus::{channels, fanout};
 use im_common::proto::{Event, FriendNotice, FriendRequest, FriendRequestState, event};
 use prost::Message as _;
 use tracing::warn;
@@ -23,21 +21,18 @@ pub(crate) async fn publish(
     what: &'static str,
     make: impl Fn(Vec<u64>) -> event::Event,
 ) {
-    let routes = match users.bus.routes.query(to).await {
+    let mut to = to;
+    to.sort_unstable();
+    to.dedup();
+    let routes = match users.bus.routes.query(to.clone()).await {
         Ok(routes) => routes,
         Err(err) => {
             warn!(cause = %err, what, "event not published: routes unknown");
             return;
         }
     };
-    let mut gateways: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for route in routes {
-        let held = gateways.entry(route.gateway_id).or_default();
-        if !held.contains(&route.user_id) {
-            held.push(route.user_id);
-        }
-    }
-    for (gateway, held) in gateways {
+    let gateways_of = fanout::gateways_by_user(routes);
+    for (gateway, held) in fanout::by_gateway(to.iter().copied(), &gateways_of) {
         let payload = Bytes::from(
             Event {
                 event: Some(make(held)),
@@ -47,7 +42,7 @@ pub(crate) async fn publish(
         if let Err(err) = users
             .bus
             .pubsub
-            .publish(channels::gateway(&gateway), payload)
+            .publish(channels::gateway(gateway), payload)
             .await
         {
             warn!(cause = %err, what, gateway, "event not published");

@@ -13,6 +13,7 @@
 //! That is why the delivery stream of a gateway dead for long can be deleted, pending
 //! entries and all ([`Routes::dead_since`], [`Streams::remove`]).
 
+pub mod fanout;
 pub mod memory;
 pub mod redis;
 
@@ -208,6 +209,36 @@ where
         failed(err);
     }
     Ok(value)
+}
+
+/// Reads a list of user ids (friends, blocks, a group's members) through `cache`, as
+/// [`read_through`] does, stored as a `UserIds` message: the one encoding every service
+/// reads and writes such lists in.
+///
+/// # Errors
+/// `load`'s.
+pub async fn read_ids_through<E, Fut>(
+    cache: &dyn Cache,
+    key: String,
+    ttl: Duration,
+    load: impl FnOnce() -> Fut,
+) -> Result<Vec<u64>, E>
+where
+    Fut: Future<Output = Result<Vec<u64>, E>>,
+{
+    use prost::Message as _;
+    let decode = |bytes: Bytes| {
+        crate::proto::UserIds::decode(bytes)
+            .ok()
+            .map(|ids| ids.user_ids)
+    };
+    let encode = |ids: &Vec<u64>| {
+        let encoded = crate::proto::UserIds {
+            user_ids: ids.clone(),
+        };
+        Bytes::from(encoded.encode_to_vec())
+    };
+    read_through(cache, key, ttl, decode, encode, load).await
 }
 
 /// One of each bus concern, shared by a process's services.
