@@ -61,12 +61,12 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<(), Status> {
 /// white space but draw nothing (U+200B, U+FEFF) are accepted.
 ///
 /// # Errors
-/// `INVALID_ARGUMENT` "`<field>` must not be empty" for empty text and white space alone
+/// `INVALID_ARGUMENT` "`<field>` must not be empty or only white space" for empty text and white space alone
 /// alike; the limit's error of [`text`].
 pub fn non_empty_text(field: &str, value: &str, max: usize) -> Result<(), Status> {
     if value.trim().is_empty() {
         return Err(Status::invalid_argument(format!(
-            "{field} must not be empty"
+            "{field} must not be empty or only white space"
         )));
     }
     text(field, value, max)
@@ -175,7 +175,7 @@ mod tests {
         ] {
             let err = non_empty_text("body", blank, 100).unwrap_err();
             assert_eq!(err.code(), mprpc::Code::InvalidArgument, "{blank:?}");
-            assert_eq!(err.message(), "body must not be empty", "{blank:?}");
+            assert_eq!(err.message(), "body must not be empty or only white space", "{blank:?}");
         }
         for shown in [".", " x ", "\u{200b}", "\u{feff}", "\0", "🙂"] {
             assert!(

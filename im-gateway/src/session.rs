@@ -74,6 +74,10 @@ impl Shared {
 
     pub(crate) async fn resume(&self, conn: &Arc<Conn>, resume: Resume) -> Handled {
         already(conn)?;
+        for cursor in &resume.cursors {
+            im_common::ids::ConversationId::parse(&cursor.conversation_id)
+                .map_err(|status| wire::error(Code::InvalidArgument, status.message(), false))?;
+        }
         let kind = DeviceKind::try_from(resume.device_kind).unwrap_or_default();
         let proven = self.verify(resume.token, String::new()).await?;
         let (session, started) = self.start(conn, proven, kind).await?;

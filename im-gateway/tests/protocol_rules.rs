@@ -136,6 +136,34 @@ async fn conversation_ids_in_another_spelling_are_refused() {
     };
     assert_eq!(synced.messages.len(), 1);
     ada.ok(sync(&format!("g:{group}"), 0)).await;
+
+    // A resume's cursors too: refused, and the new connection stays logged out.
+    let token = ada.session.as_ref().unwrap().token.clone();
+    let resume = |conversation_id: &str| {
+        Command::Resume(Resume {
+            token: token.clone(),
+            cursors: vec![im_proto::client::Cursor {
+                conversation_id: conversation_id.to_owned(),
+                last_seq: 1,
+            }],
+            ..Resume::default()
+        })
+    };
+    let mut again = Client::tcp(gateway.tcp).await;
+    for (spelling, id) in &spellings {
+        let reply = again.call(resume(spelling)).await;
+        assert_eq!(
+            error_of(&reply),
+            (Code::InvalidArgument, canonical(id)),
+            "resume {spelling:?}"
+        );
+    }
+    let reply = again.call(sync(&direct, 0)).await;
+    assert_eq!(error_of(&reply).0, Code::Unauthenticated);
+    let Body::Resumed(resumed) = again.ok(resume(&direct)).await else {
+        panic!("resumed")
+    };
+    assert!(resumed.behind.iter().all(|b| b.conversation_id != direct));
     gateway.stopped().await;
     cluster.close().await;
 }
@@ -154,7 +182,10 @@ async fn bodies_of_white_space_alone_are_refused() {
     let Body::Ack(ack) = ada.ok(send(bob.user_id(), "first", "hello")).await else {
         panic!("an ack")
     };
-    let refused = (Code::InvalidArgument, "body must not be empty".to_owned());
+    let refused = (
+        Code::InvalidArgument,
+        "body must not be empty or only white space".to_owned(),
+    );
     for (n, blank) in ["", " ", "\t", "\n\n", " \r\n ", "\u{a0}", "\u{3000}"]
         .into_iter()
         .enumerate()

@@ -270,7 +270,7 @@ async fn profiles_change_only_for_their_owner(sql: Sql) {
                 nickname: Some(" ".into()),
                 ..Default::default()
             },
-            "nickname must not be empty".to_owned(),
+            "nickname must not be empty or only white space".to_owned(),
         ),
         (
             UpdateProfileRequest {

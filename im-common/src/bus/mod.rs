@@ -354,7 +354,8 @@ pub mod channels {
 
 /// Each `async fn scenario(bus: Bus)` as three tests: `in_process::<name>`, `redis::<name>`
 /// (on a Redis key prefix of its own) and `redis_cluster::<name>` (the same on the Redis
-/// Cluster at `TEST_REDIS_CLUSTER`; passes with a note when that is unset).
+/// Cluster at `TEST_REDIS_CLUSTER`; when that is unset it passes with a note, or fails under
+/// `TEST_STRICT`, as `scripts/test.sh` and CI run it).
 #[macro_export]
 macro_rules! on_every_bus {
     ($($name:ident),* $(,)?) => {
