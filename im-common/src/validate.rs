@@ -175,7 +175,11 @@ mod tests {
         ] {
             let err = non_empty_text("body", blank, 100).unwrap_err();
             assert_eq!(err.code(), mprpc::Code::InvalidArgument, "{blank:?}");
-            assert_eq!(err.message(), "body must not be empty or only white space", "{blank:?}");
+            assert_eq!(
+                err.message(),
+                "body must not be empty or only white space",
+                "{blank:?}"
+            );
         }
         for shown in [".", " x ", "\u{200b}", "\u{feff}", "\0", "🙂"] {
             assert!(
