@@ -29,6 +29,11 @@ pub enum StoreError {
     /// Redis failed or could not be reached.
     #[error("redis: {0}")]
     Redis(#[source] redis::RedisError),
+    /// A write the database would refuse for its size: a message larger than the server's
+    /// `max_allowed_packet`. (Sent anyway, the server may drop the connection rather than
+    /// answer, which would look like an outage.)
+    #[error("too large: {0}")]
+    TooLarge(String),
     /// Stored data could not be read back (a corrupt row or entry).
     #[error("corrupt data: {0}")]
     Corrupt(String),
@@ -44,7 +49,10 @@ impl StoreError {
     /// too long, a packet over `max_allowed_packet`, a constraint), as opposed to being
     /// unreachable: the same statement would fail again, and a part of it may not.
     pub fn is_refused(&self) -> bool {
-        matches!(self, StoreError::Database(sqlx::Error::Database(_)))
+        matches!(
+            self,
+            StoreError::Database(sqlx::Error::Database(_)) | StoreError::TooLarge(_)
+        )
     }
 
     /// Whether the database refused a write because a unique key already holds the value.
@@ -81,6 +89,10 @@ impl From<StoreError> for Status {
             err @ (StoreError::Database(_) | StoreError::Redis(_)) => {
                 tracing::warn!(cause = %err, "backend unavailable");
                 Status::aborted("storage unavailable; try again")
+            }
+            StoreError::TooLarge(why) => {
+                tracing::warn!(cause = %why, "write too large for the database");
+                Status::internal("too large for the database")
             }
             StoreError::Corrupt(why) => {
                 tracing::error!(cause = %why, "corrupt data");

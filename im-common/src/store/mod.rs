@@ -84,6 +84,9 @@ pub struct Sql {
     dialect: Dialect,
     /// Message commits that ran again after a conflict, since connecting.
     conflicts: Arc<std::sync::atomic::AtomicU64>,
+    /// The longest statement the server takes (MySQL's `max_allowed_packet` when
+    /// connecting; unbounded on SQLite).
+    max_statement: usize,
 }
 
 impl Sql {
@@ -110,8 +113,13 @@ impl Sql {
             replica,
             dialect,
             conflicts: Arc::default(),
+            max_statement: usize::MAX,
         };
         sql.migrate().await?;
+        let sql = Sql {
+            max_statement: sql.read_max_statement().await?,
+            ..sql
+        };
         if let Some(replica) = &sql.replica
             && config.replica_max_lag_ms > 0
         {
@@ -164,6 +172,21 @@ impl Sql {
     /// again, since connecting. Also counted in `mpim_store_commit_conflicts_total`.
     pub fn commit_conflicts(&self) -> u64 {
         self.conflicts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The longest statement the server takes, in bytes.
+    pub(crate) fn max_statement(&self) -> usize {
+        self.max_statement
+    }
+
+    async fn read_max_statement(&self) -> Result<usize, StoreError> {
+        if self.dialect != Dialect::MySql {
+            return Ok(usize::MAX);
+        }
+        let bytes: i64 = sqlx::query_scalar("SELECT CAST(@@max_allowed_packet AS SIGNED)")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(usize::try_from(bytes).unwrap_or(usize::MAX))
     }
 
     /// The engine.

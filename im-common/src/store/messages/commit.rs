@@ -168,7 +168,7 @@ impl Sql {
         let now = now_ms();
         let last_seqs = self.allocate(&mut tx, &plan.counts(batch), now).await?;
         let rows = plan.number(batch, &last_seqs, next_id, now)?;
-        insert_rows(&mut tx, &rows, self.dialect()).await?;
+        insert_rows(&mut tx, &rows, self.dialect(), self.max_statement()).await?;
         apply_recalls_and_edits(&mut tx, batch, &mut plan.outcomes).await?;
         tx.commit().await?;
         plan.finish(batch)
@@ -304,16 +304,35 @@ async fn find_existing(
 /// `max_allowed_packet` (16 MiB; 4 MiB on older servers), whatever the batch holds.
 const MAX_STATEMENT_BYTES: usize = 2 << 20;
 
+/// Room in a statement for everything but a message's text (the SQL, the other columns).
+const STATEMENT_OVERHEAD: usize = 64 << 10;
+
+/// [`StoreError::TooLarge`] when `bytes` of text cannot go in one statement of at most
+/// `max_statement` bytes: sent, the server would drop the connection instead of answering.
+fn fits(bytes: usize, max_statement: usize) -> Result<(), StoreError> {
+    if bytes.saturating_add(STATEMENT_OVERHEAD) > max_statement {
+        return Err(StoreError::TooLarge(format!(
+            "a message of {bytes} bytes; the database takes statements of {max_statement}"
+        )));
+    }
+    Ok(())
+}
+
 /// Inserts `rows`: on MySQL/MariaDB in power-of-two chunks (few statement shapes for the
 /// server's cache); on SQLite in one statement per [`MAX_LIST`] rows, since preparing a
 /// statement there is an in-process parse while every statement is a round trip to the
 /// connection's own thread. Either way no statement carries more than
-/// [`MAX_STATEMENT_BYTES`] of text, unless one message alone does.
+/// [`MAX_STATEMENT_BYTES`] of text, unless one message alone does; a message too large for
+/// any statement the server takes (`max_statement`) is not sent.
 async fn insert_rows(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     rows: &[ChatMessage],
     dialect: Dialect,
+    max_statement: usize,
 ) -> Result<(), StoreError> {
+    for row in rows {
+        fits(row.body.len(), max_statement)?;
+    }
     let mut chunks = Vec::new();
     for run in by_size(rows, MAX_STATEMENT_BYTES) {
         match dialect {
