@@ -199,12 +199,16 @@ async fn run(
 /// nothing records that it was: so a resend pushes again, and clients drop a message they
 /// hold already by its msg_id. A repeat inside this part is not pushed twice.
 fn answer(jobs: &mut [Job], outcomes: Vec<Outcome>, pusher: &Pusher) {
-    let mut stored_now = std::collections::HashSet::new();
-    for outcome in &outcomes {
-        if let Outcome::Stored(message) = outcome {
-            stored_now.insert(message.msg_id);
-        }
-    }
+    // Only a part with a resend in it needs to know what it stored itself.
+    let resent = outcomes.iter().any(|o| matches!(o, Outcome::Duplicate(_)));
+    let stored_now: std::collections::HashSet<u64> = outcomes
+        .iter()
+        .filter(|_| resent)
+        .filter_map(|o| match o {
+            Outcome::Stored(message) => Some(message.msg_id),
+            Outcome::Duplicate(_) => None,
+        })
+        .collect();
     for (job, outcome) in jobs.iter_mut().zip(outcomes) {
         let push = match &outcome {
             Outcome::Stored(message) => {
